@@ -1,0 +1,104 @@
+"""Pieces shared by every meta-learner: the state pytree, and how per-task
+gradients over a task batch are computed and averaged (the *task strategy*).
+
+Task strategies (all give the same numbers, up to float rounding):
+
+* ``"vmap"`` — ``jax.vmap`` over the task axis; right on GPU/TPU, and on CPU for
+  dense models.
+* ``"map"`` — ``jax.lax.scan`` over tasks, accumulating the gradient: one task's
+  activations alive at a time, compile time independent of the batch size.
+* ``"unroll"`` — a Python loop inside the one jitted program: each task's
+  convolutions stay ordinary (vmapped per-task conv weights become grouped
+  convolutions, which XLA:CPU runs slowly); compile time grows with the batch.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from metajax.core.tasks import Task, num_tasks
+
+PyTree = Any
+Array = jax.Array
+TaskStrategy = Literal["auto", "vmap", "map", "unroll"]
+TASK_STRATEGIES = ("auto", "vmap", "map", "unroll")
+
+
+class MetaState(NamedTuple):
+  """Everything a meta-learner carries between outer steps; one pytree.
+
+  Attributes:
+    meta_params: the meta-learned parameters, e.g. ``{"params": ..., "inner_lr": ...}``.
+    opt_state: the Optax state of the outer optimizer.
+    step: number of outer steps taken, int32 scalar.
+    key: PRNG key consumed by on-device task sampling.
+  """
+
+  meta_params: PyTree
+  opt_state: PyTree
+  step: Array
+  key: Array
+
+
+def resolve_strategy(strategy: TaskStrategy) -> str:
+  """Maps ``"auto"`` to the measured default of the current backend.
+
+  ``vmap`` everywhere: on GPU/TPU it is the natural choice, and on CPU it is the
+  fastest for dense models and — because metajax's conv layers are written as
+  batched matmuls — for convolutional ones too (see ``benchmarks/RESULTS.md``).
+  """
+  if strategy not in TASK_STRATEGIES:
+    raise ValueError(f"unknown task strategy {strategy!r}; choose one of {TASK_STRATEGIES}")
+  return "vmap" if strategy == "auto" else strategy
+
+
+def _mean_over_tasks(tree: PyTree) -> PyTree:
+  return jax.tree.map(lambda x: jnp.mean(x, axis=0), tree)
+
+
+def map_tasks(fn: Callable[[Task], PyTree], task_batch: Task, strategy: TaskStrategy) -> PyTree:
+  """``fn`` applied to every task; outputs stacked on a leading task axis."""
+  strategy = resolve_strategy(strategy)
+  if strategy == "vmap":
+    return jax.vmap(fn)(task_batch)
+  if strategy == "map":
+    return jax.lax.map(fn, task_batch)
+  outs = [fn(jax.tree.map(lambda x, i=i: x[i], task_batch)) for i in range(num_tasks(task_batch))]
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+
+def mean_task_grads(
+    task_grad: Callable[[Task], tuple[PyTree, PyTree]],
+    task_batch: Task,
+    strategy: TaskStrategy,
+) -> tuple[PyTree, PyTree]:
+  """Mean over the task batch of ``task_grad(task) -> (grads, metrics)``.
+
+  With ``"map"`` the sum is accumulated in the loop carry, so memory holds one
+  task's backward pass at a time instead of the whole batch's.
+  """
+  strategy = resolve_strategy(strategy)
+  if strategy != "map":
+    return _mean_over_tasks(map_tasks(task_grad, task_batch, strategy))
+  n = num_tasks(task_batch)
+  first = jax.tree.map(lambda x: x[0], task_batch)
+  zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(task_grad, first))
+
+  def body(total, task):
+    out = task_grad(task)
+    return jax.tree.map(jnp.add, total, out), None
+
+  total, _ = jax.lax.scan(body, zeros, task_batch)
+  return jax.tree.map(lambda x: x / n, total)
+
+
+def mean_and_ci95(values: Array | np.ndarray) -> tuple[float, float]:
+  """Mean and half-width of the normal 95% confidence interval of 1-D ``values``."""
+  values = np.asarray(values, dtype=np.float64).reshape(-1)
+  if values.size == 0:
+    raise ValueError("mean_and_ci95: no values")
+  half = 1.96 * values.std(ddof=1) / np.sqrt(values.size) if values.size > 1 else float("nan")
+  return float(values.mean()), float(half)

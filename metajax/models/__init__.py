@@ -1,0 +1,9 @@
+"""Flax modules used as learners, and the adapter to pure ``apply`` functions."""
+from metajax.models.conv4 import Conv4
+from metajax.models.functional import functional
+from metajax.models.layers import Conv
+from metajax.models.layers import im2col
+from metajax.models.layers import max_pool_2x2
+from metajax.models.mlp import MLP
+
+__all__ = ["Conv", "Conv4", "MLP", "functional", "im2col", "max_pool_2x2"]

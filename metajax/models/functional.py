@@ -1,0 +1,41 @@
+"""Turning a Flax module into the ``apply(params, x)`` function the algorithms take."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+
+PyTree = Any
+
+
+def functional(module: nn.Module, variables: PyTree) -> tuple[PyTree, Callable[[PyTree, jax.Array], jax.Array]]:
+  """Splits Flax ``variables`` into trainable ``params`` and a pure ``apply``.
+
+  Collections other than ``"params"`` (e.g. ``"batch_stats"``) are treated as
+  scratch state: passed in, declared mutable and their updates dropped. So a
+  ``nn.BatchNorm(use_running_average=False)`` normalises every forward pass with
+  the statistics of the batch it sees — per task and per inner step, as in
+  MAML's reference code — and ``apply`` stays a pure function of ``params``.
+
+  Args:
+    module: a Flax linen module.
+    variables: the output of ``module.init(...)``.
+
+  Returns:
+    ``(params, apply)`` with ``apply(params, x) -> module output``.
+  """
+  if "params" not in variables:
+    raise ValueError(f"functional: variables have no 'params' collection (got {list(variables)})")
+  params = variables["params"]
+  scratch = {k: v for k, v in variables.items() if k != "params"}
+  if not scratch:
+    def apply(p: PyTree, x: jax.Array) -> jax.Array:
+      return module.apply({"params": p}, x)
+  else:
+    mutable = list(scratch)
+
+    def apply(p: PyTree, x: jax.Array) -> jax.Array:
+      out, _ = module.apply({"params": p, **scratch}, x, mutable=mutable)
+      return out
+  return params, apply

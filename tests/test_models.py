@@ -1,0 +1,85 @@
+"""Models: im2col conv and reshape max-pool equal the XLA ops; BatchNorm uses batch statistics."""
+from __future__ import annotations
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import metajax
+from metajax import maml
+from metajax.core import Task, losses
+
+
+@pytest.mark.parametrize("size", [1, 3, 5])
+def test_matmul_conv_equals_xla_conv_with_second_order_gradients(size, key):
+  x = jax.random.normal(key, (2, 7, 6, 3))
+  fast = metajax.models.Conv(4, size=size, impl="matmul")
+  ref = metajax.models.Conv(4, size=size, impl="xla")
+  params = fast.init(key, x)
+  np.testing.assert_allclose(fast.apply(params, x), ref.apply(params, x), rtol=1e-5, atol=1e-5)
+  f = lambda m: lambda p: jnp.sum(jnp.sin(m.apply(p, x)))
+  gg = lambda m: jax.grad(lambda p: jnp.sum(jax.tree.leaves(jax.grad(f(m))(p))[0] ** 2))(params)
+  chex.assert_trees_all_close(gg(fast), gg(ref), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("hw", [(4, 4), (7, 5), (28, 28)])
+def test_reshape_max_pool_equals_flax_max_pool(hw, key):
+  x = jax.random.normal(key, (2, *hw, 3))
+  want = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+  np.testing.assert_array_equal(metajax.models.max_pool_2x2(x), want)
+
+
+def test_conv4_shapes(key):
+  for hw, c, width in (((28, 28), 1, 8), ((84, 84), 3, 4)):
+    model = metajax.models.Conv4(num_classes=5, width=width)
+    x = jnp.zeros((3, *hw, c))
+    params, apply_fn = metajax.models.functional(model, model.init(key, x))
+    assert apply_fn(params, x).shape == (3, 5)
+  embed = metajax.models.Conv4(num_classes=None, width=8)
+  x = jnp.zeros((2, 28, 28, 1))
+  assert embed.apply(embed.init(key, x), x, mutable=["batch_stats"])[0].shape == (2, 8)
+
+
+def test_batchnorm_normalises_with_the_statistics_of_the_batch(key):
+  model = metajax.models.Conv4(num_classes=3, width=4)
+  x = jax.random.normal(key, (4, 16, 16, 1))
+  params, apply_fn = metajax.models.functional(model, model.init(key, x))
+  out = apply_fn(params, x)
+  other = x.at[1:].set(jax.random.normal(jax.random.PRNGKey(9), (3, 16, 16, 1)))
+  assert not np.allclose(apply_fn(params, other)[0], out[0]), "example 0 must depend on its batch"
+  # Scaling the whole batch is undone by batch statistics (up to BatchNorm epsilon).
+  np.testing.assert_allclose(apply_fn(params, 3.0 * x)[0], out[0], rtol=1e-3, atol=1e-3)
+
+
+def test_functional_rejects_variables_without_params():
+  with pytest.raises(ValueError, match="params"):
+    metajax.models.functional(metajax.models.MLP(), {"batch_stats": {}})
+
+
+def _image_batch(key, tasks=3, ways=3, shots=1, queries=2, hw=16):
+  k1, k2 = jax.random.split(key)
+  xs = jax.random.normal(k1, (tasks, ways * shots, hw, hw, 1))
+  xq = jax.random.normal(k2, (tasks, ways * queries, hw, hw, 1))
+  ys = jnp.tile(jnp.repeat(jnp.arange(ways), shots), (tasks, 1))
+  yq = jnp.tile(jnp.repeat(jnp.arange(ways), queries), (tasks, 1))
+  return Task(xs, ys, xq, yq)
+
+
+def test_conv4_maml_with_batchnorm_strategies_agree(key):
+  model = metajax.models.Conv4(num_classes=3, width=4)
+  batch = _image_batch(key)
+  params, apply_fn = metajax.models.functional(model, model.init(key, batch.x_support[0]))
+  results = []
+  for strategy in ("vmap", "map", "unroll"):
+    config = maml.MAMLConfig(apply_fn, loss_fn=losses.cross_entropy, optimizer=optax.sgd(1.0),
+                             metrics_fn=lambda p, y: {"accuracy": losses.accuracy(p, y)},
+                             inner_lr=0.4, inner_steps=2, task_strategy=strategy)
+    state, metrics = maml.meta_step(maml.init(config, params, key), batch, config=config)
+    assert np.isfinite(float(metrics["loss"]))
+    results.append(state.meta_params)
+  chex.assert_trees_all_close(results[0], results[1], rtol=1e-4, atol=1e-5)
+  chex.assert_trees_all_close(results[0], results[2], rtol=1e-4, atol=1e-5)
