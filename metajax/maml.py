@@ -280,13 +280,17 @@ def meta_step(state: MetaState, task_batch: Task, *, config: MAMLConfig) -> tupl
 
 
 @functools.partial(jax.jit, static_argnames=("config", "sample_fn", "num_steps", "step_fn"))
-def train_steps(state: MetaState, *, config: Any, sample_fn: Callable[[Array], Task],
-                num_steps: int, step_fn: Optional[Callable] = None) -> tuple[MetaState, dict]:
+def train_steps(state: MetaState, data: Optional[PyTree] = None, *, config: Any,
+                sample_fn: Callable[..., Task], num_steps: int,
+                step_fn: Optional[Callable] = None) -> tuple[MetaState, dict]:
   """``num_steps`` outer steps in one compiled call, task batches drawn on device.
 
-  Each step splits ``state.key``, draws ``sample_fn(subkey) -> Task batch`` and
-  applies ``step_fn`` (default :func:`meta_step`), inside a ``lax.scan``, so the
-  host dispatches once per ``num_steps`` steps.
+  Each step splits ``state.key``, draws a task batch with ``sample_fn(subkey)``
+  — or ``sample_fn(subkey, data)`` when ``data`` (e.g. an image array) is given;
+  pass datasets this way rather than closing over them, so they are not baked
+  into the program as constants — and applies ``step_fn`` (default
+  :func:`meta_step`) inside a ``lax.scan``: the host dispatches once per
+  ``num_steps`` steps.
 
   Returns:
     ``(state, metrics)`` with every metric stacked to ``(num_steps,)``.
@@ -295,8 +299,8 @@ def train_steps(state: MetaState, *, config: Any, sample_fn: Callable[[Array], T
 
   def body(s, _):
     key, sub = jax.random.split(s.key)
-    s, metrics = step_fn(s._replace(key=key), sample_fn(sub), config=config)
-    return s, metrics
+    batch = sample_fn(sub) if data is None else sample_fn(sub, data)
+    return step_fn(s._replace(key=key), batch, config=config)
 
   return jax.lax.scan(body, state, None, length=num_steps)
 

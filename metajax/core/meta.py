@@ -43,16 +43,20 @@ class MetaState(NamedTuple):
   key: Array
 
 
-def resolve_strategy(strategy: TaskStrategy) -> str:
-  """Maps ``"auto"`` to the measured default of the current backend.
+def resolve_strategy(strategy: TaskStrategy, task_batch: Task | None = None) -> str:
+  """Maps ``"auto"`` to the measured default for the backend and the inputs.
 
-  ``vmap`` everywhere: on GPU/TPU it is the natural choice, and on CPU it is the
-  fastest for dense models and — because metajax's conv layers are written as
-  batched matmuls — for convolutional ones too (see ``benchmarks/RESULTS.md``).
+  ``vmap`` on GPU/TPU. On CPU, ``map`` when examples are images (rank ≥ 3 per
+  example: per-task conv weights under ``vmap`` run ~1.8× slower there) and
+  ``vmap`` otherwise (~10% faster for dense models); numbers in
+  ``benchmarks/RESULTS.md``.
   """
   if strategy not in TASK_STRATEGIES:
     raise ValueError(f"unknown task strategy {strategy!r}; choose one of {TASK_STRATEGIES}")
-  return "vmap" if strategy == "auto" else strategy
+  if strategy != "auto":
+    return strategy
+  images = task_batch is not None and np.ndim(task_batch.x_support) >= 5
+  return "map" if jax.default_backend() == "cpu" and images else "vmap"
 
 
 def _mean_over_tasks(tree: PyTree) -> PyTree:
@@ -61,7 +65,7 @@ def _mean_over_tasks(tree: PyTree) -> PyTree:
 
 def map_tasks(fn: Callable[[Task], PyTree], task_batch: Task, strategy: TaskStrategy) -> PyTree:
   """``fn`` applied to every task; outputs stacked on a leading task axis."""
-  strategy = resolve_strategy(strategy)
+  strategy = resolve_strategy(strategy, task_batch)
   if strategy == "vmap":
     return jax.vmap(fn)(task_batch)
   if strategy == "map":

@@ -1,0 +1,100 @@
+"""Decoding image files into uint8 arrays, and an on-disk cache of decoded arrays.
+
+Shared by the Omniglot and mini-ImageNet loaders. Handling of odd files:
+
+* files whose suffix is not an image suffix (``.png``, ``.jpg``, ``.jpeg``,
+  ``.bmp``, ``.gif``) are skipped — e.g. ``.DS_Store``, ``Thumbs.db``, notes;
+* an image file that cannot be decoded raises :class:`ImageError` naming it;
+* colour images are converted to the requested mode (``"L"`` or ``"RGB"``) and
+  every image is resized to the requested size, so sources with mixed modes or
+  sizes load consistently.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Literal, Optional
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+
+
+class ImageError(ValueError):
+  """An image file that cannot be decoded."""
+
+
+def is_image_name(name: str) -> bool:
+  """Whether ``name`` has an image suffix (case-insensitive)."""
+  return name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def decode(data: bytes, name: str, size: tuple[int, int], mode: Literal["L", "RGB"]) -> np.ndarray:
+  """Decodes image bytes to ``(h, w)`` (mode ``"L"``) or ``(h, w, 3)`` (``"RGB"``) uint8.
+
+  Raises:
+    ImageError: naming ``name`` when the bytes are not a readable image.
+  """
+  from PIL import Image, UnidentifiedImageError
+
+  try:
+    with Image.open(io.BytesIO(data)) as img:
+      img.load()
+      img = img.convert(mode)
+      if img.size != (size[1], size[0]):
+        img = img.resize((size[1], size[0]), Image.Resampling.LANCZOS)
+      return np.asarray(img, dtype=np.uint8)
+  except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    raise ImageError(f"{name}: not a readable image ({err})") from err
+
+
+def cache_dir(path: Optional[str | os.PathLike] = None) -> Path:
+  """The cache folder: ``path``, else ``$METAJAX_CACHE``, else ``~/.cache/metajax``."""
+  if path is not None:
+    return Path(path)
+  return Path(os.environ.get("METAJAX_CACHE", Path.home() / ".cache" / "metajax"))
+
+
+def source_fingerprint(path: Path) -> dict:
+  """Identity of a source file or folder for cache keys: path, size and mtime (recursive for folders)."""
+  path = path.resolve()
+  if path.is_file():
+    st = path.stat()
+    return {"path": str(path), "size": st.st_size, "mtime": st.st_mtime_ns}
+  total, latest, count = 0, 0, 0
+  for root, _, files in os.walk(path):
+    for f in files:
+      st = os.stat(os.path.join(root, f))
+      total, latest, count = total + st.st_size, max(latest, st.st_mtime_ns), count + 1
+  return {"path": str(path), "size": total, "mtime": latest, "files": count}
+
+
+def cached(directory: Path, prefix: str, key: dict,
+           build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+  """Loads ``build()``'s arrays from ``directory`` if cached under ``key``, else builds and saves them.
+
+  The file is written to a temporary name and renamed, so an interrupted write
+  never leaves a truncated cache. A cache file that cannot be read is rebuilt.
+  """
+  digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+  path = directory / f"{prefix}-{digest}.npz"
+  if path.exists():
+    try:
+      with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError):
+      pass
+  arrays = build()
+  try:
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+      np.savez(f, **arrays)
+    os.replace(tmp, path)
+  except OSError:
+    pass  # an unwritable cache only costs speed
+  return arrays

@@ -1,0 +1,51 @@
+"""The ``metajax`` console script."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from metajax.cli import main
+from tests.test_data import SHARED, needs_shared
+
+
+def test_train_sinusoid_prints_an_evaluation_line_and_writes_metrics(tmp_path, capsys):
+  code = main(["train", "--steps", "300", "--chunk", "100", "--eval-tasks", "50",
+               "--out-dir", str(tmp_path)])
+  assert code == 0
+  out = capsys.readouterr().out
+  assert "eval on 50 new sinusoid tasks" in out and "95% CI" in out
+  lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+  assert [json.loads(line)["step"] for line in lines] == [100, 200, 300]
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  assert summary["eval_loss"] < summary["eval_loss_before"]
+
+
+@needs_shared
+def test_train_omniglot_small(tmp_path, capsys, monkeypatch):
+  monkeypatch.setenv("METAJAX_CACHE", str(tmp_path / "cache"))
+  code = main(["train", "--dataset", "omniglot", "--data-dir", str(SHARED), "--train-split",
+               "background_small1", "--eval-split", "background_small2", "--width", "8",
+               "--steps", "4", "--chunk", "2", "--meta-batch", "2", "--queries", "2",
+               "--eval-queries", "2", "--eval-tasks", "6", "--algo", "fomaml"])
+  assert code == 0
+  assert "accuracy" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "--steps", "0"], "--steps must be a positive integer"),
+    (["train", "--inner-lr", "nan"], "--inner-lr must be a positive finite number"),
+    (["train", "--shots", "-3"], "--shots must be a positive integer"),
+    (["train", "--dataset", "omniglot", "--data-dir", "/nonexistent/data"], "does not exist"),
+])
+def test_bad_options_fail_cleanly(argv, message, capsys):
+  assert main(argv) == 2
+  err = capsys.readouterr().err
+  assert message in err and "Traceback" not in err
+
+
+def test_unknown_algorithm_is_rejected_by_the_parser(capsys):
+  with pytest.raises(SystemExit) as exc:
+    main(["train", "--algo", "maml3"])
+  assert exc.value.code == 2
+  assert "invalid choice" in capsys.readouterr().err
