@@ -83,3 +83,19 @@ def test_conv4_maml_with_batchnorm_strategies_agree(key):
     results.append(state.meta_params)
   chex.assert_trees_all_close(results[0], results[1], rtol=1e-4, atol=1e-5)
   chex.assert_trees_all_close(results[0], results[2], rtol=1e-4, atol=1e-5)
+
+
+def test_resnet12_shapes_and_second_order_gradients(key):
+  model = metajax.models.ResNet12(num_classes=5, widths=(4, 6, 8, 8))
+  x = jax.random.normal(key, (5, 16, 16, 3))
+  params, apply_fn = metajax.models.functional(model, model.init(key, x))
+  assert apply_fn(params, x).shape == (5, 5)
+  features = metajax.models.ResNet12(num_classes=None, widths=(4, 6, 8, 8))
+  assert features.apply(features.init(key, x), x, mutable=["batch_stats"])[0].shape == (5, 8)
+  config = maml.MAMLConfig(apply_fn, loss_fn=losses.cross_entropy, inner_lr=0.1)
+  batch = _image_batch(key, tasks=2, ways=5, hw=16)
+  batch = batch._replace(x_support=jnp.repeat(batch.x_support, 3, -1), x_query=jnp.repeat(batch.x_query, 3, -1))
+  grads = jax.grad(lambda mp: maml.task_objective(config, mp, jax.tree.map(lambda a: a[0], batch))[0])(
+      maml.init(config, params, key).meta_params)
+  norms = [float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads)]
+  assert all(np.isfinite(norms)) and sum(n > 0 for n in norms) >= len(norms) - 4

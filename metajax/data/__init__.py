@@ -1,8 +1,9 @@
 """Task families: each samples :class:`metajax.core.Task` batches from a PRNG key."""
 from metajax.data import episodes
 from metajax.data import images
+from metajax.data import mini_imagenet
 from metajax.data import omniglot
 from metajax.data import sinusoid
-from metajax.data.omniglot import ImageClasses
+from metajax.data.images import ImageClasses
 
-__all__ = ["ImageClasses", "episodes", "images", "omniglot", "sinusoid"]
+__all__ = ["ImageClasses", "episodes", "images", "mini_imagenet", "omniglot", "sinusoid"]

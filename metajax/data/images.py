@@ -17,11 +17,44 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Literal, Optional
+from typing import Callable, Literal, NamedTuple, Optional, Sequence
 
 import numpy as np
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+
+
+class ImageClasses(NamedTuple):
+  """A labelled image set, rectangular so that episodes can be drawn on device.
+
+  Attributes:
+    images: ``(classes, examples, h, w)`` uint8 (``(…, 3)`` for RGB sets).
+    names: ``(classes,)`` class names, e.g. ``"Greek/character01/rot090"``.
+  """
+
+  images: np.ndarray
+  names: np.ndarray
+
+
+def resolve_data_dir(data_dir: Optional[str | os.PathLike], subfolders: Sequence[str]) -> Path:
+  """``data_dir`` (else ``$METAJAX_DATA``), descending into the first of ``subfolders`` present.
+
+  Raises:
+    FileNotFoundError: naming the folder (or the unset variable).
+  """
+  if data_dir is None:
+    data_dir = os.environ.get("METAJAX_DATA")
+    if not data_dir:
+      raise FileNotFoundError(
+          f"no data directory: pass data_dir (--data-dir) or set METAJAX_DATA to the folder "
+          f"holding {subfolders[0]}/")
+  root = Path(data_dir).expanduser()
+  if not root.is_dir():
+    raise FileNotFoundError(f"data directory {str(root)!r} does not exist or is not a directory")
+  for sub in subfolders:
+    if (root / sub).is_dir():
+      return root / sub
+  return root
 
 
 class ImageError(ValueError):

@@ -24,40 +24,16 @@ from __future__ import annotations
 import os
 import zipfile
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import numpy as np
 
 from metajax.data import images as imgs
+from metajax.data.images import ImageClasses, resolve_data_dir
 
 VINYALS_SPLITS = ("train", "val", "trainval", "test")
 LAKE_SPLITS = ("background", "evaluation", "background_small1", "background_small2")
 ROTATIONS = (0, 90, 180, 270)
-
-
-class ImageClasses(NamedTuple):
-  """A labelled image set.
-
-  Attributes:
-    images: ``(classes, examples, h, w)`` uint8 (``(…, 3)`` for RGB sets).
-    names: ``(classes,)`` class names, e.g. ``"Greek/character01/rot090"``.
-  """
-
-  images: np.ndarray
-  names: np.ndarray
-
-
-def resolve_data_dir(data_dir: Optional[str | os.PathLike], subfolder: str) -> Path:
-  """``data_dir`` (or ``$METAJAX_DATA``), descending into ``subfolder`` when present."""
-  if data_dir is None:
-    data_dir = os.environ.get("METAJAX_DATA")
-    if not data_dir:
-      raise FileNotFoundError(
-          f"no data directory: pass data_dir or set METAJAX_DATA to the folder holding {subfolder}/")
-  root = Path(data_dir).expanduser()
-  if not root.is_dir():
-    raise FileNotFoundError(f"data directory {str(root)!r} does not exist or is not a directory")
-  return root / subfolder if (root / subfolder).is_dir() else root
 
 
 def _character_files(source: Path) -> dict[str, list[tuple[str, bytes]]]:
@@ -142,7 +118,7 @@ def load(split: str = "trainval", data_dir: Optional[str | os.PathLike] = None, 
     cache_dir: where decoded arrays are cached (default ``$METAJAX_CACHE`` or
       ``~/.cache/metajax``).
   """
-  root = resolve_data_dir(data_dir, "omniglot")
+  root = resolve_data_dir(data_dir, ("omniglot",))
   if split in LAKE_SPLITS:
     base = load_source(_find_source(root, f"images_{split}"), image_size, cache_dir)
     angles = ROTATIONS if rotations else (0,)

@@ -5,5 +5,6 @@ from metajax.models.layers import Conv
 from metajax.models.layers import im2col
 from metajax.models.layers import max_pool_2x2
 from metajax.models.mlp import MLP
+from metajax.models.resnet12 import ResNet12
 
-__all__ = ["Conv", "Conv4", "MLP", "functional", "im2col", "max_pool_2x2"]
+__all__ = ["Conv", "Conv4", "MLP", "ResNet12", "functional", "im2col", "max_pool_2x2"]
