@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, save  # noqa: E402
 
 from metajax.core import mean_and_ci95  # noqa: E402
-from metajax.train import TrainArgs, evaluate, train  # noqa: E402
+from metajax.train import NonFiniteLoss, TrainArgs, evaluate, train  # noqa: E402
 
 # Inner steps in training, and the inner-step counts evaluated.
 SETUPS = {"maml": (1, (1, 10)), "meta-sgd": (1, (1,)), "maml++": (5, (5,))}
@@ -29,6 +29,8 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=70_000)
   parser.add_argument("--eval-tasks", type=int, default=1000)
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--clip-grad-norm", type=float, default=None,
+                      help="clip the outer gradient (recorded in every row)")
   parser.add_argument("--out", default="sinusoid_reproduction")
   ns = parser.parse_args()
   rows = []
@@ -36,13 +38,20 @@ def main() -> None:
     inner_steps, eval_steps = SETUPS[algo]
     for k in ns.shots:
       args = TrainArgs(algo=algo, steps=ns.steps, shots=k, queries=k, inner_steps=inner_steps,
-                       seed=ns.seed, chunk=2000)
-      trained = train(args)
+                       seed=ns.seed, chunk=2000, clip_grad_norm=ns.clip_grad_norm)
+      try:
+        trained = train(args)
+      except NonFiniteLoss as err:
+        rows.append({"algo": algo, "shots": k, "train_steps": ns.steps, "clip_grad_norm": ns.clip_grad_norm,
+                     "diverged_at_step": err.step})
+        print(f"{algo:9s} K={k:2d} diverged: {err}", flush=True)
+        continue
       for steps in eval_steps:
         metrics = evaluate(trained.problem, trained.state, ns.eval_tasks, 10_000 + ns.seed, steps,
                            chunk=ns.eval_tasks)
         mse, ci = mean_and_ci95(metrics["loss"])
         row = {"algo": algo, "shots": k, "train_steps": ns.steps, "eval_inner_steps": steps,
+               "clip_grad_norm": ns.clip_grad_norm,
                "mse": mse, "ci95": ci, "train_time_s": round(trained.train_time_s, 1)}
         rows.append(row)
         print(f"{algo:9s} K={k:2d} eval steps={steps:2d}  MSE {mse:.3f} ± {ci:.3f}  "

@@ -21,6 +21,7 @@ HELP = {
     "inner_steps": "inner gradient steps during meta-training",
     "inner_lr": "inner learning rate, initial value when learned (default: 0.01 / 0.4)",
     "outer_lr": "Adam learning rate of the outer optimizer",
+    "clip_grad_norm": "clip the outer gradient to this global norm (default: no clipping)",
     "width": "channels of the Conv4 blocks (image datasets)",
     "eval_tasks": "new tasks in the final evaluation (default: 1000 / 600)",
     "eval_queries": "query examples per evaluation task (per class) (default: 100 / 15)",

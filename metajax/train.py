@@ -55,6 +55,7 @@ class TrainArgs:
   inner_steps: int = 1
   inner_lr: Optional[float] = None
   outer_lr: float = 1e-3
+  clip_grad_norm: Optional[float] = None
   width: int = 64
   eval_tasks: Optional[int] = None
   eval_queries: Optional[int] = None
@@ -79,14 +80,19 @@ class TrainArgs:
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
-    for name in ("inner_lr", "outer_lr"):
+    for name in ("inner_lr", "outer_lr") + (("clip_grad_norm",) if self.clip_grad_norm is not None else ()):
       value = getattr(self, name)
       if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"--{name.replace('_', '-')} must be a positive finite number, got {value!r}")
 
 
 class NonFiniteLoss(RuntimeError):
-  """Raised when a meta-step produces a NaN or infinite loss."""
+  """Raised when a meta-step produces a NaN or infinite loss; ``step`` is that meta-step."""
+
+  def __init__(self, step: int):
+    super().__init__(f"non-finite loss at meta-step {step}; lower the learning rates or set "
+                     "--clip-grad-norm")
+    self.step = step
 
 
 class Problem(NamedTuple):
@@ -108,7 +114,10 @@ def build(args: TrainArgs) -> Problem:
   """The learner, its initial state and its task samplers for ``args.dataset``."""
   factory, algo = ALGORITHMS[args.algo]
   k_init, k_state = jax.random.split(jax.random.PRNGKey(args.seed))
-  common = dict(optimizer=optax.adam(args.outer_lr), inner_lr=args.inner_lr,
+  optimizer = optax.adam(args.outer_lr)
+  if args.clip_grad_norm is not None:
+    optimizer = optax.chain(optax.clip_by_global_norm(args.clip_grad_norm), optimizer)
+  common = dict(optimizer=optimizer, inner_lr=args.inner_lr,
                 inner_steps=args.inner_steps, eval_inner_steps=args.eval_inner_steps,
                 task_strategy=args.task_strategy)
   if args.dataset == "sinusoid":
@@ -144,13 +153,18 @@ class Trained(NamedTuple):
   train_time_s: float
 
 
-def train(args: TrainArgs) -> Trained:
+def train(args: TrainArgs, problem: Optional[Problem] = None,
+          on_chunk: Optional[Callable[[int, MetaState, float], None]] = None) -> Trained:
   """Meta-trains for ``args.steps`` steps in fused chunks, with a progress bar.
+
+  ``problem`` defaults to ``build(args)``.
+  ``on_chunk(steps_done, state, train_seconds)`` runs after every chunk (its own
+  time is not counted as training time).
 
   Raises:
     NonFiniteLoss: naming the first meta-step whose loss is NaN or infinite.
   """
-  problem = build(args)
+  problem = build(args) if problem is None else problem
   state = problem.state
   out = Path(args.out_dir) if args.out_dir else None
   metrics_file = None
@@ -158,6 +172,7 @@ def train(args: TrainArgs) -> Trained:
     out.mkdir(parents=True, exist_ok=True)
     metrics_file = open(out / "metrics.jsonl", "w")
   start = time.perf_counter()
+  paused = 0.0
   try:
     with tqdm(total=args.steps, desc=f"{args.algo} {args.dataset}", unit="step") as bar:
       done = 0
@@ -169,20 +184,23 @@ def train(args: TrainArgs) -> Trained:
         metrics = {k: np.asarray(v) for k, v in metrics.items()}
         bad = np.flatnonzero(~np.isfinite(metrics["loss"]))
         if bad.size:
-          raise NonFiniteLoss(f"non-finite loss at meta-step {done + int(bad[0]) + 1}; "
-                              "lower the learning rates")
+          raise NonFiniteLoss(done + int(bad[0]) + 1)
         done += n
         record = {"step": done, **{k: float(v.mean()) for k, v in metrics.items()},
-                  "time_s": round(time.perf_counter() - start, 3)}
+                  "time_s": round(time.perf_counter() - start - paused, 3)}
         if metrics_file:
           metrics_file.write(json.dumps(record) + "\n")
           metrics_file.flush()
         bar.set_postfix({k: f"{record[k]:.4f}" for k in ("loss", "accuracy") if k in record})
         bar.update(n)
+        if on_chunk is not None:
+          t0 = time.perf_counter()
+          on_chunk(done, state, record["time_s"])
+          paused += time.perf_counter() - t0
   finally:
     if metrics_file:
       metrics_file.close()
-  return Trained(problem, state, time.perf_counter() - start)
+  return Trained(problem, state, time.perf_counter() - start - paused)
 
 
 def evaluate(problem: Problem, state: MetaState, num_tasks: int, seed: int,
