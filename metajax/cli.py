@@ -1,13 +1,21 @@
-"""``metajax`` console script. ``metajax train`` with no options meta-trains MAML on
-sinusoid regression (the MAML paper's protocol) and prints an evaluation line."""
+"""``metajax`` console script.
+
+  metajax train            meta-train (no options: MAML on sinusoid regression, the
+                           MAML paper's protocol) and print an evaluation line
+  metajax eval RUN_DIR     evaluate a run's latest checkpoint on new tasks
+  metajax plot RUN_DIR     write learning curves (and the sinusoid figure) as PNG
+"""
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
-from metajax.train import ALGORITHMS, DATASET_DEFAULTS, NonFiniteLoss, TrainArgs, run
+from metajax.checkpoint import CheckpointError
+from metajax.train import (ALGORITHMS, DATASET_DEFAULTS, Interrupted, NonFiniteLoss, TrainArgs,
+                           load_run, report, run)
 
 HELP = {
     "dataset": "task family: sinusoid (generated) or omniglot (needs --data-dir)",
@@ -25,49 +33,87 @@ HELP = {
     "width": "channels of the Conv4 blocks (image datasets)",
     "eval_tasks": "new tasks in the final evaluation (default: 1000 / 600)",
     "eval_queries": "query examples per evaluation task (per class) (default: 100 / 15)",
-    "eval_inner_steps": "inner steps at evaluation (None: same as --inner-steps)",
-    "train_split": "Omniglot split meta-trained on (Vinyals: train, val, trainval, test; Lake: background, ...)",
-    "eval_split": "Omniglot split evaluated on",
+    "eval_inner_steps": "inner steps at evaluation (default: same as --inner-steps)",
+    "train_split": "Omniglot split meta-trained on (Vinyals: train, val, trainval, test; Lake: "
+                   "background, evaluation, background_small1, background_small2)",
+    "eval_split": "Omniglot split evaluated (and validated) on",
     "seed": "PRNG seed (initialisation, task sampling)",
     "chunk": "meta-steps fused into one compiled call (default: 1000 / 10)",
     "task_strategy": "how the task axis runs: auto, vmap, map or unroll",
-    "out_dir": "write metrics.jsonl and summary.json here",
+    "out_dir": "run directory: run.json, metrics.jsonl, checkpoints/, summary.json",
+    "resume": "continue the run in --out-dir from its latest checkpoint (same settings)",
+    "val_every": "validate on --val-tasks held-out tasks every N chunks (0: never)",
+    "val_tasks": "tasks per validation",
+    "checkpoint_every": "checkpoint every N chunks (and at the end) when --out-dir is set",
+    "keep_checkpoints": "checkpoints kept (older ones are deleted)",
 }
+TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
 
 def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="metajax", description=__doc__)
+  parser = argparse.ArgumentParser(prog="metajax", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True)
-  train = sub.add_parser("train", help="meta-train a learner", description=__doc__,
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
+  train = sub.add_parser("train", help="meta-train a learner")
   for field in dataclasses.fields(TrainArgs):
     flag = "--" + field.name.replace("_", "-")
-    kind = {"int": int, "float": float, "str": str}.get(str(field.type).replace("Optional[", "").rstrip("]"), str)
-    default = "" if field.default is None or "default" in HELP[field.name] else f" (default: {field.default})"
-    kwargs = {"default": field.default, "help": HELP[field.name] + default, "type": kind}
-    if field.name == "algo":
-      kwargs["choices"] = sorted(ALGORITHMS)
-    if field.name == "dataset":
-      kwargs["choices"] = sorted(DATASET_DEFAULTS)
-    if field.name == "task_strategy":
-      kwargs["choices"] = ["auto", "vmap", "map", "unroll"]
+    kind = TYPES[str(field.type).removeprefix("Optional[").rstrip("]")]
+    shown = "" if field.default is None or "default" in HELP[field.name] else f" (default: {field.default})"
+    if kind is bool:
+      train.add_argument(flag, action="store_true", help=HELP[field.name])
+      continue
+    kwargs = {"default": field.default, "help": HELP[field.name] + shown, "type": kind}
+    choices = {"algo": sorted(ALGORITHMS), "dataset": sorted(DATASET_DEFAULTS),
+               "task_strategy": ["auto", "vmap", "map", "unroll"]}
+    if field.name in choices:
+      kwargs["choices"] = choices[field.name]
     train.add_argument(flag, **kwargs)
+  evaluate = sub.add_parser("eval", help="evaluate a run directory's latest checkpoint")
+  evaluate.add_argument("run_dir", help="a directory written by metajax train --out-dir")
+  evaluate.add_argument("--eval-tasks", type=int, help=HELP["eval_tasks"])
+  evaluate.add_argument("--eval-inner-steps", type=int, help=HELP["eval_inner_steps"])
+  evaluate.add_argument("--data-dir", help=HELP["data_dir"] + " (default: the run's)")
+  plot = sub.add_parser("plot", help="write PNG learning curves of a run directory")
+  plot.add_argument("run_dir", help="a directory written by metajax train --out-dir")
+  plot.add_argument("--width", type=int, default=900, help="image width in pixels (default: 900)")
+  plot.add_argument("--height", type=int, default=400, help="image height in pixels (default: 400)")
   return parser
 
 
+def _run_dir(path: str) -> Path:
+  run_dir = Path(path)
+  if not run_dir.is_dir():
+    raise FileNotFoundError(f"run directory {path!r} does not exist")
+  return run_dir
+
+
+def _main(ns: argparse.Namespace) -> None:
+  if ns.command == "train":
+    run(TrainArgs(**{k: v for k, v in vars(ns).items() if k != "command"}))
+  elif ns.command == "eval":
+    args, problem, state = load_run(_run_dir(ns.run_dir), eval_tasks=ns.eval_tasks,
+                                    eval_inner_steps=ns.eval_inner_steps, data_dir=ns.data_dir)
+    report(args, problem, state)
+  else:
+    from metajax import plots
+    run_dir = _run_dir(ns.run_dir)
+    print("wrote", plots.learning_curves(run_dir, ns.width, ns.height))
+    if '"dataset": "sinusoid"' in (run_dir / "run.json").read_text():
+      print("wrote", plots.sinusoid_adaptation(run_dir, ns.width, ns.height))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = _parser()
-  ns = parser.parse_args(argv)
-  options = {k: v for k, v in vars(ns).items() if k != "command"}
+  """Entry point; returns the exit code (2 for user errors, 130 when interrupted)."""
+  ns = _parser().parse_args(argv)
   try:
-    args = TrainArgs(**options)
-    run(args)
-  except (ValueError, NonFiniteLoss, OSError) as err:
+    _main(ns)
+  except Interrupted as stop:
+    print(f"metajax {ns.command}: interrupted; checkpoint saved at meta-step {stop.step} "
+          "(continue with --resume)", file=sys.stderr)
+    return 130
+  except (ValueError, NonFiniteLoss, CheckpointError, OSError) as err:
     print(f"metajax {ns.command}: error: {err}", file=sys.stderr)
     return 2
-  except KeyboardInterrupt:
-    print("metajax: interrupted", file=sys.stderr)
-    return 130
   return 0
 
 

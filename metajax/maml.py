@@ -306,6 +306,13 @@ def train_steps(state: MetaState, data: Optional[PyTree] = None, *, config: Any,
 
 
 @functools.partial(jax.jit, static_argnames=("config", "inner_steps"))
+def adapt_params(config: MAMLConfig, state: MetaState, task: Task, inner_steps: int) -> PyTree:
+  """The parameters after adapting ``state``'s meta-parameters to one task's support set."""
+  check_task(task, batched=False)
+  return _adapt_task(config, state.meta_params, task, inner_steps, True, False)[0]
+
+
+@functools.partial(jax.jit, static_argnames=("config", "inner_steps"))
 def evaluate(state: MetaState, task_batch: Task, *, config: MAMLConfig,
              inner_steps: Optional[int] = None) -> dict:
   """Query metrics of every task before and after adapting on its support set.

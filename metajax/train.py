@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
@@ -66,6 +67,11 @@ class TrainArgs:
   chunk: Optional[int] = None
   task_strategy: str = "auto"
   out_dir: Optional[str] = None
+  resume: bool = False
+  val_every: int = 0
+  val_tasks: int = 100
+  checkpoint_every: int = 1
+  keep_checkpoints: int = 3
 
   def __post_init__(self):
     if self.dataset not in DATASET_DEFAULTS:
@@ -76,14 +82,32 @@ class TrainArgs:
       if getattr(self, name) is None:
         object.__setattr__(self, name, value)
     for name in ("steps", "meta_batch", "ways", "shots", "queries", "inner_steps", "eval_tasks",
-                 "eval_queries", "chunk", "width"):
+                 "eval_queries", "chunk", "width", "checkpoint_every", "keep_checkpoints", "val_tasks"):
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+    if isinstance(self.val_every, bool) or not isinstance(self.val_every, int) or self.val_every < 0:
+      raise ValueError(f"--val-every must be a non-negative integer, got {self.val_every!r}")
+    if self.resume and not self.out_dir:
+      raise ValueError("--resume needs the --out-dir of the run to continue")
     for name in ("inner_lr", "outer_lr") + (("clip_grad_norm",) if self.clip_grad_norm is not None else ()):
       value = getattr(self, name)
       if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"--{name.replace('_', '-')} must be a positive finite number, got {value!r}")
+
+
+# Options that may differ between a run and its resumption (everything else must match).
+RESUMABLE_CHANGES = ("steps", "resume", "eval_tasks", "eval_queries", "eval_inner_steps", "out_dir",
+                     "data_dir", "checkpoint_every", "keep_checkpoints", "val_every", "val_tasks")
+RUN_FILE = "run.json"
+
+
+class Interrupted(KeyboardInterrupt):
+  """Training stopped by SIGINT after saving a checkpoint at ``step``."""
+
+  def __init__(self, step: int):
+    super().__init__(step)
+    self.step = step
 
 
 class NonFiniteLoss(RuntimeError):
@@ -153,50 +177,111 @@ class Trained(NamedTuple):
   train_time_s: float
 
 
+def _prepare_run_dir(args: TrainArgs) -> Optional[Path]:
+  """Creates or checks the run directory; refuses to overwrite a run unless resuming."""
+  if not args.out_dir:
+    return None
+  out = Path(args.out_dir)
+  run_file = out / RUN_FILE
+  saved = dataclasses.asdict(args)
+  if args.resume:
+    if not run_file.is_file():
+      raise FileNotFoundError(f"--resume: {out} holds no {RUN_FILE}; is it a metajax run directory?")
+    try:
+      before = json.loads(run_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+      raise ValueError(f"--resume: {run_file} is not valid JSON ({err})") from err
+    for name, value in saved.items():
+      if name not in RESUMABLE_CHANGES and before.get(name) != value:
+        raise ValueError(f"--resume: --{name.replace('_', '-')} was {before.get(name)!r} in the saved "
+                         f"run, not {value!r}; resume with the same settings")
+    return out
+  if run_file.exists() or (out / "checkpoints").exists():
+    raise FileExistsError(f"{out} already holds a run; pass --resume to continue it, or choose "
+                          "another --out-dir")
+  out.mkdir(parents=True, exist_ok=True)
+  if not os.access(out, os.W_OK):
+    raise PermissionError(f"output directory {out} is not writable")
+  run_file.write_text(json.dumps(saved, indent=2))
+  return out
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+  """Drops records after ``step`` (written after the checkpoint a resumed run restarts from)."""
+  if path.exists():
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
 def train(args: TrainArgs, problem: Optional[Problem] = None,
           on_chunk: Optional[Callable[[int, MetaState, float], None]] = None) -> Trained:
   """Meta-trains for ``args.steps`` steps in fused chunks, with a progress bar.
 
-  ``problem`` defaults to ``build(args)``.
-  ``on_chunk(steps_done, state, train_seconds)`` runs after every chunk (its own
-  time is not counted as training time).
+  With ``args.out_dir`` it writes ``run.json`` (the settings), ``metrics.jsonl``
+  and Orbax checkpoints under ``checkpoints/`` every ``checkpoint_every`` chunks
+  and at the end; ``args.resume`` restores the latest checkpoint and continues
+  with the same chunks, ending bit-identical to an uninterrupted run.
+  ``problem`` defaults to ``build(args)``; ``on_chunk(steps_done, state,
+  train_seconds)`` runs after every chunk (its time is not counted).
 
   Raises:
-    NonFiniteLoss: naming the first meta-step whose loss is NaN or infinite.
+    NonFiniteLoss: naming the first meta-step whose loss is NaN or infinite;
+      checkpoints written before it are kept.
+    Interrupted: on SIGINT, after checkpointing the last completed chunk.
   """
+  from metajax import checkpoint
+
+  out = _prepare_run_dir(args)
   problem = build(args) if problem is None else problem
   state = problem.state
-  out = Path(args.out_dir) if args.out_dir else None
-  metrics_file = None
+  mngr = None
   if out is not None:
-    out.mkdir(parents=True, exist_ok=True)
-    metrics_file = open(out / "metrics.jsonl", "w")
+    mngr = checkpoint.manager(out / "checkpoints", max_to_keep=args.keep_checkpoints)
+    if args.resume:
+      state = checkpoint.restore(mngr, state)
+      _truncate_metrics(out / "metrics.jsonl", int(state.step))
+  done = int(state.step)
+  if done > args.steps:
+    raise ValueError(f"the checkpoint is at step {done}, beyond --steps {args.steps}")
+  metrics_file = open(out / "metrics.jsonl", "a") if out is not None else None
   start = time.perf_counter()
   paused = 0.0
+  chunks = 0
   try:
-    with tqdm(total=args.steps, desc=f"{args.algo} {args.dataset}", unit="step") as bar:
-      done = 0
+    with tqdm(total=args.steps, initial=done, desc=f"{args.algo} {args.dataset}", unit="step") as bar:
       while done < args.steps:
         n = min(args.chunk, args.steps - done)
-        state, metrics = maml.train_steps(state, problem.train_data, config=problem.config,
-                                          sample_fn=problem.sample_fn, num_steps=n,
-                                          step_fn=problem.algo.meta_step)
+        new_state, metrics = maml.train_steps(state, problem.train_data, config=problem.config,
+                                              sample_fn=problem.sample_fn, num_steps=n,
+                                              step_fn=problem.algo.meta_step)
         metrics = {k: np.asarray(v) for k, v in metrics.items()}
         bad = np.flatnonzero(~np.isfinite(metrics["loss"]))
         if bad.size:
           raise NonFiniteLoss(done + int(bad[0]) + 1)
-        done += n
+        state, done, chunks = new_state, done + n, chunks + 1
         record = {"step": done, **{k: float(v.mean()) for k, v in metrics.items()},
                   "time_s": round(time.perf_counter() - start - paused, 3)}
+        if args.val_every and chunks % args.val_every == 0:
+          t0 = time.perf_counter()
+          val = evaluate(problem, state, args.val_tasks, seed=args.seed + 20_000)
+          record.update({f"val_{k}": float(v.mean()) for k, v in val.items() if not k.endswith("_before")})
+          paused += time.perf_counter() - t0
         if metrics_file:
           metrics_file.write(json.dumps(record) + "\n")
           metrics_file.flush()
-        bar.set_postfix({k: f"{record[k]:.4f}" for k in ("loss", "accuracy") if k in record})
+        if mngr is not None and (chunks % args.checkpoint_every == 0 or done == args.steps):
+          checkpoint.save(mngr, state)
+        bar.set_postfix({k: f"{record[k]:.4f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy")
+                         if k in record})
         bar.update(n)
         if on_chunk is not None:
           t0 = time.perf_counter()
           on_chunk(done, state, record["time_s"])
           paused += time.perf_counter() - t0
+  except KeyboardInterrupt:
+    if mngr is not None and mngr.latest_step() != done:
+      checkpoint.save(mngr, state)
+    raise Interrupted(done) from None
   finally:
     if metrics_file:
       metrics_file.close()
@@ -218,9 +303,42 @@ def evaluate(problem: Problem, state: MetaState, num_tasks: int, seed: int,
 def run(args: TrainArgs, log: Callable[[str], None] = print) -> dict:
   """Meta-trains, evaluates on ``eval_tasks`` new tasks, returns the summary dict."""
   problem, state, train_time = train(args)
-  results = evaluate(problem, state, args.eval_tasks, args.seed + 10_000)
-  summary = {"dataset": args.dataset, "algo": args.algo, "steps": args.steps,
-             "train_time_s": round(train_time, 2)}
+  return report(args, problem, state, log, train_time)
+
+
+def load_run(run_dir: str | os.PathLike, **overrides: Any) -> tuple[TrainArgs, Problem, MetaState]:
+  """Settings, problem and latest checkpointed state of a run directory.
+
+  ``overrides`` replace resumable settings (e.g. ``eval_tasks``, ``data_dir``).
+  """
+  from metajax import checkpoint
+
+  run_file = Path(run_dir) / RUN_FILE
+  if not run_file.is_file():
+    raise FileNotFoundError(f"{run_dir} holds no {RUN_FILE}; is it a metajax run directory?")
+  try:
+    saved = json.loads(run_file.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    raise ValueError(f"{run_file} is not valid JSON ({err})") from err
+  unknown = set(overrides) - set(RESUMABLE_CHANGES)
+  if unknown:
+    raise ValueError(f"cannot override {sorted(unknown)} of a saved run")
+  known = {f.name for f in dataclasses.fields(TrainArgs)}
+  args = TrainArgs(**{**{k: v for k, v in saved.items() if k in known},
+                      **{k: v for k, v in overrides.items() if v is not None}, "resume": False})
+  problem = build(args)
+  mngr = checkpoint.manager(Path(run_dir) / "checkpoints", create=False)
+  return args, problem, checkpoint.restore(mngr, problem.state)
+
+
+def report(args: TrainArgs, problem: Problem, state: MetaState, log: Callable[[str], None] = print,
+           train_time: Optional[float] = None) -> dict:
+  """Evaluates on ``args.eval_tasks`` new tasks, logs one line, writes ``summary.json``; returns it."""
+  results = evaluate(problem, state, args.eval_tasks, args.seed + 10_000, args.eval_inner_steps)
+  summary = {"dataset": args.dataset, "algo": args.algo, "steps": int(state.step),
+             "eval_tasks": args.eval_tasks}
+  if train_time is not None:
+    summary["train_time_s"] = round(train_time, 2)
   for name, values in results.items():
     summary[f"eval_{name}"], summary[f"eval_{name}_ci95"] = mean_and_ci95(values)
   steps = args.eval_inner_steps or args.inner_steps
@@ -232,8 +350,9 @@ def run(args: TrainArgs, log: Callable[[str], None] = print) -> dict:
     line = (f"MSE {summary['eval_loss']:.3f} ± {summary['eval_loss_ci95']:.3f} (95% CI), "
             f"before adaptation {summary['eval_loss_before']:.3f}")
     shape = f"{args.shots}-shot"
-  log(f"eval on {args.eval_tasks} new {args.dataset} tasks ({shape}, {steps} inner step(s)): "
-      f"{line}; trained {args.steps} steps in {train_time:.1f} s")
+  trained = f"; trained in {train_time:.1f} s" if train_time is not None else ""
+  log(f"eval on {args.eval_tasks} new {args.dataset} tasks ({shape}, {steps} inner step(s)) after "
+      f"{int(state.step)} meta-steps: {line}{trained}")
   if args.out_dir:
     (Path(args.out_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
   return summary
