@@ -8,7 +8,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 
 def _figure(width_px: int, height_px: int, nrows: int = 1, ncols: int = 1, dpi: int = 100):

@@ -1,0 +1,231 @@
+"""A catalogue of bad inputs: each gives a clear error naming the problem; CLI errors
+exit non-zero without a traceback; nothing already saved is lost."""
+from __future__ import annotations
+
+import json
+import sys
+import zipfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import metajax
+from metajax import maml
+from metajax.cli import main
+from metajax.core import adapt, mean_and_ci95
+from metajax.data import episodes, mini_imagenet, omniglot, sinusoid
+from tests.conftest import tiny_mlp
+from tests.test_data import SHARED, _tree, needs_shared
+
+
+def _apply():
+  return tiny_mlp(jax.random.PRNGKey(0))[1]
+
+
+def _batch():
+  return sinusoid.sample(jax.random.PRNGKey(0), 2, 3, 3)
+
+
+def _step(config, batch):
+  params, _ = tiny_mlp(jax.random.PRNGKey(0))
+  return maml.meta_step(maml.init(config, params, jax.random.PRNGKey(0)), batch, config=config)
+
+
+API_CASES = [
+    ("apply_fn not callable", lambda tmp: maml.MAMLConfig(None), TypeError, "apply_fn must be callable"),
+    ("optimizer not optax", lambda tmp: maml.MAMLConfig(_apply(), optimizer="adam"), TypeError,
+     "optax.GradientTransformation"),
+    ("negative inner lr", lambda tmp: maml.MAMLConfig(_apply(), inner_lr=-0.1), ValueError, "inner_lr"),
+    ("negative MSL annealing", lambda tmp: maml.MAMLConfig(_apply(), msl_anneal_steps=-1), ValueError,
+     "msl_anneal_steps"),
+    ("lr tree of another structure", lambda tmp: adapt(
+        {"w": jnp.ones(2)}, None, lambda p, _: jnp.sum(p["w"]), steps=1, lr={"v": 1.0}), ValueError, "`lr`"),
+    ("tuple instead of Task", lambda tmp: _step(maml.MAMLConfig(_apply()), tuple(_batch())), TypeError,
+     "expected a metajax Task"),
+    ("ANIL head that does not exist", lambda tmp: _step(maml.anil(_apply(), head="classifier"), _batch()),
+     ValueError, "selects no parameter"),
+    ("no tasks to sample", lambda tmp: sinusoid.sample(jax.random.PRNGKey(0), 0, 5, 5), ValueError,
+     "num_tasks must be a positive int"),
+    ("unknown conv implementation", lambda tmp: metajax.models.Conv(4, impl="fft").init(
+        jax.random.PRNGKey(0), jnp.ones((1, 4, 4, 1))), ValueError, "unknown impl"),
+    ("episode images of the wrong rank", lambda tmp: episodes.sample(
+        jax.random.PRNGKey(0), jnp.zeros((5, 4, 4), jnp.uint8), num_tasks=1, ways=2, shots=1, queries=1),
+     ValueError, "images must be"),
+    ("confidence interval of nothing", lambda tmp: mean_and_ci95([]), ValueError, "no values"),
+    ("rotation by 45 degrees", lambda tmp: omniglot.rotate(jnp.zeros((2, 3, 3)), 45), ValueError,
+     "multiple of 90"),
+]
+
+
+def _no_split_files(tmp):
+  _tree(tmp / "images_background")
+  _tree(tmp / "images_evaluation")
+  return omniglot.load("trainval", tmp, cache_dir=tmp / "c")
+
+
+def _bad_split_line(tmp):
+  _tree(tmp / "images_background")
+  _tree(tmp / "images_evaluation")
+  (tmp / "splits" / "vinyals").mkdir(parents=True)
+  (tmp / "splits" / "vinyals" / "test.txt").write_text("Alpha0/character01/rot000\nKlingon/character07/rot090\n")
+  return omniglot.load("test", tmp, cache_dir=tmp / "c")
+
+
+def _flat_zip(tmp):
+  with zipfile.ZipFile(tmp / "images_background.zip", "w") as z:
+    z.writestr("a.png", b"x")
+  return omniglot.load("background", tmp, cache_dir=tmp / "c")
+
+
+LOADER_CASES = [
+    ("split file missing", _no_split_files, FileNotFoundError, "split file"),
+    ("split names an unknown character", _bad_split_line, ValueError, "Klingon/character07"),
+    ("zip without the Omniglot layout", _flat_zip, ValueError, "expected the Omniglot layout"),
+    ("mini-ImageNet folder empty", lambda tmp: mini_imagenet.load("train", tmp), FileNotFoundError,
+     "neither"),
+]
+
+
+@pytest.mark.parametrize("name,call,exc,match", API_CASES + LOADER_CASES, ids=lambda v: v if isinstance(v, str) else "")
+def test_python_api_and_loaders(name, call, exc, match, tmp_path):
+  with pytest.raises(exc, match=match):
+    call(tmp_path)
+
+
+def _cli_error(argv, message, capsys):
+  code = main([str(a) for a in argv])
+  err = capsys.readouterr().err
+  assert code == 2, err
+  assert message in err, err
+  assert "Traceback" not in err
+
+
+CLI_CASES = [
+    (["train", "--steps", "0"], "--steps must be a positive integer"),
+    (["train", "--inner-lr", "nan"], "--inner-lr must be a positive finite number"),
+    (["train", "--outer-lr", "-1"], "--outer-lr must be a positive finite number"),
+    (["train", "--shots", "-3"], "--shots must be a positive integer"),
+    (["train", "--ways", "0"], "--ways must be a positive integer"),
+    (["train", "--val-every", "-1"], "--val-every must be a non-negative integer"),
+    (["train", "--clip-grad-norm", "0"], "--clip-grad-norm must be a positive finite number"),
+    (["train", "--resume"], "--resume needs the --out-dir"),
+    (["train", "--dataset", "omniglot", "--data-dir", "/nonexistent/data"], "does not exist"),
+    (["eval", "/nonexistent/run"], "does not exist"),
+]
+
+
+@pytest.mark.parametrize("argv,message", CLI_CASES, ids=lambda v: " ".join(v) if isinstance(v, list) else "")
+def test_cli_options(argv, message, capsys):
+  _cli_error(argv, message, capsys)
+
+
+def test_cli_unknown_algorithm(capsys):
+  with pytest.raises(SystemExit) as exc:
+    main(["train", "--algo", "maml3"])
+  assert exc.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+@needs_shared
+@pytest.mark.parametrize("extra,message", [
+    (["--ways", "1000"], "ways=1000 exceeds the 544 classes"),
+    (["--shots", "10", "--queries", "15"], "exceeds the 20 examples per class"),
+])
+def test_cli_impossible_episodes(extra, message, capsys, tmp_path, monkeypatch):
+  monkeypatch.setenv("METAJAX_CACHE", str(tmp_path))
+  _cli_error(["train", "--dataset", "omniglot", "--data-dir", SHARED, "--train-split", "background_small1",
+              "--eval-split", "background_small1", *extra], message, capsys)
+
+
+def test_cli_output_directory_not_writable(tmp_path, capsys):
+  blocker = tmp_path / "file.txt"
+  blocker.write_text("I am a file")
+  _cli_error(["train", "--steps", "10", "--out-dir", blocker / "run"], "file.txt", capsys)
+
+
+def test_cli_eval_of_a_folder_that_is_not_a_run(tmp_path, capsys):
+  _cli_error(["eval", tmp_path], "holds no run.json", capsys)
+
+
+def test_cli_plot_of_a_run_without_metrics(tmp_path, capsys):
+  (tmp_path / "run.json").write_text("{}")
+  _cli_error(["plot", tmp_path], "holds no records", capsys)
+
+
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory):
+  run_dir = tmp_path_factory.mktemp("saved") / "run"
+  assert main(["train", "--steps", "20", "--chunk", "10", "--eval-tasks", "5", "--out-dir", str(run_dir)]) == 0
+  return run_dir
+
+
+def _snapshot(run_dir: Path) -> dict:
+  return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+def test_existing_run_is_not_overwritten(saved_run, capsys):
+  before = _snapshot(saved_run)
+  _cli_error(["train", "--steps", "20", "--out-dir", saved_run], "already holds a run", capsys)
+  assert _snapshot(saved_run) == before
+
+
+def test_resume_with_changed_settings_is_refused_and_loses_nothing(saved_run, capsys):
+  before = _snapshot(saved_run)
+  _cli_error(["train", "--steps", "40", "--algo", "meta-sgd", "--out-dir", saved_run, "--resume"],
+             "--algo was 'maml' in the saved run, not 'meta-sgd'", capsys)
+  _cli_error(["train", "--steps", "40", "--inner-steps", "3", "--out-dir", saved_run, "--resume"],
+             "--inner-steps was 1", capsys)
+  assert _snapshot(saved_run) == before
+
+
+def test_resume_beyond_requested_steps(saved_run, capsys):
+  _cli_error(["train", "--steps", "10", "--chunk", "10", "--eval-tasks", "5", "--out-dir", saved_run,
+              "--resume"], "beyond --steps 10", capsys)
+
+
+def _copy(run_dir: Path, dest: Path) -> Path:
+  import shutil
+  shutil.copytree(run_dir, dest)
+  return dest
+
+
+def test_corrupt_checkpoint(saved_run, tmp_path, capsys):
+  run_dir = _copy(saved_run, tmp_path / "run")
+  for f in (run_dir / "checkpoints" / "20").rglob("*"):
+    if f.is_file():
+      f.write_bytes(b"garbage")
+  _cli_error(["eval", run_dir], "cannot be restored", capsys)
+
+
+def test_checkpoint_of_another_model(saved_run, tmp_path, capsys):
+  run_dir = _copy(saved_run, tmp_path / "run")
+  settings = json.loads((run_dir / "run.json").read_text())
+  settings["algo"] = "meta-sgd"  # a learner with more meta-parameters than the checkpoint holds
+  (run_dir / "run.json").write_text(json.dumps(settings))
+  _cli_error(["eval", run_dir], "cannot be restored into this model", capsys)
+
+
+def test_foreign_checkpoint_directory(tmp_path, capsys):
+  import orbax.checkpoint as ocp
+  run_dir = tmp_path / "run"
+  assert main(["train", "--steps", "1", "--chunk", "1", "--eval-tasks", "2", "--out-dir", str(run_dir)]) == 0
+  import shutil
+  shutil.rmtree(run_dir / "checkpoints")
+  mngr = ocp.CheckpointManager(run_dir / "checkpoints", options=ocp.CheckpointManagerOptions(create=True))
+  mngr.save(1, args=ocp.args.StandardSave({"something": jnp.ones(3)}))
+  mngr.wait_until_finished()
+  _cli_error(["eval", run_dir], "cannot be restored", capsys)
+
+
+def test_corrupt_run_file(saved_run, tmp_path, capsys):
+  run_dir = _copy(saved_run, tmp_path / "run")
+  (run_dir / "run.json").write_text("{not json")
+  _cli_error(["train", "--steps", "40", "--out-dir", run_dir, "--resume"], "not valid JSON", capsys)
+  _cli_error(["eval", run_dir], "not valid JSON", capsys)
+
+
+def test_catalogue_is_at_least_25_entries():
+  others = [n for n in dir(sys.modules[__name__]) if n.startswith("test_") and n not in (
+      "test_python_api_and_loaders", "test_cli_options", "test_catalogue_is_at_least_25_entries")]
+  assert len(API_CASES) + len(LOADER_CASES) + len(CLI_CASES) + len(others) >= 25
