@@ -20,7 +20,7 @@ from metajax.train import (ALGORITHMS, DATASET_DEFAULTS, Interrupted, NonFiniteL
 HELP = {
     "dataset": "task family: sinusoid (generated) or omniglot (needs --data-dir)",
     "data_dir": "folder with the dataset files (default: $METAJAX_DATA)",
-    "algo": "meta-learning algorithm",
+    "algo": "meta-learning algorithm (protonet, matching and relation need an image dataset)",
     "steps": "outer (meta) steps (default per dataset: 70000 sinusoid, 2000 omniglot)",
     "meta_batch": "tasks per meta-step (default: 25 sinusoid, 32 omniglot)",
     "ways": "classes per task (N), classification datasets",

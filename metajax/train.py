@@ -18,7 +18,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from metajax import maml, reptile
+from metajax import maml, metric, reptile
 from metajax.core import MetaState, Task, losses, mean_and_ci95
 from metajax.data import episodes, omniglot, sinusoid
 from metajax.models import MLP, Conv4, functional
@@ -30,7 +30,11 @@ ALGORITHMS: dict[str, tuple[Callable[..., maml.MAMLConfig], Any]] = {
     "anil": (maml.anil, maml),
     "maml++": (maml.maml_plus_plus, maml),
     "reptile": (maml.MAMLConfig, reptile),
+    "protonet": (metric.prototypical, metric),
+    "matching": (metric.matching, metric),
+    "relation": (metric.relation, metric),
 }
+METRIC_ALGORITHMS = ("protonet", "matching", "relation")
 
 # Per-dataset defaults for options left unset: the MAML paper's settings.
 DATASET_DEFAULTS = {
@@ -78,6 +82,8 @@ class TrainArgs:
       raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {sorted(DATASET_DEFAULTS)}")
     if self.algo not in ALGORITHMS:
       raise ValueError(f"unknown algorithm {self.algo!r}; choose one of {sorted(ALGORITHMS)}")
+    if self.algo in METRIC_ALGORITHMS and self.dataset == "sinusoid":
+      raise ValueError(f"{self.algo} is a classifier; use it with --dataset omniglot")
     for name, value in DATASET_DEFAULTS[self.dataset].items():
       if getattr(self, name) is None:
         object.__setattr__(self, name, value)
@@ -134,6 +140,22 @@ def _accuracy(logits: jax.Array, labels: jax.Array) -> dict:
   return {"accuracy": losses.accuracy(logits, labels)}
 
 
+def _metric_learner(args: TrainArgs, factory: Callable, optimizer: optax.GradientTransformation,
+                    key: jax.Array, x0: jax.Array) -> tuple[metric.MetricConfig, Any]:
+  """A Conv4 embedding (no head); Relation networks add an MLP relation module over
+  concatenated (class, query) embeddings."""
+  embed = Conv4(num_classes=None, width=args.width)
+  k_embed, k_rel = jax.random.split(key)
+  params, embed_fn = functional(embed, embed.init(k_embed, x0))
+  common = dict(optimizer=optimizer, task_strategy=args.task_strategy)
+  if args.algo != "relation":
+    return factory(embed_fn, args.ways, **common), params
+  dim = embed.apply(embed.init(k_embed, x0), x0, mutable=["batch_stats"])[0].shape[-1]
+  relation = MLP(hidden=(8,), out=1)
+  rel_params, rel_fn = functional(relation, relation.init(k_rel, jnp.zeros((1, 2 * dim))))
+  return factory(embed_fn, rel_fn, args.ways, **common), {"embed": params, "relation": rel_params}
+
+
 def build(args: TrainArgs) -> Problem:
   """The learner, its initial state and its task samplers for ``args.dataset``."""
   factory, algo = ALGORITHMS[args.algo]
@@ -151,21 +173,24 @@ def build(args: TrainArgs) -> Problem:
     sample_fn = functools.partial(sinusoid.sample, num_tasks=args.meta_batch, shots=args.shots,
                                   queries=args.queries)
     eval_tasks = lambda key, n: sinusoid.sample(key, n, args.shots, args.eval_queries)
-    return Problem(config, algo, maml.init(config, params, k_state), sample_fn, None, eval_tasks)
+    return Problem(config, algo, algo.init(config, params, k_state), sample_fn, None, eval_tasks)
   train = omniglot.load(args.train_split, args.data_dir)
   test = omniglot.load(args.eval_split, args.data_dir)
   episodes.check_episode_shape(*train.images.shape[:2], args.ways, args.shots, args.queries)
   episodes.check_episode_shape(*test.images.shape[:2], args.ways, args.shots, args.eval_queries)
-  model = Conv4(num_classes=args.ways, width=args.width)
   x0 = jnp.zeros((args.ways * args.shots,) + train.images.shape[2:] + (1,))
-  params, apply_fn = functional(model, model.init(k_init, x0))
-  config = factory(apply_fn, loss_fn=losses.cross_entropy, metrics_fn=_accuracy, **common)
+  if args.algo in METRIC_ALGORITHMS:
+    config, params = _metric_learner(args, factory, optimizer, k_init, x0)
+  else:
+    model = Conv4(num_classes=args.ways, width=args.width)
+    params, apply_fn = functional(model, model.init(k_init, x0))
+    config = factory(apply_fn, loss_fn=losses.cross_entropy, metrics_fn=_accuracy, **common)
   sample_fn = functools.partial(episodes.sample, num_tasks=args.meta_batch, ways=args.ways,
                                 shots=args.shots, queries=args.queries)
   test_images = jnp.asarray(test.images)
   eval_tasks = lambda key, n: episodes.sample(key, test_images, num_tasks=n, ways=args.ways,
                                               shots=args.shots, queries=args.eval_queries)
-  return Problem(config, algo, maml.init(config, params, k_state), sample_fn,
+  return Problem(config, algo, algo.init(config, params, k_state), sample_fn,
                  jnp.asarray(train.images), eval_tasks)
 
 
@@ -341,17 +366,19 @@ def report(args: TrainArgs, problem: Problem, state: MetaState, log: Callable[[s
     summary["train_time_s"] = round(train_time, 2)
   for name, values in results.items():
     summary[f"eval_{name}"], summary[f"eval_{name}_ci95"] = mean_and_ci95(values)
-  steps = args.eval_inner_steps or args.inner_steps
   if "eval_accuracy" in summary:
-    line = (f"accuracy {100 * summary['eval_accuracy']:.2f}% ± {100 * summary['eval_accuracy_ci95']:.2f} "
-            f"(95% CI), before adaptation {100 * summary['eval_accuracy_before']:.2f}%")
-    shape = f"{args.ways}-way {args.shots}-shot"
+    name, scale, unit, shape = "accuracy", 100, "%", f"{args.ways}-way {args.shots}-shot"
   else:
-    line = (f"MSE {summary['eval_loss']:.3f} ± {summary['eval_loss_ci95']:.3f} (95% CI), "
-            f"before adaptation {summary['eval_loss_before']:.3f}")
-    shape = f"{args.shots}-shot"
+    name, scale, unit, shape = "loss", 1, "", f"{args.shots}-shot"
+  fmt = ".2f" if name == "accuracy" else ".3f"
+  line = (f"{'accuracy' if name == 'accuracy' else 'MSE'} {scale * summary[f'eval_{name}']:{fmt}}{unit} ± "
+          f"{scale * summary[f'eval_{name}_ci95']:{fmt}} (95% CI)")
+  if f"eval_{name}_before" in summary:
+    line += f", before adaptation {scale * summary[f'eval_{name}_before']:{fmt}}{unit}"
+  if args.algo not in METRIC_ALGORITHMS:
+    shape += f", {args.eval_inner_steps or args.inner_steps} inner step(s)"
   trained = f"; trained in {train_time:.1f} s" if train_time is not None else ""
-  log(f"eval on {args.eval_tasks} new {args.dataset} tasks ({shape}, {steps} inner step(s)) after "
+  log(f"eval on {args.eval_tasks} new {args.dataset} tasks ({shape}) after "
       f"{int(state.step)} meta-steps: {line}{trained}")
   if args.out_dir:
     (Path(args.out_dir) / "summary.json").write_text(json.dumps(summary, indent=2))

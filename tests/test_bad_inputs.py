@@ -111,6 +111,7 @@ CLI_CASES = [
     (["train", "--val-every", "-1"], "--val-every must be a non-negative integer"),
     (["train", "--clip-grad-norm", "0"], "--clip-grad-norm must be a positive finite number"),
     (["train", "--resume"], "--resume needs the --out-dir"),
+    (["train", "--algo", "protonet"], "protonet is a classifier; use it with --dataset omniglot"),
     (["train", "--dataset", "omniglot", "--data-dir", "/nonexistent/data"], "does not exist"),
     (["eval", "/nonexistent/run"], "does not exist"),
 ]
