@@ -202,6 +202,17 @@ class Trained(NamedTuple):
   train_time_s: float
 
 
+def _read_run_file(run_dir: Path) -> dict:
+  """The saved settings of a run directory, with errors naming the folder or file."""
+  run_file = run_dir / RUN_FILE
+  if not run_file.is_file():
+    raise FileNotFoundError(f"{run_dir} holds no {RUN_FILE}; is it a metajax run directory?")
+  try:
+    return json.loads(run_file.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    raise ValueError(f"{run_file} is not valid JSON ({err})") from err
+
+
 def _prepare_run_dir(args: TrainArgs) -> Optional[Path]:
   """Creates or checks the run directory; refuses to overwrite a run unless resuming."""
   if not args.out_dir:
@@ -210,12 +221,7 @@ def _prepare_run_dir(args: TrainArgs) -> Optional[Path]:
   run_file = out / RUN_FILE
   saved = dataclasses.asdict(args)
   if args.resume:
-    if not run_file.is_file():
-      raise FileNotFoundError(f"--resume: {out} holds no {RUN_FILE}; is it a metajax run directory?")
-    try:
-      before = json.loads(run_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-      raise ValueError(f"--resume: {run_file} is not valid JSON ({err})") from err
+    before = _read_run_file(out)
     for name, value in saved.items():
       if name not in RESUMABLE_CHANGES and before.get(name) != value:
         raise ValueError(f"--resume: --{name.replace('_', '-')} was {before.get(name)!r} in the saved "
@@ -338,13 +344,7 @@ def load_run(run_dir: str | os.PathLike, **overrides: Any) -> tuple[TrainArgs, P
   """
   from metajax import checkpoint
 
-  run_file = Path(run_dir) / RUN_FILE
-  if not run_file.is_file():
-    raise FileNotFoundError(f"{run_dir} holds no {RUN_FILE}; is it a metajax run directory?")
-  try:
-    saved = json.loads(run_file.read_text())
-  except (json.JSONDecodeError, UnicodeDecodeError) as err:
-    raise ValueError(f"{run_file} is not valid JSON ({err})") from err
+  saved = _read_run_file(Path(run_dir))
   unknown = set(overrides) - set(RESUMABLE_CHANGES)
   if unknown:
     raise ValueError(f"cannot override {sorted(unknown)} of a saved run")
