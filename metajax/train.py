@@ -8,6 +8,8 @@ import functools
 import json
 import math
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
@@ -202,6 +204,26 @@ class Trained(NamedTuple):
   train_time_s: float
 
 
+class _DeferredInterrupt:
+  """Turns the first SIGINT into a request honoured at the next chunk boundary (so a
+  checkpoint is never cut half-written); a second SIGINT interrupts at once."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGINT, self._handle)
+
+  def _handle(self, signum, frame):
+    if self.requested:
+      raise KeyboardInterrupt
+    self.requested = True
+
+  def restore(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGINT, self._previous)
+
+
 def _read_run_file(run_dir: Path) -> dict:
   """The saved settings of a run directory, with errors naming the folder or file."""
   run_file = run_dir / RUN_FILE
@@ -258,7 +280,7 @@ def train(args: TrainArgs, problem: Optional[Problem] = None,
   Raises:
     NonFiniteLoss: naming the first meta-step whose loss is NaN or infinite;
       checkpoints written before it are kept.
-    Interrupted: on SIGINT, after checkpointing the last completed chunk.
+    Interrupted: on SIGINT, at the end of the running chunk, after checkpointing it.
   """
   from metajax import checkpoint
 
@@ -278,6 +300,7 @@ def train(args: TrainArgs, problem: Optional[Problem] = None,
   start = time.perf_counter()
   paused = 0.0
   chunks = 0
+  stop = _DeferredInterrupt()
   try:
     with tqdm(total=args.steps, initial=done, desc=f"{args.algo} {args.dataset}", unit="step") as bar:
       while done < args.steps:
@@ -309,11 +332,12 @@ def train(args: TrainArgs, problem: Optional[Problem] = None,
           t0 = time.perf_counter()
           on_chunk(done, state, record["time_s"])
           paused += time.perf_counter() - t0
-  except KeyboardInterrupt:
-    if mngr is not None and mngr.latest_step() != done:
-      checkpoint.save(mngr, state)
-    raise Interrupted(done) from None
+        if stop.requested:
+          if mngr is not None and mngr.latest_step() != done:
+            checkpoint.save(mngr, state)
+          raise Interrupted(done)
   finally:
+    stop.restore()
     if metrics_file:
       metrics_file.close()
   return Trained(problem, state, time.perf_counter() - start - paused)
