@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 from metajax.checkpoint import CheckpointError
 from metajax.train import (ALGORITHMS, DATASET_DEFAULTS, Interrupted, NonFiniteLoss, TrainArgs,
-                           load_run, report, run)
+                           load_run, read_run_file, report, run)
 
 HELP = {
     "dataset": "task family: sinusoid (generated) or omniglot (needs --data-dir)",
@@ -98,7 +98,7 @@ def _main(ns: argparse.Namespace) -> None:
     from metajax import plots
     run_dir = _run_dir(ns.run_dir)
     print("wrote", plots.learning_curves(run_dir, ns.width, ns.height))
-    if '"dataset": "sinusoid"' in (run_dir / "run.json").read_text():
+    if read_run_file(run_dir).get("dataset") == "sinusoid":
       print("wrote", plots.sinusoid_adaptation(run_dir, ns.width, ns.height))
 
 

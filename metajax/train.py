@@ -20,7 +20,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from metajax import maml, metric, reptile
+from metajax import checkpoint, maml, metric, reptile
 from metajax.core import MetaState, Task, losses, mean_and_ci95
 from metajax.data import episodes, omniglot, sinusoid
 from metajax.models import MLP, Conv4, functional
@@ -130,7 +130,7 @@ class NonFiniteLoss(RuntimeError):
 class Problem(NamedTuple):
   """A configured learner and its data."""
 
-  config: maml.MAMLConfig
+  config: maml.MAMLConfig | metric.MetricConfig
   algo: Any
   state: MetaState
   sample_fn: Callable[..., Task]
@@ -152,7 +152,7 @@ def _metric_learner(args: TrainArgs, factory: Callable, optimizer: optax.Gradien
   common = dict(optimizer=optimizer, task_strategy=args.task_strategy)
   if args.algo != "relation":
     return factory(embed_fn, args.ways, **common), params
-  dim = embed.apply(embed.init(k_embed, x0), x0, mutable=["batch_stats"])[0].shape[-1]
+  dim = embed_fn(params, x0).shape[-1]
   relation = MLP(hidden=(8,), out=1)
   rel_params, rel_fn = functional(relation, relation.init(k_rel, jnp.zeros((1, 2 * dim))))
   return factory(embed_fn, rel_fn, args.ways, **common), {"embed": params, "relation": rel_params}
@@ -224,7 +224,7 @@ class _DeferredInterrupt:
       signal.signal(signal.SIGINT, self._previous)
 
 
-def _read_run_file(run_dir: Path) -> dict:
+def read_run_file(run_dir: Path) -> dict:
   """The saved settings of a run directory, with errors naming the folder or file."""
   run_file = run_dir / RUN_FILE
   if not run_file.is_file():
@@ -243,7 +243,7 @@ def _prepare_run_dir(args: TrainArgs) -> Optional[Path]:
   run_file = out / RUN_FILE
   saved = dataclasses.asdict(args)
   if args.resume:
-    before = _read_run_file(out)
+    before = read_run_file(out)
     for name, value in saved.items():
       if name not in RESUMABLE_CHANGES and before.get(name) != value:
         raise ValueError(f"--resume: --{name.replace('_', '-')} was {before.get(name)!r} in the saved "
@@ -282,8 +282,6 @@ def train(args: TrainArgs, problem: Optional[Problem] = None,
       checkpoints written before it are kept.
     Interrupted: on SIGINT, at the end of the running chunk, after checkpointing it.
   """
-  from metajax import checkpoint
-
   out = _prepare_run_dir(args)
   problem = build(args) if problem is None else problem
   state = problem.state
@@ -366,9 +364,7 @@ def load_run(run_dir: str | os.PathLike, **overrides: Any) -> tuple[TrainArgs, P
 
   ``overrides`` replace resumable settings (e.g. ``eval_tasks``, ``data_dir``).
   """
-  from metajax import checkpoint
-
-  saved = _read_run_file(Path(run_dir))
+  saved = read_run_file(Path(run_dir))
   unknown = set(overrides) - set(RESUMABLE_CHANGES)
   if unknown:
     raise ValueError(f"cannot override {sorted(unknown)} of a saved run")
@@ -390,15 +386,13 @@ def report(args: TrainArgs, problem: Problem, state: MetaState, log: Callable[[s
     summary["train_time_s"] = round(train_time, 2)
   for name, values in results.items():
     summary[f"eval_{name}"], summary[f"eval_{name}_ci95"] = mean_and_ci95(values)
-  if "eval_accuracy" in summary:
-    name, scale, unit, shape = "accuracy", 100, "%", f"{args.ways}-way {args.shots}-shot"
-  else:
-    name, scale, unit, shape = "loss", 1, "", f"{args.shots}-shot"
-  fmt = ".2f" if name == "accuracy" else ".3f"
-  line = (f"{'accuracy' if name == 'accuracy' else 'MSE'} {scale * summary[f'eval_{name}']:{fmt}}{unit} ± "
-          f"{scale * summary[f'eval_{name}_ci95']:{fmt}} (95% CI)")
+  classification = "eval_accuracy" in summary
+  name, label, unit, fmt = ("accuracy", "accuracy", "%", ".2f") if classification else ("loss", "MSE", "", ".3f")
+  show = lambda key: f"{(100 if classification else 1) * summary[key]:{fmt}}"
+  line = f"{label} {show(f'eval_{name}')}{unit} ± {show(f'eval_{name}_ci95')} (95% CI)"
   if f"eval_{name}_before" in summary:
-    line += f", before adaptation {scale * summary[f'eval_{name}_before']:{fmt}}{unit}"
+    line += f", before adaptation {show(f'eval_{name}_before')}{unit}"
+  shape = f"{args.ways}-way {args.shots}-shot" if classification else f"{args.shots}-shot"
   if args.algo not in METRIC_ALGORITHMS:
     shape += f", {args.eval_inner_steps or args.inner_steps} inner step(s)"
   trained = f"; trained in {train_time:.1f} s" if train_time is not None else ""
