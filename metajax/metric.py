@@ -1,62 +1,40 @@
 """Metric-based few-shot learners: Prototypical, Matching and Relation networks.
 
 No inner loop: a task's query predictions come from comparing query embeddings
-with support embeddings. All three share :func:`init`, :func:`meta_step` and
-:func:`evaluate`; they differ in ``scores_fn`` (and Relation networks in the
-loss). Labels must be integers in ``[0, ways)``, as the episode sampler gives.
+with support embeddings. Each factory returns a :class:`metajax.learner.LearnerConfig`
+whose ``predict_fn`` gives ``(n_query, ways)`` scores; :func:`init`,
+:func:`meta_step` and :func:`evaluate` are :mod:`metajax.learner`'s. Labels must
+be integers in ``[0, ways)``, as the episode sampler gives.
 
 * :func:`prototypical` — logits are negative squared Euclidean distances to the
   class means of the support embeddings (Snell et al., 2017).
 * :func:`matching` — cosine-similarity attention over the support set; the
   prediction is the attention-weighted sum of one-hot support labels, and the
-  logits are its log (Vinyals et al., 2016; without full-context embeddings).
+  logits are its log (Vinyals et al., 2016); full-context embeddings
+  (:class:`FullContextEmbedding`, bidirectional LSTM + attention LSTM) optional.
 * :func:`relation` — a learned relation module scores the concatenation of each
   class's summed support embedding with each query embedding; sigmoid scores are
   regressed onto one-hot targets with MSE (Sung et al., 2018).
 """
 from __future__ import annotations
 
-import dataclasses
-import functools
-from typing import Any, Callable
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from metajax.core import losses
-from metajax.core.meta import MetaState, TaskStrategy, map_tasks, mean_task_grads, resolve_strategy
-from metajax.core.tasks import Task, check_task
+from metajax.core.tasks import Task
+from metajax.learner import LearnerConfig, check_ways, evaluate, init, meta_step, task_loss
+
+__all__ = ["FullContextEmbedding", "class_means", "evaluate", "init", "matching", "matching_attention", "meta_step",
+           "prototypical", "relation", "relation_mse", "task_loss"]
 
 PyTree = Any
 Array = jax.Array
-ScoresFn = Callable[[PyTree, Task, int], Array]
-
-
-@dataclasses.dataclass(frozen=True)
-class MetricConfig:
-  """Static configuration of a metric-based learner (a ``jit`` static argument).
-
-  Attributes:
-    scores_fn: ``(params, task, ways) -> (n_query, ways)`` class scores of one task.
-    ways: classes per task.
-    loss_fn: ``(scores, labels) -> scalar``; cross-entropy on logits by default.
-    optimizer: the Optax optimizer over all parameters.
-    task_strategy: how the task axis runs, see :mod:`metajax.core.meta`.
-  """
-
-  scores_fn: ScoresFn
-  ways: int
-  loss_fn: Callable[[Array, Array], Array] = losses.cross_entropy
-  optimizer: optax.GradientTransformation = dataclasses.field(default_factory=lambda: optax.adam(1e-3))
-  task_strategy: TaskStrategy = "auto"
-
-  def __post_init__(self):
-    if isinstance(self.ways, bool) or not isinstance(self.ways, int) or self.ways < 2:
-      raise ValueError(f"MetricConfig: ways must be an integer >= 2, got {self.ways!r}")
-    if not isinstance(self.optimizer, optax.GradientTransformation):
-      raise TypeError("MetricConfig: optimizer must be an optax.GradientTransformation")
-    resolve_strategy(self.task_strategy)
+EmbedFn = Callable[[PyTree, Array], Array]
 
 
 def class_means(embeddings: Array, labels: Array, ways: int) -> Array:
@@ -65,15 +43,16 @@ def class_means(embeddings: Array, labels: Array, ways: int) -> Array:
   return (onehot.T @ embeddings) / jnp.maximum(onehot.sum(0), 1.0)[:, None]
 
 
-def prototypical(embed_fn: Callable[[PyTree, Array], Array], ways: int, **kwargs) -> MetricConfig:
+def prototypical(embed_fn: EmbedFn, ways: int, **kwargs) -> LearnerConfig:
   """Prototypical networks; ``embed_fn(params, x (n, ...)) -> (n, d)``."""
+  check_ways(ways, "prototypical")
 
-  def scores(params, task, ways):
+  def scores(params, task):
     protos = class_means(embed_fn(params, task.x_support), task.y_support, ways)
     query = embed_fn(params, task.x_query)
     return -jnp.sum(jnp.square(query[:, None, :] - protos[None]), axis=-1)
 
-  return MetricConfig(scores, ways, **kwargs)
+  return LearnerConfig(scores, **kwargs)
 
 
 def matching_attention(query: Array, support: Array, eps: float = 1e-8) -> Array:
@@ -83,15 +62,58 @@ def matching_attention(query: Array, support: Array, eps: float = 1e-8) -> Array
   return jax.nn.softmax(qn @ sn.T, axis=-1)
 
 
-def matching(embed_fn: Callable[[PyTree, Array], Array], ways: int, **kwargs) -> MetricConfig:
-  """Matching networks (cosine attention); ``embed_fn(params, x (n, ...)) -> (n, d)``."""
+class FullContextEmbedding(nn.Module):
+  """Matching networks' full-context embeddings (Vinyals et al. 2016, appendix A).
 
-  def scores(params, task, ways):
-    attention = matching_attention(embed_fn(params, task.x_query), embed_fn(params, task.x_support))
+  ``(support (s, d), query (q, d)) -> (support' (s, d), query' (q, d))``: the
+  support embeddings pass through a bidirectional LSTM (outputs summed, plus a
+  skip connection); each query embedding is refined by an LSTM that reads the
+  support ``steps`` times with attention.
+
+  Attributes:
+    steps: attention read steps over the support set.
+  """
+
+  steps: int = 5
+
+  @nn.compact
+  def __call__(self, support: Array, query: Array) -> tuple[Array, Array]:
+    d = support.shape[-1]
+    bi = nn.Bidirectional(nn.RNN(nn.LSTMCell(d)), nn.RNN(nn.LSTMCell(d)),
+                          merge_fn=lambda a, b: a + b)
+    g = support + bi(support[None])[0]
+    cell = nn.LSTMCell(d, name="attention_lstm")
+    carry = (jnp.zeros_like(query), jnp.zeros_like(query))
+    h = query
+    for _ in range(self.steps):
+      read = jax.nn.softmax(h @ g.T, axis=-1) @ g
+      carry, out = cell(carry, jnp.concatenate([query, read], axis=-1))
+      h = out + query
+    return g, h
+
+
+def matching(embed_fn: EmbedFn, ways: int, fce_fn: Optional[Callable[[PyTree, Array, Array], tuple]] = None,
+             **kwargs) -> LearnerConfig:
+  """Matching networks: cosine attention over the support set.
+
+  ``embed_fn(params, x (n, ...)) -> (n, d)``. With ``fce_fn`` (full-context
+  embeddings, e.g. ``functional``-wrapped :class:`FullContextEmbedding` called as
+  ``fce_fn(params, support, query)``) the parameters are ``{"embed": ...,
+  "fce": ...}`` and the embeddings are refined before the attention.
+  """
+  check_ways(ways, "matching")
+
+  def scores(params, task):
+    embed_params = params if fce_fn is None else params["embed"]
+    support = embed_fn(embed_params, task.x_support)
+    query = embed_fn(embed_params, task.x_query)
+    if fce_fn is not None:
+      support, query = fce_fn(params["fce"], support, query)
+    attention = matching_attention(query, support)
     probs = attention @ jax.nn.one_hot(task.y_support, ways, dtype=attention.dtype)
     return jnp.log(probs + 1e-8)
 
-  return MetricConfig(scores, ways, **kwargs)
+  return LearnerConfig(scores, **kwargs)
 
 
 def relation_mse(scores: Array, labels: Array) -> Array:
@@ -99,8 +121,8 @@ def relation_mse(scores: Array, labels: Array) -> Array:
   return losses.mse(jax.nn.sigmoid(scores), jax.nn.one_hot(labels, scores.shape[-1], dtype=scores.dtype))
 
 
-def relation(embed_fn: Callable[[PyTree, Array], Array],
-             relation_fn: Callable[[PyTree, Array], Array], ways: int, **kwargs) -> MetricConfig:
+def relation(embed_fn: EmbedFn,
+             relation_fn: EmbedFn, ways: int, **kwargs) -> LearnerConfig:
   """Relation networks.
 
   Parameters are ``{"embed": ..., "relation": ...}``; ``embed_fn(params["embed"],
@@ -108,9 +130,10 @@ def relation(embed_fn: Callable[[PyTree, Array], Array],
   pairs)`` maps ``(m, ...)`` pairs, concatenated on the last axis, to ``(m,)`` or
   ``(m, 1)`` scores (pre-sigmoid).
   """
+  check_ways(ways, "relation")
   kwargs.setdefault("loss_fn", relation_mse)
 
-  def scores(params, task, ways):
+  def scores(params, task):
     support = embed_fn(params["embed"], task.x_support)
     query = embed_fn(params["embed"], task.x_query)
     onehot = jax.nn.one_hot(task.y_support, ways, dtype=support.dtype)
@@ -121,40 +144,4 @@ def relation(embed_fn: Callable[[PyTree, Array], Array],
     out = relation_fn(params["relation"], pairs.reshape((q * ways,) + pairs.shape[2:]))
     return out.reshape(q, ways)
 
-  return MetricConfig(scores, ways, **kwargs)
-
-
-def init(config: MetricConfig, params: PyTree, key: Array) -> MetaState:
-  """The initial :class:`MetaState` (``meta_params = {"params": params}``)."""
-  meta_params = {"params": params}
-  return MetaState(meta_params, config.optimizer.init(meta_params), jnp.zeros((), jnp.int32), key)
-
-
-def task_loss(config: MetricConfig, meta_params: PyTree, task: Task) -> tuple[Array, dict]:
-  """``(loss, {"loss", "accuracy"})`` of one task's query set."""
-  scores = config.scores_fn(meta_params["params"], task, config.ways)
-  loss = config.loss_fn(scores, task.y_query)
-  return loss, {"loss": loss, "accuracy": losses.accuracy(scores, task.y_query)}
-
-
-@functools.partial(jax.jit, static_argnames=("config",))
-def meta_step(state: MetaState, task_batch: Task, *, config: MetricConfig) -> tuple[MetaState, dict]:
-  """One optimizer step on the mean query loss of a task batch (fields ``(tasks, n, ...)``)."""
-  check_task(task_batch, batched=True)
-
-  def task_grad(task):
-    (_, metrics), grads = jax.value_and_grad(task_loss, argnums=1, has_aux=True)(
-        config, state.meta_params, task)
-    return grads, metrics
-
-  grads, metrics = mean_task_grads(task_grad, task_batch, config.task_strategy)
-  updates, opt_state = config.optimizer.update(grads, state.opt_state, state.meta_params)
-  return MetaState(optax.apply_updates(state.meta_params, updates), opt_state, state.step + 1,
-                   state.key), metrics
-
-
-@functools.partial(jax.jit, static_argnames=("config", "inner_steps"))
-def evaluate(state: MetaState, task_batch: Task, *, config: MetricConfig, inner_steps: None = None) -> dict:
-  """Per-task ``{"loss": (tasks,), "accuracy": (tasks,)}``; ``inner_steps`` is accepted and ignored."""
-  check_task(task_batch, batched=True)
-  return map_tasks(lambda t: task_loss(config, state.meta_params, t)[1], task_batch, config.task_strategy)
+  return LearnerConfig(scores, **kwargs)

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from metajax import checkpoint, maml, metric, reptile
+from metajax import checkpoint, learner, maml, metric, reptile
 from metajax.core import MetaState, Task, losses, mean_and_ci95
 from metajax.data import episodes, omniglot, sinusoid
 from metajax.models import MLP, Conv4, functional
@@ -130,7 +130,7 @@ class NonFiniteLoss(RuntimeError):
 class Problem(NamedTuple):
   """A configured learner and its data."""
 
-  config: maml.MAMLConfig | metric.MetricConfig
+  config: maml.MAMLConfig | learner.LearnerConfig
   algo: Any
   state: MetaState
   sample_fn: Callable[..., Task]
@@ -143,7 +143,7 @@ def _accuracy(logits: jax.Array, labels: jax.Array) -> dict:
 
 
 def _metric_learner(args: TrainArgs, factory: Callable, optimizer: optax.GradientTransformation,
-                    key: jax.Array, x0: jax.Array) -> tuple[metric.MetricConfig, Any]:
+                    key: jax.Array, x0: jax.Array) -> tuple[learner.LearnerConfig, Any]:
   """A Conv4 embedding (no head); Relation networks add an MLP relation module over
   concatenated (class, query) embeddings."""
   embed = Conv4(num_classes=None, width=args.width)

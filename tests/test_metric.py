@@ -1,6 +1,7 @@
 """Prototypical, Matching and Relation networks."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import chex
@@ -28,7 +29,7 @@ def _toy_task():
 
 def test_prototypical_logits_equal_a_hand_computation():
   config = metric.prototypical(identity, ways=2)
-  scores = config.scores_fn({"scale": 1.0}, _toy_task(), 2)
+  scores = config.predict_fn({"scale": 1.0}, _toy_task())
   # prototypes (1, 0) and (10, 11); query (1, 1): distances 1 and 81+100; query (9, 9): 64+81 and 1+4
   np.testing.assert_allclose(scores, [[-1.0, -181.0], [-145.0, -5.0]])
 
@@ -39,9 +40,9 @@ def test_matching_attention_sums_to_one_and_predicts_neighbours():
   np.testing.assert_allclose(attention.sum(-1), np.ones(7), rtol=1e-6)
   assert (attention >= 0).all()
   config = metric.matching(identity, ways=2)
-  probs = jnp.exp(config.scores_fn({"scale": 1.0}, _toy_task()._replace(
+  probs = jnp.exp(config.predict_fn({"scale": 1.0}, _toy_task()._replace(
       x_support=jnp.array([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [0.1, 1.0]]),
-      x_query=jnp.array([[1.0, 0.05], [0.05, 1.0]])), 2))
+      x_query=jnp.array([[1.0, 0.05], [0.05, 1.0]]))))
   np.testing.assert_allclose(probs.sum(-1), [1.0, 1.0], rtol=1e-5)
   assert probs[0, 0] > probs[0, 1] and probs[1, 1] > probs[1, 0]
 
@@ -54,10 +55,14 @@ def _learners(key, ways=3):
   embed_fn = lambda p, x: mlp_fn(p, x.reshape(x.shape[0], -1))
   relation_module = MLP(hidden=(8,), out=1)
   rel_params, rel_fn = functional(relation_module, relation_module.init(key, jnp.zeros((1, 16))))
+  fce = metric.FullContextEmbedding(steps=2)
+  fce_params, fce_fn = functional(fce, fce.init(key, jnp.zeros((6, 8)), jnp.zeros((6, 8))))
   sgd = optax.sgd(0.1)  # updates proportional to gradients: comparisons are not amplified by Adam
   return {
       "protonet": (metric.prototypical(embed_fn, ways, optimizer=sgd), embed_params),
       "matching": (metric.matching(embed_fn, ways, optimizer=sgd), embed_params),
+      "matching-fce": (metric.matching(embed_fn, ways, fce_fn=fce_fn, optimizer=sgd),
+                       {"embed": embed_params, "fce": fce_params}),
       "relation": (metric.relation(embed_fn, rel_fn, ways, optimizer=sgd),
                    {"embed": embed_params, "relation": rel_params}),
   }
@@ -68,7 +73,7 @@ def _image_tasks(key, tasks=3, ways=3, shots=2, queries=2):
   return episodes.sample(key, images, num_tasks=tasks, ways=ways, shots=shots, queries=queries)
 
 
-@pytest.mark.parametrize("name", ["protonet", "matching", "relation"])
+@pytest.mark.parametrize("name", ["protonet", "matching", "matching-fce", "relation"])
 def test_gradients_reach_every_parameter_and_strategies_equal_a_loop(name):
   key = jax.random.PRNGKey(0)
   config, params = _learners(key)[name]
@@ -88,7 +93,7 @@ def test_gradients_reach_every_parameter_and_strategies_equal_a_loop(name):
   want = jax.tree.map(lambda p, u: p + u, state.meta_params,
                       config.optimizer.update(mean, state.opt_state, state.meta_params)[0])
   for strategy in ("vmap", "map", "unroll"):
-    cfg = metric.MetricConfig(**{**config.__dict__, "task_strategy": strategy})
+    cfg = dataclasses.replace(config, task_strategy=strategy)
     new, metrics = metric.meta_step(state, batch, config=cfg)
     chex.assert_trees_all_close(new.meta_params, want, rtol=1e-4, atol=1e-5)
     assert set(metrics) == {"loss", "accuracy"}

@@ -9,7 +9,7 @@ import jax
 PyTree = Any
 
 
-def functional(module: nn.Module, variables: PyTree) -> tuple[PyTree, Callable[[PyTree, jax.Array], jax.Array]]:
+def functional(module: nn.Module, variables: PyTree) -> tuple[PyTree, Callable[..., Any]]:
   """Splits Flax ``variables`` into trainable ``params`` and a pure ``apply``.
 
   Collections other than ``"params"`` (e.g. ``"batch_stats"``) are treated as
@@ -23,19 +23,20 @@ def functional(module: nn.Module, variables: PyTree) -> tuple[PyTree, Callable[[
     variables: the output of ``module.init(...)``.
 
   Returns:
-    ``(params, apply)`` with ``apply(params, x) -> module output``.
+    ``(params, apply)`` with ``apply(params, *inputs) -> module output`` (the
+    module's ``__call__`` arguments, e.g. one batch ``x``).
   """
   if "params" not in variables:
     raise ValueError(f"functional: variables have no 'params' collection (got {list(variables)})")
   params = variables["params"]
   scratch = {k: v for k, v in variables.items() if k != "params"}
   if not scratch:
-    def apply(p: PyTree, x: jax.Array) -> jax.Array:
-      return module.apply({"params": p}, x)
+    def apply(p: PyTree, *args: Any) -> Any:
+      return module.apply({"params": p}, *args)
   else:
     mutable = list(scratch)
 
-    def apply(p: PyTree, x: jax.Array) -> jax.Array:
-      out, _ = module.apply({"params": p, **scratch}, x, mutable=mutable)
+    def apply(p: PyTree, *args: Any) -> Any:
+      out, _ = module.apply({"params": p, **scratch}, *args, mutable=mutable)
       return out
   return params, apply
