@@ -26,7 +26,6 @@ import jax
 import jax.numpy as jnp
 
 from metajax.core import losses
-from metajax.core.tasks import Task
 from metajax.learner import LearnerConfig, check_ways, evaluate, init, meta_step, task_loss
 
 __all__ = ["FullContextEmbedding", "class_means", "evaluate", "init", "matching", "matching_attention", "meta_step",

@@ -1,0 +1,190 @@
+"""Recurrent meta-learners on Flax RNN cells (``"lstm"``, ``"optimized_lstm"``, ``"gru"``).
+
+* :class:`BlackBoxRNN` / :func:`black_box` — a model-based learner that reads a
+  task's support set as a sequence of ``(x_t, y_{t-1})`` pairs (Santoro et al.
+  2016; Duan et al. 2016); each query ``x`` is then read, independently of the
+  other queries, from the state after the support set, and its target predicted.
+  No gradient steps at test time: the recurrence is the learning algorithm.
+* :class:`MetaLSTMCell` / :func:`meta_lstm` — the Meta-LSTM of Ravi & Larochelle
+  (2017): a coordinate-wise LSTM whose cell state *is* the learner's flattened
+  parameters, ``θ_t = f_t ⊙ θ_{t-1} − i_t ⊙ ∇_t``, with forget and input gates
+  computed from the preprocessed gradient and loss, the previous parameters and
+  the previous gate. The initial parameters ``θ_0`` are meta-learned too.
+
+Both return a :class:`metajax.learner.LearnerConfig`; meta-train them with
+:func:`metajax.learner.meta_step` (re-exported here).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from metajax.core import losses
+from metajax.core.recurrent import log_sign, make_cell, zero_carry
+from metajax.core.tasks import Task
+from metajax.learner import LearnerConfig, check_ways, evaluate, init, meta_step, task_loss
+
+__all__ = ["BlackBoxRNN", "MetaLSTMCell", "MetaLSTMState", "black_box", "evaluate", "init", "meta_lstm",
+           "meta_step", "task_loss"]
+
+PyTree = Any
+Array = jax.Array
+
+
+class BlackBoxRNN(nn.Module):
+  """``(x_support (s, ...), y_support (s, dy), x_query (q, ...)) -> (q, out)``.
+
+  ``y_support`` is already encoded as floats (one-hot labels or regression
+  targets). Step ``t`` of the support sequence reads ``[enc(x_t), y_{t-1}]``
+  (``y_{-1} = 0``); every query reads ``[enc(x_q), y_{s-1}]`` from the carry
+  after the support set, so queries never see each other.
+
+  Attributes:
+    out: output width (``ways`` logits, or the regression target's size).
+    hidden: cell features.
+    cell: ``"lstm"``, ``"optimized_lstm"`` or ``"gru"``.
+    encoder: optional Flax module ``(n, ...) -> (n, d)`` applied to inputs
+      (e.g. ``Conv4(num_classes=None)``); default: flatten.
+  """
+
+  out: int
+  hidden: int = 128
+  cell: str = "lstm"
+  encoder: Optional[nn.Module] = None
+
+  @nn.compact
+  def __call__(self, x_support: Array, y_support: Array, x_query: Array) -> Array:
+    encode = self.encoder if self.encoder is not None else (lambda x: x.reshape(x.shape[0], -1))
+    support, query = encode(x_support), encode(x_query)
+    previous = jnp.concatenate([jnp.zeros_like(y_support[:1]), y_support[:-1]], axis=0)
+    rnn = nn.RNN(make_cell(self.cell, self.hidden), return_carry=True, name="rnn")
+    carry, _ = rnn(jnp.concatenate([support, previous], axis=-1)[None])
+    q = query.shape[0]
+    carry = jax.tree.map(lambda c: jnp.broadcast_to(c, (q,) + c.shape[1:]), carry)
+    last = jnp.broadcast_to(y_support[-1], (q, y_support.shape[-1]))
+    _, hidden = rnn(jnp.concatenate([query, last], axis=-1)[:, None], initial_carry=carry)
+    return nn.Dense(self.out, name="head")(hidden[:, 0])
+
+
+def black_box(apply_fn: Callable[..., Array], ways: Optional[int] = None, **kwargs: Any) -> LearnerConfig:
+  """A black-box RNN learner from ``apply_fn(params, x_support, y_encoded, x_query)``
+  (e.g. ``functional(BlackBoxRNN(...), variables)[1]``).
+
+  ``ways=None``: regression (targets fed as floats; MSE loss, no metrics).
+  Otherwise classification: support labels fed one-hot, cross-entropy loss,
+  accuracy.
+  """
+  if ways is None:
+    kwargs.setdefault("loss_fn", losses.mse)
+    kwargs.setdefault("metrics_fn", None)
+    encode = lambda y: y.reshape(y.shape[0], -1).astype(jnp.float32)
+  else:
+    check_ways(ways, "black_box")
+    encode = lambda y: jax.nn.one_hot(y, ways, dtype=jnp.float32)
+
+  def predict(params, task: Task) -> Array:
+    return apply_fn(params, task.x_support, encode(task.y_support), task.x_query)
+
+  return LearnerConfig(predict, **kwargs)
+
+
+class MetaLSTMState(NamedTuple):
+  """The Meta-LSTM's recurrent state over ``n`` learner coordinates.
+
+  Attributes:
+    carry: the first (ordinary) cell's carry, rows ``(n, hidden)``.
+    theta: ``(n,)`` the learner's flattened parameters (the meta cell state).
+    forget: ``(n,)`` previous forget gate.
+    input: ``(n,)`` previous input gate (the per-coordinate learning rate).
+  """
+
+  carry: Any
+  theta: Array
+  forget: Array
+  input: Array
+
+
+def _uniform(low: float, high: float) -> Callable:
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, low, high)
+
+
+class MetaLSTMCell(nn.Module):
+  """One Meta-LSTM update: ``(state, grad (n,), loss ()) -> state``.
+
+  A coordinate-wise ``cell`` reads ``[log_sign(∇), log_sign(L)]`` (4 inputs per
+  coordinate) into ``h (n, hidden)``; then
+  ``f = σ(w_f·[h, θ, f_prev] + b_f)``, ``i = σ(w_i·[h, θ, i_prev] + b_i)`` and
+  ``θ ← f ⊙ θ − i ⊙ ∇``. Biases start near ``f ≈ 1`` (4..6) and ``i ≈ 0.01``
+  (-5..-4), so an untrained cell is close to small-step gradient descent.
+
+  Attributes:
+    hidden: features of the coordinate-wise cell (20 in the paper).
+    cell: ``"lstm"``, ``"optimized_lstm"`` or ``"gru"``.
+  """
+
+  hidden: int = 20
+  cell: str = "lstm"
+
+  def initial_state(self, theta: Array) -> MetaLSTMState:
+    """The state before the first update, for flattened parameters ``theta (n,)``."""
+    n = theta.shape[0]
+    return MetaLSTMState(zero_carry(self.cell, self.hidden, n), theta, jnp.zeros_like(theta),
+                         jnp.zeros_like(theta))
+
+  @nn.compact
+  def __call__(self, state: MetaLSTMState, grad: Array, loss: Array) -> MetaLSTMState:
+    n = grad.shape[0]
+    x = jnp.concatenate([log_sign(grad), jnp.broadcast_to(log_sign(loss), (n, 2))], axis=-1)
+    carry, h = make_cell(self.cell, self.hidden, name="lstm")(state.carry, x)
+
+    def gate(name: str, previous: Array, bias: tuple[float, float]) -> Array:
+      w = self.param(f"w_{name}", _uniform(-0.01, 0.01), (self.hidden + 2,))
+      b = self.param(f"b_{name}", _uniform(*bias), ())
+      return nn.sigmoid(jnp.concatenate([h, state.theta[:, None], previous[:, None]], -1) @ w + b)
+
+    forget = gate("forget", state.forget, (4.0, 6.0))
+    rate = gate("input", state.input, (-5.0, -4.0))
+    return MetaLSTMState(carry, forget * state.theta - rate * grad, forget, rate)
+
+
+def meta_lstm(apply_fn: Callable[[PyTree, Array], Array], cell: MetaLSTMCell, *, steps: int,
+              first_order: bool = False, inner_loss_fn: Callable[[Array, Array], Array] = losses.cross_entropy,
+              ways: Optional[int] = None, **kwargs: Any) -> LearnerConfig:
+  """Ravi & Larochelle's Meta-LSTM over a learner ``apply_fn(params, x) -> predictions``.
+
+  Parameters are ``{"learner": θ_0, "meta_lstm": cell params}`` (initialise the
+  latter with ``cell.init(key, cell.initial_state(θ_flat), θ_flat, 0.0)``).
+  A task runs ``steps`` Meta-LSTM updates on its whole support set, each from
+  the gradient and loss of ``inner_loss_fn``; the query predictions come from
+  the final parameters. ``first_order=True`` treats the gradients and losses fed
+  to the cell as constants (the paper's simplification: no second derivatives).
+  ``ways`` (classification) adds accuracy; ``None`` is regression (MSE).
+  """
+  if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+    raise ValueError(f"meta_lstm: steps must be a positive int, got {steps!r}")
+  if ways is None:
+    kwargs.setdefault("loss_fn", losses.mse)
+    kwargs.setdefault("metrics_fn", None)
+  else:
+    check_ways(ways, "meta_lstm")
+
+  def predict(params, task: Task) -> Array:
+    theta, unravel = ravel_pytree(params["learner"])
+
+    def support_loss(flat):
+      return inner_loss_fn(apply_fn(unravel(flat), task.x_support), task.y_support)
+
+    def update(state, _):
+      loss, grad = jax.value_and_grad(support_loss)(state.theta)
+      if first_order:
+        loss, grad = jax.lax.stop_gradient((loss, grad))
+      return cell.apply({"params": params["meta_lstm"]}, state, grad, loss), None
+
+    final, _ = jax.lax.scan(update, cell.initial_state(theta), None, length=steps)
+    return apply_fn(unravel(final.theta), task.x_query)
+
+  return LearnerConfig(predict, **kwargs)
