@@ -129,6 +129,7 @@ class MetaLSTMCell(nn.Module):
   hidden: int = 20
   cell: str = "lstm"
 
+  @nn.nowrap
   def initial_state(self, theta: Array) -> MetaLSTMState:
     """The state before the first update, for flattened parameters ``theta (n,)``."""
     n = theta.shape[0]
@@ -152,7 +153,7 @@ class MetaLSTMCell(nn.Module):
 
 
 def meta_lstm(apply_fn: Callable[[PyTree, Array], Array], cell: MetaLSTMCell, *, steps: int,
-              first_order: bool = False, inner_loss_fn: Callable[[Array, Array], Array] = losses.cross_entropy,
+              first_order: bool = True, inner_loss_fn: Callable[[Array, Array], Array] = losses.cross_entropy,
               ways: Optional[int] = None, **kwargs: Any) -> LearnerConfig:
   """Ravi & Larochelle's Meta-LSTM over a learner ``apply_fn(params, x) -> predictions``.
 
@@ -160,8 +161,10 @@ def meta_lstm(apply_fn: Callable[[PyTree, Array], Array], cell: MetaLSTMCell, *,
   latter with ``cell.init(key, cell.initial_state(θ_flat), θ_flat, 0.0)``).
   A task runs ``steps`` Meta-LSTM updates on its whole support set, each from
   the gradient and loss of ``inner_loss_fn``; the query predictions come from
-  the final parameters. ``first_order=True`` treats the gradients and losses fed
-  to the cell as constants (the paper's simplification: no second derivatives).
+  the final parameters. ``first_order=True`` (the default, the paper's
+  simplification) treats the gradients and losses fed to the cell as constants;
+  ``False`` differentiates through them too (second order; the log-magnitude
+  preprocessing then has large derivatives, so use a smaller outer rate).
   ``ways`` (classification) adds accuracy; ``None`` is regression (MSE).
   """
   if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:

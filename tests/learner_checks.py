@@ -17,8 +17,8 @@ def assert_learner_contract(config: learner.LearnerConfig, params, batch, *, ski
   gradients computed in a Python loop; when ``full``, jit equals no-jit."""
   state = learner.init(config, params, jax.random.PRNGKey(0))
   n = jax.tree.leaves(batch)[0].shape[0]
-  per_task = [jax.grad(lambda mp: learner.task_loss(config, mp, jax.tree.map(lambda x: x[i], batch))[0])(
-      state.meta_params) for i in range(n)]
+  task_grad = jax.jit(jax.grad(lambda mp, task: learner.task_loss(config, mp, task)[0]))
+  per_task = [task_grad(state.meta_params, jax.tree.map(lambda x, i=i: x[i], batch)) for i in range(n)]
   for path, g in jax.tree_util.tree_flatten_with_path(per_task[0])[0]:
     where = jax.tree_util.keystr(path)
     if not skip(where):

@@ -48,7 +48,7 @@ def test_black_box_classifier_with_conv_encoder_contract(key):
                               optimizer=optax.sgd(0.1))
   logits = config.predict_fn(params, jax.tree.map(lambda x: x[0], batch))
   assert logits.shape == (6, 3)
-  assert_learner_contract(config, params, batch)
+  assert_learner_contract(config, params, batch, full=False)
 
 
 def test_black_box_queries_are_independent_and_support_labels_matter(batch, key):
@@ -90,9 +90,9 @@ def test_meta_lstm_with_saturated_gates_is_maml(mlp, batch, key):
 
 def test_meta_lstm_contract_and_first_order_differs(batch, key):
   params, apply_fn = tiny_mlp(key)
-  config, meta = _meta_lstm(key, apply_fn, params, optimizer=optax.sgd(0.1))
-  assert_learner_contract(config, meta, batch)
-  fo, _ = _meta_lstm(key, apply_fn, params, first_order=True)
+  config, meta = _meta_lstm(key, apply_fn, params, first_order=False, optimizer=optax.sgd(0.1))
+  assert_learner_contract(config, meta, batch, full=False)
+  fo, _ = _meta_lstm(key, apply_fn, params)
   task = jax.tree.map(lambda x: x[0], batch)
   second = jax.grad(lambda m: learner.task_loss(config, {"params": m}, task)[0])(meta)
   first = jax.grad(lambda m: learner.task_loss(fo, {"params": m}, task)[0])(meta)
@@ -102,18 +102,19 @@ def test_meta_lstm_contract_and_first_order_differs(batch, key):
 @pytest.mark.parametrize("which", ["black_box", "meta_lstm"])
 def test_recurrent_learners_beat_their_initialisation_on_held_out_sinusoids(which, key):
   if which == "black_box":
-    config, params = _black_box(key, hidden=40, optimizer=optax.adam(3e-3))
+    config, params = _black_box(key, hidden=64, optimizer=optax.adam(1e-2))
   else:
     mlp_params, apply_fn = tiny_mlp(key, hidden=(40, 40))
-    config, params = _meta_lstm(key, apply_fn, mlp_params, steps=5, optimizer=optax.adam(1e-3))
+    config, params = _meta_lstm(key, apply_fn, mlp_params, steps=5, optimizer=optax.adam(1e-2))
   state = learner.init(config, params, key)
   held_out = sinusoid.sample(jax.random.PRNGKey(7), num_tasks=200, shots=10, queries=20)
   before = float(learner.evaluate(state, held_out, config=config)["loss"].mean())
   sample = functools.partial(sinusoid.sample, num_tasks=16, shots=10, queries=10)
-  state, _ = maml.train_steps(state, config=config, sample_fn=sample, num_steps=400,
+  steps, bar = (800, 0.25) if which == "black_box" else (400, 0.5)
+  state, _ = maml.train_steps(state, config=config, sample_fn=sample, num_steps=steps,
                               step_fn=learner.meta_step)
   after = float(learner.evaluate(state, held_out, config=config)["loss"].mean())
-  assert after < 0.5 * before, f"{which}: {before=} {after=}"
+  assert after < bar * before, f"{which}: {before=} {after=}"
 
 
 def test_bad_recurrent_settings_are_named(mlp, key):
