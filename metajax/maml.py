@@ -85,6 +85,10 @@ class MAMLConfig:
     inner_unroll: unroll the inner loop instead of ``lax.scan``.
     remat: rematerialise each inner step in the backward pass (saves memory in
       second-order MAML at the cost of recomputation).
+    inner_optimizer: optional Optax transformation for the inner loop instead
+      of SGD with ``inner_lr`` (e.g. a trained
+      :func:`metajax.learned_optimizer.lstm_optimizer`); needs
+      ``inner_lr_mode="fixed"`` and ignores ``inner_lr``.
   """
 
   apply_fn: ApplyFn
@@ -103,6 +107,7 @@ class MAMLConfig:
   task_strategy: TaskStrategy = "auto"
   inner_unroll: bool = False
   remat: bool = False
+  inner_optimizer: Optional[optax.GradientTransformation] = None
 
   def __post_init__(self):
     if not callable(self.apply_fn):
@@ -120,6 +125,11 @@ class MAMLConfig:
       raise ValueError(f"MAMLConfig: msl_anneal_steps must be >= 0, got {self.msl_anneal_steps}")
     if not isinstance(self.optimizer, optax.GradientTransformation):
       raise TypeError("MAMLConfig: optimizer must be an optax.GradientTransformation")
+    if self.inner_optimizer is not None:
+      if not isinstance(self.inner_optimizer, optax.GradientTransformation):
+        raise TypeError("MAMLConfig: inner_optimizer must be an optax.GradientTransformation")
+      if self.inner_lr_mode != "fixed":
+        raise ValueError("MAMLConfig: inner_optimizer sets the inner step; it needs inner_lr_mode='fixed'")
     resolve_strategy(self.task_strategy)
 
 
@@ -177,6 +187,8 @@ def init(config: MAMLConfig, params: PyTree, key: Array) -> MetaState:
 
 def _inner_rates(config: MAMLConfig, meta_params: PyTree, steps: int) -> PyTree:
   """The rates handed to :func:`adapt`; per-step rates are padded with their last value."""
+  if config.inner_optimizer is not None:
+    return 1.0
   if config.inner_lr_mode == "fixed":
     return config.inner_lr
   rates = meta_params["inner_lr"]
@@ -220,7 +232,7 @@ def _adapt_task(config: MAMLConfig, meta_params: PyTree, task: Task, steps: int,
       steps=steps, lr=_inner_rates(config, meta_params, steps),
       per_step_lr=config.inner_lr_mode == "per_step", first_order=first_order,
       mask=adapt_mask(config, params), remat=config.remat, unroll=config.inner_unroll,
-      trace_fn=trace_fn)
+      trace_fn=trace_fn, optimizer=config.inner_optimizer)
 
 
 def _query_metrics(config: MAMLConfig, params: PyTree, task: Task, suffix: str = "") -> dict:

@@ -142,3 +142,28 @@ def test_bad_lr_and_mask_structures_are_rejected():
   none = jax.tree.map(lambda _: False, params)
   with pytest.raises(ValueError, match="selects no parameter"):
     adapt(params, (task.x_support, task.y_support), loss, steps=1, lr=0.1, mask=none)
+
+
+def test_inner_optax_optimizer_matches_an_unrolled_momentum_reference_with_second_order_grads():
+  import optax
+  params, _, task, loss = _setup(jnp.float32)
+  sgd = lambda p: _meta_objective(p, task, loss, steps=3, lr=1.0, optimizer=optax.sgd(0.05))
+  plain = lambda p: _meta_objective(p, task, loss, steps=3, lr=0.05)
+  np.testing.assert_allclose(sgd(params), plain(params), rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(jax.grad(sgd)(params)), jax.tree.leaves(jax.grad(plain)(params))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+  def momentum_reference(p, lr=0.05, beta=0.9):
+    velocity = jax.tree.map(jnp.zeros_like, p)
+    for _ in range(3):
+      g = jax.grad(loss)(p, (task.x_support, task.y_support))
+      velocity = jax.tree.map(lambda v, gg: beta * v + gg, velocity, g)
+      p = jax.tree.map(lambda a, v: a - lr * v, p, velocity)
+    return loss(p, (task.x_query, task.y_query))
+
+  heavy = lambda p: _meta_objective(p, task, loss, steps=3, lr=1.0, optimizer=optax.sgd(0.05, momentum=0.9))
+  np.testing.assert_allclose(heavy(params), momentum_reference(params), rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(jax.grad(heavy)(params)), jax.tree.leaves(jax.grad(momentum_reference)(params))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  with pytest.raises(ValueError, match="leave `lr` at 1.0"):
+    _meta_objective(params, task, loss, steps=3, lr=0.1, optimizer=optax.sgd(0.05))

@@ -10,6 +10,8 @@
   ``per_step_lr=True``, either of those with a leading ``steps`` axis (MAML++);
 * ``mask`` picks which leaves adapt (ANIL adapts only the head); frozen leaves
   are not differentiated in the inner loop at all;
+* ``optimizer`` swaps gradient descent for any Optax transformation, whose
+  state is carried through the loop (and differentiated through);
 * the steps run under ``jax.lax.scan`` (trace size independent of ``steps``),
   optionally unrolled, and optionally rematerialised with ``jax.checkpoint`` so
   that second-order memory does not hold every step's activations.
@@ -21,6 +23,7 @@ from typing import Any, Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 PyTree = Any
 Array = jax.Array
@@ -69,6 +72,7 @@ def adapt(
     remat: bool = False,
     unroll: bool = False,
     trace_fn: Optional[Callable[[PyTree], PyTree]] = None,
+    optimizer: Optional[optax.GradientTransformation] = None,
 ) -> tuple[PyTree, AdaptInfo]:
   """Adapts ``params`` to ``support`` by ``steps`` steps of gradient descent.
 
@@ -96,6 +100,10 @@ def adapt(
       some backends, larger programs).
     trace_fn: optional ``params -> pytree`` recorded after every step (e.g. the
       query loss, for MAML++'s multi-step loss).
+    optimizer: optional Optax transformation replacing plain gradient descent
+      (a differentiable inner optimizer: momentum, Adam, a learned optimizer);
+      its state starts fresh per call and is carried through the loop. ``lr``
+      must then be 1.0 (the transformation sets the step size).
 
   Returns:
     ``(adapted_params, AdaptInfo)``.
@@ -113,6 +121,8 @@ def adapt(
           f"adapt: `mask` must have the structure of `params` ({treedef})") from err
   if not any(chosen):
     raise ValueError("adapt: `mask` selects no parameter to adapt")
+  if optimizer is not None and not (_is_single_rate(lr) and not per_step_lr and float(lr) == 1.0):
+    raise ValueError("adapt: with an `optimizer` the step size is the optimizer's; leave `lr` at 1.0")
   rates = _rate_leaves(lr, treedef, len(leaves))
   idx = [i for i, c in enumerate(chosen) if c]
   rates = [rates[i] for i in idx]
@@ -132,20 +142,26 @@ def adapt(
   def inner_loss(trainable: list) -> Array:
     return loss_fn(merge(trainable), support)
 
-  def step(trainable: list, step_rates: list) -> tuple[list, tuple]:
+  def step(carry: tuple, step_rates: list) -> tuple[tuple, tuple]:
+    trainable, opt_state = carry
     loss, grads = jax.value_and_grad(inner_loss)(trainable)
     if first_order:
       grads = jax.lax.stop_gradient(grads)
-    new = [p - r * g for p, r, g in zip(trainable, step_rates, grads)]
+    if optimizer is None:
+      new = [p - r * g for p, r, g in zip(trainable, step_rates, grads)]
+    else:
+      updates, opt_state = optimizer.update(grads, opt_state, trainable)
+      new = optax.apply_updates(trainable, updates)
     traced = None if trace_fn is None else trace_fn(merge(new))
-    return new, (loss, traced)
+    return (new, opt_state), (loss, traced)
 
   if remat:
     step = jax.checkpoint(step)
   trainable = [leaves[i] for i in idx]
+  carry = (trainable, None if optimizer is None else optimizer.init(trainable))
   if per_step_lr:
-    trainable, (losses, traced) = jax.lax.scan(step, trainable, rates, unroll=unroll)
+    carry, (losses, traced) = jax.lax.scan(step, carry, rates, unroll=unroll)
   else:
-    trainable, (losses, traced) = jax.lax.scan(
-        lambda p, _: step(p, rates), trainable, None, length=steps, unroll=unroll)
-  return merge(trainable), AdaptInfo(support_loss=losses, trace=traced)
+    carry, (losses, traced) = jax.lax.scan(
+        lambda c, _: step(c, rates), carry, None, length=steps, unroll=unroll)
+  return merge(carry[0]), AdaptInfo(support_loss=losses, trace=traced)
