@@ -28,7 +28,7 @@ def make_cell(kind: str, features: int, **kwargs: Any) -> nn.RNNCellBase:
 
 def zero_carry(kind: str, features: int, batch: int) -> Any:
   """The all-zero carry of a ``kind`` cell for ``batch`` rows."""
-  cell = make_cell(kind, features)
+  cell = make_cell(kind, features, parent=None)  # a detached helper, never a submodule
   return cell.initialize_carry(jax.random.PRNGKey(0), (batch, features))
 
 
