@@ -4,6 +4,7 @@ meta-steps and wall time) and a final mean accuracy ± 95% CI over 600 test task
 
   python benchmarks/omniglot_accuracy.py --algo maml --ways 5 --shots 1 --steps 600
   python benchmarks/omniglot_accuracy.py --algo fomaml --ways 20 --shots 1 --meta-batch 16
+  python benchmarks/omniglot_accuracy.py --algo protonet --meta-batch 4 --steps 3000 --curve-every 500
 
 The data folder is --data-dir or $METAJAX_DATA (default ../shared/data).
 """
@@ -17,14 +18,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, save  # noqa: E402
 
 from metajax.core import mean_and_ci95  # noqa: E402
-from metajax.train import TrainArgs, build, evaluate, train  # noqa: E402
+from metajax.train import ALGORITHMS, TrainArgs, build, evaluate, train  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--algo", default="maml", choices=["maml", "fomaml", "reptile", "anil", "meta-sgd", "maml++"])
+  parser.add_argument("--algo", default="maml", choices=sorted(ALGORITHMS))
   parser.add_argument("--ways", type=int, default=5)
   parser.add_argument("--shots", type=int, default=1)
   parser.add_argument("--queries", type=int, default=15)

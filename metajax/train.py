@@ -14,13 +14,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
 
+import flax.linen as nn
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from metajax import checkpoint, learner, maml, metric, reptile
+from metajax import checkpoint, learned_optimizer, learner, maml, metric, reptile, rnn
 from metajax.core import MetaState, Task, losses, mean_and_ci95
 from metajax.data import episodes, omniglot, sinusoid
 from metajax.models import MLP, Conv4, functional
@@ -35,8 +37,13 @@ ALGORITHMS: dict[str, tuple[Callable[..., maml.MAMLConfig], Any]] = {
     "protonet": (metric.prototypical, metric),
     "matching": (metric.matching, metric),
     "relation": (metric.relation, metric),
+    "rnn": (rnn.black_box, learner),
+    "meta-lstm": (rnn.meta_lstm, learner),
+    "learned-opt": (learned_optimizer.LearnedOptimizerConfig, learned_optimizer),
 }
 METRIC_ALGORITHMS = ("protonet", "matching", "relation")
+NO_INNER_LOOP = METRIC_ALGORITHMS + ("rnn",)  # learners that adapt without gradient steps
+RECURRENT_ALGORITHMS = ("rnn", "meta-lstm", "learned-opt")
 
 # Per-dataset defaults for options left unset: the MAML paper's settings.
 DATASET_DEFAULTS = {
@@ -130,7 +137,7 @@ class NonFiniteLoss(RuntimeError):
 class Problem(NamedTuple):
   """A configured learner and its data."""
 
-  config: maml.MAMLConfig | learner.LearnerConfig
+  config: maml.MAMLConfig | learner.LearnerConfig | learned_optimizer.LearnedOptimizerConfig
   algo: Any
   state: MetaState
   sample_fn: Callable[..., Task]
@@ -158,6 +165,33 @@ def _metric_learner(args: TrainArgs, factory: Callable, optimizer: optax.Gradien
   return factory(embed_fn, rel_fn, args.ways, **common), {"embed": params, "relation": rel_params}
 
 
+def _recurrent_learner(args: TrainArgs, key: jax.Array, x0: jax.Array, optimizer: optax.GradientTransformation,
+                       model: nn.Module, ways: Optional[int]) -> tuple[Any, Any]:
+  """Config and parameters of ``rnn``, ``meta-lstm`` or ``learned-opt``; ``model`` is the
+  learner (or, for ``rnn``, the encoder of images; ``None`` on vectors)."""
+  loss = losses.mse if ways is None else losses.cross_entropy
+  k_model, k_meta = jax.random.split(key)
+  if args.algo == "rnn":
+    module = rnn.BlackBoxRNN(out=ways or 1, hidden=args.width if ways is None else 2 * args.width,
+                             encoder=model)
+    y0 = jnp.zeros((x0.shape[0], ways or 1))
+    params, apply_fn = functional(module, module.init(k_model, x0, y0, x0))
+    return rnn.black_box(apply_fn, ways, optimizer=optimizer, task_strategy=args.task_strategy), params
+  params, apply_fn = functional(model, model.init(k_model, x0))
+  if args.algo == "meta-lstm":
+    cell = rnn.MetaLSTMCell()
+    theta = jax.flatten_util.ravel_pytree(params)[0]
+    cell_params = cell.init(k_meta, cell.initial_state(theta), theta, jnp.float32(0.0))["params"]
+    config = rnn.meta_lstm(apply_fn, cell, steps=args.inner_steps, inner_loss_fn=loss, ways=ways,
+                           optimizer=optimizer, task_strategy=args.task_strategy)
+    return config, {"learner": params, "meta_lstm": cell_params}
+  net = learned_optimizer.LSTMOptimizerNet()
+  init_fn = lambda k: model.init(k, x0)["params"]
+  config = learned_optimizer.LearnedOptimizerConfig(net, apply_fn, init_fn, loss_fn=loss, horizon=args.inner_steps,
+                                                    truncation=args.inner_steps, optimizer=optimizer)
+  return config, net.init_params(k_meta)
+
+
 def build(args: TrainArgs) -> Problem:
   """The learner, its initial state and its task samplers for ``args.dataset``."""
   factory, algo = ALGORITHMS[args.algo]
@@ -169,9 +203,13 @@ def build(args: TrainArgs) -> Problem:
                 inner_steps=args.inner_steps, eval_inner_steps=args.eval_inner_steps,
                 task_strategy=args.task_strategy)
   if args.dataset == "sinusoid":
+    x0 = jnp.zeros((args.shots, 1))
     model = MLP(hidden=(40, 40), out=1)
-    params, apply_fn = functional(model, model.init(k_init, jnp.zeros((1, 1))))
-    config = factory(apply_fn, **common)
+    if args.algo in RECURRENT_ALGORITHMS:
+      config, params = _recurrent_learner(args, k_init, x0, optimizer, None if args.algo == "rnn" else model, None)
+    else:
+      params, apply_fn = functional(model, model.init(k_init, x0))
+      config = factory(apply_fn, **common)
     sample_fn = functools.partial(sinusoid.sample, num_tasks=args.meta_batch, shots=args.shots,
                                   queries=args.queries)
     eval_tasks = lambda key, n: sinusoid.sample(key, n, args.shots, args.eval_queries)
@@ -183,6 +221,9 @@ def build(args: TrainArgs) -> Problem:
   x0 = jnp.zeros((args.ways * args.shots,) + train.images.shape[2:] + (1,))
   if args.algo in METRIC_ALGORITHMS:
     config, params = _metric_learner(args, factory, optimizer, k_init, x0)
+  elif args.algo in RECURRENT_ALGORITHMS:
+    model = Conv4(num_classes=None if args.algo == "rnn" else args.ways, width=args.width)
+    config, params = _recurrent_learner(args, k_init, x0, optimizer, model, args.ways)
   else:
     model = Conv4(num_classes=args.ways, width=args.width)
     params, apply_fn = functional(model, model.init(k_init, x0))
@@ -393,7 +434,7 @@ def report(args: TrainArgs, problem: Problem, state: MetaState, log: Callable[[s
   if f"eval_{name}_before" in summary:
     line += f", before adaptation {show(f'eval_{name}_before')}{unit}"
   shape = f"{args.ways}-way {args.shots}-shot" if classification else f"{args.shots}-shot"
-  if args.algo not in METRIC_ALGORITHMS:
+  if args.algo not in NO_INNER_LOOP:
     shape += f", {args.eval_inner_steps or args.inner_steps} inner step(s)"
   trained = f"; trained in {train_time:.1f} s" if train_time is not None else ""
   log(f"eval on {args.eval_tasks} new {args.dataset} tasks ({shape}) after "

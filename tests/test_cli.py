@@ -22,7 +22,7 @@ def test_train_sinusoid_prints_an_evaluation_line_and_writes_metrics(tmp_path, c
 
 
 @needs_shared
-@pytest.mark.parametrize("algo", ["fomaml", "protonet"])
+@pytest.mark.parametrize("algo", ["fomaml", "protonet", "rnn", "meta-lstm"])
 def test_train_omniglot_small(algo, tmp_path, capsys, monkeypatch):
   monkeypatch.setenv("METAJAX_CACHE", str(tmp_path / "cache"))
   code = main(["train", "--dataset", "omniglot", "--data-dir", str(SHARED), "--train-split",
@@ -32,4 +32,17 @@ def test_train_omniglot_small(algo, tmp_path, capsys, monkeypatch):
   assert code == 0
   out = capsys.readouterr().out
   assert "5-way 1-shot" in out and "after 4 meta-steps: accuracy" in out
-  assert ("inner step" in out) == (algo == "fomaml")  # metric learners have no inner loop
+  assert ("inner step" in out) == (algo in ("fomaml", "meta-lstm"))  # the others adapt without steps
+
+
+@pytest.mark.parametrize("algo", ["rnn", "meta-lstm", "learned-opt"])
+def test_train_sinusoid_with_recurrent_learners_resumes_and_evaluates(algo, tmp_path, capsys):
+  common = ["train", "--algo", algo, "--chunk", "2", "--meta-batch", "4", "--inner-steps", "2",
+            "--eval-tasks", "20", "--out-dir", str(tmp_path)]
+  assert main(common + ["--steps", "2"]) == 0
+  assert main(common + ["--steps", "4", "--resume"]) == 0
+  out = capsys.readouterr().out
+  assert "after 4 meta-steps: MSE" in out
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  assert summary["steps"] == 4 and summary["eval_loss"] > 0
+  assert main(["eval", str(tmp_path), "--eval-tasks", "10"]) == 0

@@ -3,7 +3,6 @@ with ``W ~ N(0, 1)^{d×d}`` and ``y ~ N(0, 1)^d``, as tasks for a linear optimiz
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 from metajax.core.tasks import Task
 
