@@ -40,6 +40,8 @@ HELP = {
     "seed": "PRNG seed (initialisation, task sampling)",
     "chunk": "meta-steps fused into one compiled call (default: 1000 / 10)",
     "task_strategy": "how the task axis runs: auto, vmap, map or unroll",
+    "devices": "shard each task batch over this many devices, or 'all' (data parallel; "
+               "--meta-batch must divide evenly)",
     "out_dir": "run directory: run.json, metrics.jsonl, checkpoints/, summary.json",
     "resume": "continue the run in --out-dir from its latest checkpoint (same settings)",
     "val_every": "validate on --val-tasks held-out tasks every N chunks (0: never)",

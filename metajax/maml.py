@@ -29,8 +29,9 @@ from typing import Any, Callable, Literal, Optional
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh
 
-from metajax.core import losses
+from metajax.core import distributed, losses
 from metajax.core.adapt import adapt
 from metajax.core.meta import MetaState, TaskStrategy, map_tasks, mean_task_grads, resolve_strategy
 from metajax.core.tasks import Task, check_task
@@ -291,10 +292,10 @@ def meta_step(state: MetaState, task_batch: Task, *, config: MAMLConfig) -> tupl
   return MetaState(meta_params, opt_state, state.step + 1, state.key), metrics
 
 
-@functools.partial(jax.jit, static_argnames=("config", "sample_fn", "num_steps", "step_fn"))
+@functools.partial(jax.jit, static_argnames=("config", "sample_fn", "num_steps", "step_fn", "mesh"))
 def train_steps(state: MetaState, data: Optional[PyTree] = None, *, config: Any,
                 sample_fn: Callable[..., Task], num_steps: int,
-                step_fn: Optional[Callable] = None) -> tuple[MetaState, dict]:
+                step_fn: Optional[Callable] = None, mesh: Optional[Mesh] = None) -> tuple[MetaState, dict]:
   """``num_steps`` outer steps in one compiled call, task batches drawn on device.
 
   Each step splits ``state.key``, draws a task batch with ``sample_fn(subkey)``
@@ -302,7 +303,9 @@ def train_steps(state: MetaState, data: Optional[PyTree] = None, *, config: Any,
   pass datasets this way rather than closing over them, so they are not baked
   into the program as constants — and applies ``step_fn`` (default
   :func:`meta_step`) inside a ``lax.scan``: the host dispatches once per
-  ``num_steps`` steps.
+  ``num_steps`` steps. With a ``mesh`` (:func:`metajax.core.distributed.task_mesh`)
+  each drawn batch is sharded over its devices along the task axis; pass a
+  replicated ``state``.
 
   Returns:
     ``(state, metrics)`` with every metric stacked to ``(num_steps,)``.
@@ -312,6 +315,8 @@ def train_steps(state: MetaState, data: Optional[PyTree] = None, *, config: Any,
   def body(s, _):
     key, sub = jax.random.split(s.key)
     batch = sample_fn(sub) if data is None else sample_fn(sub, data)
+    if mesh is not None:
+      batch = distributed.constrain_tasks(batch, mesh)
     return step_fn(s._replace(key=key), batch, config=config)
 
   return jax.lax.scan(body, state, None, length=num_steps)

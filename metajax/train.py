@@ -23,7 +23,7 @@ import optax
 from tqdm.auto import tqdm
 
 from metajax import checkpoint, learned_optimizer, learner, maml, metric, reptile, rnn
-from metajax.core import MetaState, Task, losses, mean_and_ci95
+from metajax.core import MetaState, Task, distributed, losses, mean_and_ci95
 from metajax.data import episodes, omniglot, sinusoid
 from metajax.models import MLP, Conv4, functional
 
@@ -79,6 +79,7 @@ class TrainArgs:
   seed: int = 0
   chunk: Optional[int] = None
   task_strategy: str = "auto"
+  devices: str = "1"
   out_dir: Optional[str] = None
   resume: bool = False
   val_every: int = 0
@@ -103,6 +104,8 @@ class TrainArgs:
         raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
     if isinstance(self.val_every, bool) or not isinstance(self.val_every, int) or self.val_every < 0:
       raise ValueError(f"--val-every must be a non-negative integer, got {self.val_every!r}")
+    if self.devices != "all" and not (self.devices.isdigit() and int(self.devices) >= 1):
+      raise ValueError(f"--devices must be 'all' or a positive integer, got {self.devices!r}")
     if self.resume and not self.out_dir:
       raise ValueError("--resume needs the --out-dir of the run to continue")
     for name in ("inner_lr", "outer_lr") + (("clip_grad_norm",) if self.clip_grad_norm is not None else ()):
@@ -112,7 +115,7 @@ class TrainArgs:
 
 
 # Options that may differ between a run and its resumption (everything else must match).
-RESUMABLE_CHANGES = ("steps", "resume", "eval_tasks", "eval_queries", "eval_inner_steps", "out_dir",
+RESUMABLE_CHANGES = ("steps", "resume", "devices", "eval_tasks", "eval_queries", "eval_inner_steps", "out_dir",
                      "data_dir", "checkpoint_every", "keep_checkpoints", "val_every", "val_tasks")
 RUN_FILE = "run.json"
 
@@ -332,6 +335,11 @@ def train(args: TrainArgs, problem: Optional[Problem] = None,
     if args.resume:
       state = checkpoint.restore(mngr, state)
       _truncate_metrics(out / "metrics.jsonl", int(state.step))
+  mesh = None
+  if args.devices != "1":
+    mesh = distributed.task_mesh("all" if args.devices == "all" else int(args.devices))
+    distributed.check_divisible(args.meta_batch, mesh)
+    state = distributed.replicate(state, mesh)
   done = int(state.step)
   if done > args.steps:
     raise ValueError(f"the checkpoint is at step {done}, beyond --steps {args.steps}")
@@ -346,7 +354,7 @@ def train(args: TrainArgs, problem: Optional[Problem] = None,
         n = min(args.chunk, args.steps - done)
         new_state, metrics = maml.train_steps(state, problem.train_data, config=problem.config,
                                               sample_fn=problem.sample_fn, num_steps=n,
-                                              step_fn=problem.algo.meta_step)
+                                              step_fn=problem.algo.meta_step, mesh=mesh)
         metrics = {k: np.asarray(v) for k, v in metrics.items()}
         bad = np.flatnonzero(~np.isfinite(metrics["loss"]))
         if bad.size:

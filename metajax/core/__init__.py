@@ -1,4 +1,5 @@
 """The functional core: task pytrees, the inner loop, losses, shared meta-learner pieces."""
+from metajax.core import distributed
 from metajax.core import losses
 from metajax.core.adapt import AdaptInfo
 from metajax.core.adapt import adapt
@@ -13,6 +14,6 @@ from metajax.core.tasks import check_task
 from metajax.core.tasks import num_tasks
 
 __all__ = [
-    "AdaptInfo", "MetaState", "TASK_STRATEGIES", "Task", "adapt", "check_task", "losses",
+    "AdaptInfo", "MetaState", "TASK_STRATEGIES", "Task", "adapt", "check_task", "distributed", "losses",
     "map_tasks", "mean_and_ci95", "mean_task_grads", "num_tasks", "resolve_strategy",
 ]

@@ -46,17 +46,19 @@ class MetaState(NamedTuple):
 def resolve_strategy(strategy: TaskStrategy, task_batch: Task | None = None) -> str:
   """Maps ``"auto"`` to the measured default for the backend and the inputs.
 
-  ``vmap`` on GPU/TPU. On CPU, ``map`` when examples are images (rank ≥ 3 per
-  example: per-task conv weights under ``vmap`` run ~1.8× slower there) and
-  ``vmap`` otherwise (~10% faster for dense models); numbers in
-  ``benchmarks/RESULTS.md``.
+  ``vmap`` on GPU/TPU, and whenever more than one device is visible (task
+  batches sharded over devices, :mod:`metajax.core.distributed`). On a single
+  CPU device, ``map`` when examples are images (rank ≥ 3 per example: per-task
+  conv weights under ``vmap`` run ~1.8× slower there) and ``vmap`` otherwise
+  (~10% faster for dense models); numbers in ``benchmarks/RESULTS.md``.
   """
   if strategy not in TASK_STRATEGIES:
     raise ValueError(f"unknown task strategy {strategy!r}; choose one of {TASK_STRATEGIES}")
   if strategy != "auto":
     return strategy
   images = task_batch is not None and np.ndim(task_batch.x_support) >= 5
-  return "map" if jax.default_backend() == "cpu" and images else "vmap"
+  single_cpu = jax.default_backend() == "cpu" and jax.device_count() == 1
+  return "map" if single_cpu and images else "vmap"
 
 
 def _mean_over_tasks(tree: PyTree) -> PyTree:
