@@ -1,0 +1,118 @@
+"""Second- vs first-order MAML: speed, compile time and memory on the sinusoid,
+Omniglot-shaped and mini-ImageNet-shaped configs (with and without remat), optional
+PyTorch peers measured in the same run, and Omniglot accuracy after a fixed step budget.
+
+  python benchmarks/second_vs_first_order.py                       # metajax only
+  python benchmarks/second_vs_first_order.py --peers --l2l-src /tmp/l2l/learn2learn-0.2.0
+  python benchmarks/second_vs_first_order.py --accuracy-steps 100  # + Omniglot 5w1s accuracy
+
+Configs are those of benchmarks/maml_speed.py (random inputs; the strategy is the CPU
+default: vmap for sinusoid, map for images). Peers (benchmarks/peers/torch_maml.py, the
+``peers`` extra) run in their own subprocesses right after metajax, on the same machine.
+Writes results/second_vs_first_order.json and results/second_vs_first_order.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _common import machine, save  # noqa: E402
+
+STRATEGY = {"sinusoid": "vmap", "omniglot": "map", "mini": "map"}
+
+
+def _run_json(cmd: list[str]) -> list[dict]:
+  proc = subprocess.run(cmd, capture_output=True, text=True)
+  if proc.returncode != 0:
+    print(proc.stderr[-2000:], file=sys.stderr)
+    return []
+  return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+def metajax_rows(config: str, order: str, remat: bool, repeats: int) -> list[dict]:
+  spec = dict(name=config, order=order, strategy=STRATEGY[config], remat=remat, conv_impl="matmul",
+              repeats=repeats if config != "sinusoid" else 5)
+  return _run_json([sys.executable, str(HERE / "maml_speed.py"), "--one", json.dumps(spec)])
+
+
+def accuracy_rows(steps: int, data_dir: str | None) -> list[dict]:
+  """Omniglot 5w1s (paper settings) after ``steps`` meta-steps, second and first order."""
+  from metajax.core import mean_and_ci95
+  from metajax.train import TrainArgs, evaluate, train
+  rows = []
+  for algo in ("maml", "fomaml"):
+    args = TrainArgs(dataset="omniglot", data_dir=data_dir, algo=algo, steps=steps, chunk=max(1, steps // 4),
+                     eval_inner_steps=3, eval_tasks=200)
+    trained = train(args)
+    mean, ci = mean_and_ci95(evaluate(trained.problem, trained.state, 200, seed=10_000)["accuracy"])
+    rows.append({"algo": algo, "steps": steps, "train_time_s": trained.train_time_s, "accuracy": mean, "ci95": ci})
+    print(f"omniglot 5w1s {algo:7s} {steps} steps: {100 * mean:.2f} ± {100 * ci:.2f} % "
+          f"({trained.train_time_s:.0f} s)", flush=True)
+  return rows
+
+
+def plot(rows: list[dict], peers: list[dict], path: Path) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  configs = [c for c in ("sinusoid", "omniglot", "mini") if any(r["config"] == c for r in rows)]
+  fig, axes = plt.subplots(1, len(configs), figsize=(4 * len(configs), 3.6), squeeze=False)
+  for ax, config in zip(axes[0], configs):
+    labels, values = [], []
+    for r in rows:
+      if r["config"] == config:
+        labels.append(f"metajax {r['order'][:2]}{' remat' if r['remat'] else ''}")
+        values.append(r["step_s_median"] * 1e3)
+    for p in peers:
+      if p["config"] == config:
+        labels.append(f"{p['peer']} {p['order'][:2]}")
+        values.append(p["step_s_median"] * 1e3)
+    ax.barh(labels, values, color=["C0" if lab.startswith("metajax") else "C1" for lab in labels])
+    ax.set_xscale("log")
+    ax.set_xlabel("ms per meta-step (log)")
+    ax.set_title(config)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--configs", nargs="+", default=["sinusoid", "omniglot", "mini"], choices=list(STRATEGY))
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--peers", action="store_true", help="also run the PyTorch peers")
+  parser.add_argument("--l2l-src", help="learn2learn source directory, for the learn2learn peer")
+  parser.add_argument("--accuracy-steps", type=int, default=0, help="Omniglot accuracy budget (0: skip)")
+  parser.add_argument("--data-dir", default=None)
+  ns = parser.parse_args()
+  rows, peers = [], []
+  for config in ns.configs:
+    for order in ("second", "first"):
+      for remat in ((False, True) if config != "sinusoid" else (False,)):
+        for r in metajax_rows(config, order, remat, ns.repeats):
+          rows.append(r)
+          print(f"metajax   {config:8s} {order:6s} remat={remat!s:5s} {r['step_s_median'] * 1e3:9.1f} ms/step "
+                f"compile {r['compile_s']:5.1f} s  XLA temp {r['xla_temp_mb']} MB  RSS {r['peak_rss_mb']:.0f} MB",
+                flush=True)
+    if ns.peers:
+      cmd = [sys.executable, str(HERE / "peers" / "torch_maml.py"), "--configs", config, "--repeats", str(ns.repeats)]
+      peer_names = ["torch.func"] + (["learn2learn"] if ns.l2l_src else [])
+      cmd += ["--peers", *peer_names] + (["--l2l-src", ns.l2l_src] if ns.l2l_src else [])
+      for p in _run_json(cmd):
+        peers.append(p)
+        ours = next(r for r in rows if r["config"] == config and r["order"] == p["order"] and not r["remat"])
+        print(f"{p['peer']:9s} {config:8s} {p['order']:6s}             {p['step_s_median'] * 1e3:9.1f} ms/step "
+              f"(metajax / peer = {ours['step_s_median'] / p['step_s_median']:.2f}×)", flush=True)
+  accuracy = accuracy_rows(ns.accuracy_steps, ns.data_dir) if ns.accuracy_steps else []
+  png = HERE / "results" / "second_vs_first_order.png"
+  plot(rows, peers, png)
+  print("saved", save("second_vs_first_order", {"machine": machine(), "args": vars(ns), "metajax": rows,
+                                                "peers": peers, "accuracy": accuracy}), "and", png)
+
+
+if __name__ == "__main__":
+  main()
