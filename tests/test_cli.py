@@ -22,7 +22,8 @@ def test_train_sinusoid_prints_an_evaluation_line_and_writes_metrics(tmp_path, c
 
 
 @needs_shared
-@pytest.mark.parametrize("algo", ["fomaml", "protonet", "rnn", "meta-lstm"])
+@pytest.mark.parametrize("algo", ["fomaml", "protonet", pytest.param("rnn", marks=pytest.mark.slow),
+                                  pytest.param("meta-lstm", marks=pytest.mark.slow)])
 def test_train_omniglot_small(algo, tmp_path, capsys, monkeypatch):
   monkeypatch.setenv("METAJAX_CACHE", str(tmp_path / "cache"))
   code = main(["train", "--dataset", "omniglot", "--data-dir", str(SHARED), "--train-split",
