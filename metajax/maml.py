@@ -217,9 +217,11 @@ def msl_weights(config: MAMLConfig, step: Array) -> Array:
   return (1.0 - frac) * uniform + frac * last
 
 
-def _adapt_task(config: MAMLConfig, meta_params: PyTree, task: Task, steps: int,
-                first_order: bool, trace_query: bool):
-  """Adapts to one task's support set; returns ``(adapted params, AdaptInfo)``."""
+def adapt_task(config: MAMLConfig, meta_params: PyTree, task: Task, steps: int,
+               first_order: bool, trace_query: bool) -> tuple[PyTree, Any]:
+  """Adapts ``meta_params["params"]`` to one task's support set by ``steps`` inner steps
+  (shared by MAML and Reptile); ``trace_query`` records the query loss after every step.
+  Returns ``(adapted params, AdaptInfo)``."""
   params = meta_params["params"]
 
   def support_loss(p, data):
@@ -236,7 +238,8 @@ def _adapt_task(config: MAMLConfig, meta_params: PyTree, task: Task, steps: int,
       trace_fn=trace_fn, optimizer=config.inner_optimizer)
 
 
-def _query_metrics(config: MAMLConfig, params: PyTree, task: Task, suffix: str = "") -> dict:
+def query_metrics(config: MAMLConfig, params: PyTree, task: Task, suffix: str = "") -> dict:
+  """``{"loss" + suffix, *metrics_fn + suffix}`` of ``params`` on one task's query set (scalars)."""
   pred = config.apply_fn(params, task.x_query)
   metrics = {"loss": config.loss_fn(pred, task.y_query)}
   if config.metrics_fn is not None:
@@ -254,9 +257,9 @@ def task_objective(config: MAMLConfig, meta_params: PyTree, task: Task,
     ``(objective, metrics)`` with scalar metrics ``loss`` (query loss after
     adaptation), ``support_loss`` (before adaptation) and those of ``metrics_fn``.
   """
-  adapted, info = _adapt_task(config, meta_params, task, config.inner_steps,
+  adapted, info = adapt_task(config, meta_params, task, config.inner_steps,
                               config.first_order, config.multi_step_loss)
-  metrics = _query_metrics(config, adapted, task)
+  metrics = query_metrics(config, adapted, task)
   metrics["support_loss"] = info.support_loss[0]
   objective = metrics["loss"]
   if config.multi_step_loss:
@@ -326,7 +329,7 @@ def train_steps(state: MetaState, data: Optional[PyTree] = None, *, config: Any,
 def adapt_params(config: MAMLConfig, state: MetaState, task: Task, inner_steps: int) -> PyTree:
   """The parameters after adapting ``state``'s meta-parameters to one task's support set."""
   check_task(task, batched=False)
-  return _adapt_task(config, state.meta_params, task, inner_steps, True, False)[0]
+  return adapt_task(config, state.meta_params, task, inner_steps, True, False)[0]
 
 
 @functools.partial(jax.jit, static_argnames=("config", "inner_steps"))
@@ -349,8 +352,8 @@ def evaluate(state: MetaState, task_batch: Task, *, config: MAMLConfig,
   steps = inner_steps or config.eval_inner_steps or config.inner_steps
 
   def one(task):
-    adapted, _ = _adapt_task(config, state.meta_params, task, steps, True, False)
-    return {**_query_metrics(config, state.meta_params["params"], task, "_before"),
-            **_query_metrics(config, adapted, task)}
+    adapted, _ = adapt_task(config, state.meta_params, task, steps, True, False)
+    return {**query_metrics(config, state.meta_params["params"], task, "_before"),
+            **query_metrics(config, adapted, task)}
 
   return map_tasks(one, task_batch, config.task_strategy)

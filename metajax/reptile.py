@@ -15,7 +15,7 @@ import optax
 
 from metajax.core.meta import MetaState, mean_task_grads
 from metajax.core.tasks import Task, check_task
-from metajax.maml import MAMLConfig, _adapt_task, _query_metrics, evaluate, init
+from metajax.maml import MAMLConfig, adapt_task, query_metrics, evaluate, init
 
 __all__ = ["MAMLConfig", "evaluate", "init", "meta_step"]
 
@@ -32,10 +32,10 @@ def meta_step(state: MetaState, task_batch: Task, *, config: MAMLConfig) -> tupl
   check_task(task_batch, batched=True)
 
   def task_grad(task):
-    adapted, info = _adapt_task(config, state.meta_params, task, config.inner_steps, True, False)
+    adapted, info = adapt_task(config, state.meta_params, task, config.inner_steps, True, False)
     adapted = jax.lax.stop_gradient(adapted)
     delta = jax.tree.map(lambda t, a: t - a, state.meta_params["params"], adapted)
-    metrics = {**_query_metrics(config, adapted, task), "support_loss": info.support_loss[0]}
+    metrics = {**query_metrics(config, adapted, task), "support_loss": info.support_loss[0]}
     return {"params": delta}, metrics
 
   grads, metrics = mean_task_grads(task_grad, task_batch, config.task_strategy)
