@@ -32,6 +32,23 @@ CONFIGS = {
 }
 
 
+def step_flops(config, params, key, batch_or_sample, meta_batch: int) -> float:
+  """XLA's FLOP count of one meta-step. XLA counts a loop body once, so this compiles the
+  step for a single task with the inner loop unrolled and multiplies by the meta-batch."""
+  import dataclasses
+
+  import jax
+
+  from metajax import maml
+  batch = batch_or_sample(key) if callable(batch_or_sample) else batch_or_sample
+  one = jax.tree.map(lambda x: x[:1], batch)
+  single = dataclasses.replace(config, task_strategy="vmap", inner_unroll=True, remat=False)
+  fn = jax.jit(lambda s, b: maml.meta_step(s, b, config=single))
+  cost = fn.lower(maml.init(single, params, key), one).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost["flops"]) * meta_batch
+
+
 def measure(name: str, order: str, strategy: str, remat: bool, conv_impl: str, repeats: int) -> dict:
   """One configuration, in this process."""
   import jax
@@ -74,6 +91,7 @@ def measure(name: str, order: str, strategy: str, remat: bool, conv_impl: str, r
   compiled = fn.lower(*args).compile()
   compile_s = time.perf_counter() - t0
   mem = compiled.memory_analysis()
+  flops = step_flops(config, params, key, sample if c["kind"] == "mlp" else batch, c["meta_batch"])
   out = compiled(*args)
   jax.block_until_ready(out)
   times = []
@@ -88,6 +106,7 @@ def measure(name: str, order: str, strategy: str, remat: bool, conv_impl: str, r
       "conv_impl": conv_impl if c["kind"] == "conv" else None,
       "compile_s": round(compile_s, 2), "step_s_median": times[len(times) // 2], "step_s_min": times[0],
       "steps_per_s": 1.0 / times[len(times) // 2],
+      "xla_flops_per_step": flops,
       "xla_temp_mb": round(getattr(mem, "temp_size_in_bytes", 0) / 2**20, 1) if mem else None,
       "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
   }

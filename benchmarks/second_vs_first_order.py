@@ -40,6 +40,23 @@ def metajax_rows(config: str, order: str, remat: bool, repeats: int) -> list[dic
   return _run_json([sys.executable, str(HERE / "maml_speed.py"), "--one", json.dumps(spec)])
 
 
+def matmul_flops_per_s(n: int = 2048, repeats: int = 5) -> float:
+  """This machine's measured float32 matmul throughput (best of ``repeats``, n×n @ n×n)."""
+  import time
+
+  import jax
+  import jax.numpy as jnp
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n))
+  f = jax.jit(lambda x: x @ x)
+  jax.block_until_ready(f(a))
+  best = float("inf")
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(f(a))
+    best = min(best, time.perf_counter() - t0)
+  return 2 * n**3 / best
+
+
 def accuracy_rows(steps: int, data_dir: str | None) -> list[dict]:
   """Omniglot 5w1s (paper settings) after ``steps`` meta-steps, second and first order."""
   from metajax.core import mean_and_ci95
@@ -90,13 +107,17 @@ def main() -> None:
   parser.add_argument("--data-dir", default=None)
   ns = parser.parse_args()
   rows, peers = [], []
+  peak = matmul_flops_per_s()
+  print(f"measured float32 matmul peak: {peak / 1e9:.1f} GFLOP/s", flush=True)
   for config in ns.configs:
     for order in ("second", "first"):
       for remat in ((False, True) if config != "sinusoid" else (False,)):
         for r in metajax_rows(config, order, remat, ns.repeats):
+          r["fraction_of_matmul_peak"] = (r["xla_flops_per_step"] or 0.0) / r["step_s_median"] / peak
           rows.append(r)
           print(f"metajax   {config:8s} {order:6s} remat={remat!s:5s} {r['step_s_median'] * 1e3:9.1f} ms/step "
-                f"compile {r['compile_s']:5.1f} s  XLA temp {r['xla_temp_mb']} MB  RSS {r['peak_rss_mb']:.0f} MB",
+                f"compile {r['compile_s']:5.1f} s  XLA temp {r['xla_temp_mb']} MB  RSS {r['peak_rss_mb']:.0f} MB  "
+                f"{100 * r['fraction_of_matmul_peak']:.0f}% of matmul peak",
                 flush=True)
     if ns.peers:
       cmd = [sys.executable, str(HERE / "peers" / "torch_maml.py"), "--configs", config, "--repeats", str(ns.repeats)]
@@ -110,7 +131,8 @@ def main() -> None:
   accuracy = accuracy_rows(ns.accuracy_steps, ns.data_dir) if ns.accuracy_steps else []
   png = HERE / "results" / "second_vs_first_order.png"
   plot(rows, peers, png)
-  print("saved", save("second_vs_first_order", {"machine": machine(), "args": vars(ns), "metajax": rows,
+  print("saved", save("second_vs_first_order", {"machine": machine(), "args": vars(ns),
+                                                "matmul_flops_per_s": peak, "metajax": rows,
                                                 "peers": peers, "accuracy": accuracy}), "and", png)
 
 
