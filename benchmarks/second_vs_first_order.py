@@ -46,7 +46,6 @@ def matmul_flops_per_s(n: int = 2048, repeats: int = 5) -> float:
   import time
 
   import jax
-  import jax.numpy as jnp
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n))
   f = jax.jit(lambda x: x @ x)
   jax.block_until_ready(f(a))

@@ -32,6 +32,10 @@ from metajax.core import losses
 from metajax.core.meta import MetaState
 from metajax.core.recurrent import log_sign, make_cell, zero_carry
 from metajax.core.tasks import Task, check_task, num_tasks
+from metajax.learner import init  # the initial MetaState: meta_params = {"params": net_params}
+
+__all__ = ["LSTMOptimizerNet", "LearnedOptimizerConfig", "LearnedOptimizerState", "evaluate", "init",
+           "lstm_optimizer", "meta_step", "optimize"]
 
 PyTree = Any
 Array = jax.Array
@@ -141,12 +145,6 @@ class LearnedOptimizerConfig:
       raise ValueError(f"LearnedOptimizerConfig: truncation {self.truncation} must divide horizon {self.horizon}")
     if not isinstance(self.optimizer, optax.GradientTransformation):
       raise TypeError("LearnedOptimizerConfig: optimizer must be an optax.GradientTransformation")
-
-
-def init(config: LearnedOptimizerConfig, net_params: PyTree, key: Array) -> MetaState:
-  """The initial :class:`MetaState` (``meta_params = {"params": net_params}``)."""
-  meta_params = {"params": net_params}
-  return MetaState(meta_params, config.optimizer.init(meta_params), jnp.zeros((), jnp.int32), key)
 
 
 def _support_loss(config: LearnedOptimizerConfig, params: PyTree, task: Task) -> Array:

@@ -70,6 +70,16 @@ class BlackBoxRNN(nn.Module):
     return nn.Dense(self.out, name="head")(hidden[:, 0])
 
 
+def _task_defaults(ways: Optional[int], kwargs: dict, who: str) -> None:
+  """Regression (``ways=None``: MSE, no metrics) or checked classification (the
+  :class:`LearnerConfig` defaults: cross-entropy, accuracy); fills ``kwargs``."""
+  if ways is None:
+    kwargs.setdefault("loss_fn", losses.mse)
+    kwargs.setdefault("metrics_fn", None)
+  else:
+    check_ways(ways, who)
+
+
 def black_box(apply_fn: Callable[..., Array], ways: Optional[int] = None, **kwargs: Any) -> LearnerConfig:
   """A black-box RNN learner from ``apply_fn(params, x_support, y_encoded, x_query)``
   (e.g. ``functional(BlackBoxRNN(...), variables)[1]``).
@@ -78,12 +88,10 @@ def black_box(apply_fn: Callable[..., Array], ways: Optional[int] = None, **kwar
   Otherwise classification: support labels fed one-hot, cross-entropy loss,
   accuracy.
   """
+  _task_defaults(ways, kwargs, "black_box")
   if ways is None:
-    kwargs.setdefault("loss_fn", losses.mse)
-    kwargs.setdefault("metrics_fn", None)
     encode = lambda y: y.reshape(y.shape[0], -1).astype(jnp.float32)
   else:
-    check_ways(ways, "black_box")
     encode = lambda y: jax.nn.one_hot(y, ways, dtype=jnp.float32)
 
   def predict(params, task: Task) -> Array:
@@ -169,11 +177,7 @@ def meta_lstm(apply_fn: Callable[[PyTree, Array], Array], cell: MetaLSTMCell, *,
   """
   if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
     raise ValueError(f"meta_lstm: steps must be a positive int, got {steps!r}")
-  if ways is None:
-    kwargs.setdefault("loss_fn", losses.mse)
-    kwargs.setdefault("metrics_fn", None)
-  else:
-    check_ways(ways, "meta_lstm")
+  _task_defaults(ways, kwargs, "meta_lstm")
 
   def predict(params, task: Task) -> Array:
     theta, unravel = ravel_pytree(params["learner"])
