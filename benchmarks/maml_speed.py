@@ -117,7 +117,7 @@ def main() -> None:
   parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
   parser.add_argument("--orders", nargs="+", default=["second", "first"], choices=["second", "first"])
   parser.add_argument("--strategies", nargs="+", default=["map", "vmap"], choices=["map", "vmap", "unroll"])
-  parser.add_argument("--conv-impl", default="matmul", choices=["matmul", "xla"])
+  parser.add_argument("--conv-impl", default="auto", choices=["auto", "vjp", "matmul", "xla"])
   parser.add_argument("--remat", action="store_true", help="also measure remat=True")
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--out", default="maml_speed")

@@ -36,7 +36,7 @@ def _run_json(cmd: list[str]) -> list[dict]:
 
 
 def metajax_rows(config: str, order: str, remat: bool, repeats: int) -> list[dict]:
-  spec = dict(name=config, order=order, strategy=STRATEGY[config], remat=remat, conv_impl="matmul",
+  spec = dict(name=config, order=order, strategy=STRATEGY[config], remat=remat, conv_impl="auto",
               repeats=repeats if config != "sinusoid" else 5)
   return _run_json([sys.executable, str(HERE / "maml_speed.py"), "--one", json.dumps(spec)])
 

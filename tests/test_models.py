@@ -1,4 +1,5 @@
-"""Models: im2col conv and reshape max-pool equal the XLA ops; BatchNorm uses batch statistics."""
+"""Models: the custom-VJP and im2col convolutions equal XLA's at every order, the argmax-routed
+max-pool equals flax's and is right under jit/vmap/map after BatchNorm; BatchNorm uses batch statistics."""
 from __future__ import annotations
 
 import chex
@@ -37,6 +38,71 @@ def test_max_pool_and_its_gradient_equal_flax_max_pool(hw, key):
                              grad(lambda v: nn.max_pool(v, (2, 2), strides=(2, 2), padding="VALID")), atol=1e-6)
 
 
+def test_max_pool_routes_ties_and_nans_to_the_first_argmax():
+  x = jnp.array([[1.0, 1.0], [1.0, 1.0]])[None, :, :, None]    # a tie: all to the first element
+  np.testing.assert_array_equal(jax.grad(lambda v: metajax.models.max_pool_2x2(v).sum())(x)[0, :, :, 0],
+                                [[1.0, 0.0], [0.0, 0.0]])
+  x = jnp.array([[0.0, 2.0], [jnp.nan, 5.0]])[None, :, :, None]  # NaN is the maximum, as in jnp.argmax
+  assert np.isnan(metajax.models.max_pool_2x2(x)).all()
+  np.testing.assert_array_equal(jax.grad(lambda v: metajax.models.max_pool_2x2(v).sum())(x)[0, :, :, 0],
+                                [[0.0, 0.0], [1.0, 0.0]])
+
+
+@pytest.mark.parametrize("order", ["first", "second"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_conv4_gradients_under_jit_of_vmap_and_map_equal_eager(order, seed):
+  """The max-pool after BatchNorm: jit(vmap(grad)) and jit(lax.map(grad)) equal an eager reference."""
+  key = jax.random.PRNGKey(seed)
+  model = metajax.models.Conv4(num_classes=3, width=4)
+  x = jax.random.normal(key, (3, 2, 6, 16, 16, 1))                  # (tasks, support/query, n, h, w, c)
+  y = jax.random.randint(key, (3, 6), 0, 3)
+  params, apply_fn = metajax.models.functional(model, model.init(key, x[0, 0]))
+  loss = lambda p, xs, ys: losses.cross_entropy(apply_fn(p, xs), ys)
+
+  def objective(p, xs, ys):
+    if order == "first":
+      return loss(p, xs[0], ys)
+    inner = jax.grad(loss)(p, xs[0], ys)
+    return loss(jax.tree.map(lambda a, g: a - 0.4 * g, p, inner), xs[1], ys)
+
+  grad = jax.grad(objective)
+  with jax.disable_jit():
+    want = jax.vmap(grad, in_axes=(None, 0, 0))(params, x, y)
+  by_vmap = jax.jit(jax.vmap(grad, in_axes=(None, 0, 0)))(params, x, y)
+  by_map = jax.jit(lambda p, x, y: jax.lax.map(lambda t: grad(p, *t), (x, y)))(params, x, y)
+  chex.assert_trees_all_close(by_vmap, want, rtol=1e-4, atol=1e-5)
+  chex.assert_trees_all_close(by_map, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("size,c_in", [(1, 5), (2, 6), (3, 1), (3, 6), (5, 2)])
+def test_conv2d_first_and_second_derivatives_equal_lax_conv_at_float64(size, c_in):
+  """Both forward paths (im2col below 5 input channels, XLA's conv above), even and odd kernels."""
+  with jax.enable_x64(True):
+    kx, kw, kc = jax.random.split(jax.random.PRNGKey(size), 3)
+    x = jax.random.normal(kx, (2, 7, 6, c_in), jnp.float64)
+    w = jax.random.normal(kw, (size, size, c_in, 3), jnp.float64)
+    ref = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(metajax.models.conv2d(x, w), ref(x, w), rtol=1e-12, atol=1e-12)
+    cotangent = jax.random.normal(kc, (2, 7, 6, 3), jnp.float64)
+    first = lambda conv: jax.vjp(conv, x, w)[1](cotangent)
+    chex.assert_trees_all_close(first(metajax.models.conv2d), first(ref), rtol=1e-12, atol=1e-12)
+    # Second order: the gradient of a function of both first derivatives, w.r.t. input and kernel.
+    second = lambda conv: jax.grad(lambda x, w: sum(
+        jnp.sum(jnp.sin(d)) for d in jax.grad(lambda x, w: jnp.sum(jnp.tanh(conv(x, w)) * cotangent),
+                                              argnums=(0, 1))(x, w)), argnums=(0, 1))(x, w)
+    chex.assert_trees_all_close(second(metajax.models.conv2d), second(ref), rtol=1e-10, atol=1e-10)
+
+
+def test_conv_impls_agree_and_auto_is_vjp_on_cpu(key):
+  x = jax.random.normal(key, (2, 9, 9, 6))
+  params = metajax.models.Conv(4, impl="xla").init(key, x)
+  outs = {impl: metajax.models.Conv(4, impl=impl).apply(params, x) for impl in ("auto", "vjp", "matmul", "xla")}
+  for impl, out in outs.items():
+    np.testing.assert_allclose(out, outs["xla"], rtol=1e-5, atol=1e-5, err_msg=impl)
+  assert metajax.models.resolve_conv_impl("auto") == ("vjp" if jax.default_backend() == "cpu" else "xla")
+
+
 def test_conv4_shapes(key):
   for hw, c, width in (((28, 28), 1, 8), ((84, 84), 3, 4)):
     model = metajax.models.Conv4(num_classes=5, width=width)
@@ -71,20 +137,6 @@ def _image_batch(key, tasks=3, ways=3, shots=1, queries=2, hw=16):
   ys = jnp.tile(jnp.repeat(jnp.arange(ways), shots), (tasks, 1))
   yq = jnp.tile(jnp.repeat(jnp.arange(ways), queries), (tasks, 1))
   return Task(xs, ys, xq, yq)
-
-
-@pytest.mark.parametrize("impl", ["matmul", "xla"])
-def test_conv4_gradients_under_jit_of_vmap_equal_per_example_gradients(impl, key):
-  """Regression: a reshape-based max-pool after BatchNorm got wrong gradients from XLA:CPU
-  under jit(vmap(grad)) (errors of order 1 in the first blocks)."""
-  model = metajax.models.Conv4(num_classes=None, width=4, conv_impl=impl)
-  x = jax.random.uniform(key, (3, 6, 16, 16, 1))
-  params, apply_fn = metajax.models.functional(model, model.init(key, x[0]))
-  loss = lambda p, xs: jnp.sum(jnp.sin(apply_fn(p, xs)))
-  batched = jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0)))(params, x)
-  for i in range(3):
-    chex.assert_trees_all_close(jax.tree.map(lambda g, i=i: g[i], batched), jax.grad(loss)(params, x[i]),
-                                rtol=1e-4, atol=1e-4)
 
 
 def test_conv4_maml_with_batchnorm_strategies_agree(key):

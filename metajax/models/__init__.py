@@ -1,10 +1,9 @@
 """Flax modules used as learners, and the adapter to pure ``apply`` functions."""
 from metajax.models.conv4 import Conv4
 from metajax.models.functional import functional
-from metajax.models.layers import Conv
-from metajax.models.layers import im2col
-from metajax.models.layers import max_pool_2x2
+from metajax.models.layers import Conv, conv2d, im2col, max_pool_2x2, resolve_conv_impl
 from metajax.models.mlp import MLP
 from metajax.models.resnet12 import ResNet12
 
-__all__ = ["Conv", "Conv4", "MLP", "ResNet12", "functional", "im2col", "max_pool_2x2"]
+__all__ = ["Conv", "Conv4", "MLP", "ResNet12", "conv2d", "functional", "im2col", "max_pool_2x2",
+           "resolve_conv_impl"]

@@ -1,12 +1,12 @@
 """Conv4, the four-block few-shot backbone of the MAML / ProtoNet papers."""
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Optional
 
 import flax.linen as nn
 import jax
 
-from metajax.models.layers import Conv, max_pool_2x2
+from metajax.models.layers import Conv, ConvImpl, max_pool_2x2
 
 
 class Conv4(nn.Module):
@@ -22,12 +22,13 @@ class Conv4(nn.Module):
   Attributes:
     num_classes: output logits; ``None`` returns the flattened features.
     width: channels of every conv block (64 for Omniglot, 32 for mini-ImageNet).
-    conv_impl: ``"matmul"`` (im2col, fast under vmap and on CPU) or ``"xla"``.
+    conv_impl: see :class:`metajax.models.Conv` (``"auto"``: fast custom-VJP convolution on
+      CPU, XLA's on GPU/TPU).
   """
 
   num_classes: Optional[int] = 5
   width: int = 64
-  conv_impl: Literal["matmul", "xla"] = "matmul"
+  conv_impl: ConvImpl = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:

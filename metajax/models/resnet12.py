@@ -1,19 +1,19 @@
 """ResNet-12, the few-shot backbone of TADAM / MetaOptNet (Oreshkin et al. 2018; Lee et al. 2019)."""
 from __future__ import annotations
 
-from typing import Literal, Optional, Sequence
+from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax
 
-from metajax.models.layers import Conv, max_pool_2x2
+from metajax.models.layers import Conv, ConvImpl, max_pool_2x2
 
 
 class ResidualBlock(nn.Module):
   """Three 3×3 conv → BN → leaky ReLU layers, a 1×1 conv + BN shortcut, then a 2×2 max-pool."""
 
   width: int
-  conv_impl: Literal["matmul", "xla"] = "matmul"
+  conv_impl: ConvImpl = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -36,7 +36,7 @@ class ResNet12(nn.Module):
 
   num_classes: Optional[int] = 5
   widths: Sequence[int] = (64, 160, 320, 640)
-  conv_impl: Literal["matmul", "xla"] = "matmul"
+  conv_impl: ConvImpl = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
