@@ -58,6 +58,7 @@ def measure(name: str, order: str, strategy: str, remat: bool, conv_impl: str, r
   import metajax
   from metajax import maml
   from metajax.core import Task, losses
+  from metajax.core.meta import resolve_strategy
   from metajax.data import sinusoid
 
   c = CONFIGS[name]
@@ -102,8 +103,8 @@ def measure(name: str, order: str, strategy: str, remat: bool, conv_impl: str, r
     times.append((time.perf_counter() - t0) / per_call)
   times.sort()
   return {
-      "config": name, "order": order, "strategy": strategy, "remat": remat,
-      "conv_impl": conv_impl if c["kind"] == "conv" else None,
+      "config": name, "order": order, "strategy": resolve_strategy(strategy, None if c["kind"] == "mlp" else batch),
+      "remat": remat, "conv_impl": metajax.models.resolve_conv_impl(conv_impl) if c["kind"] == "conv" else None,
       "compile_s": round(compile_s, 2), "step_s_median": times[len(times) // 2], "step_s_min": times[0],
       "steps_per_s": 1.0 / times[len(times) // 2],
       "xla_flops_per_step": flops,
@@ -116,7 +117,7 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
   parser.add_argument("--orders", nargs="+", default=["second", "first"], choices=["second", "first"])
-  parser.add_argument("--strategies", nargs="+", default=["map", "vmap"], choices=["map", "vmap", "unroll"])
+  parser.add_argument("--strategies", nargs="+", default=["map", "vmap"], choices=["auto", "map", "vmap", "unroll"])
   parser.add_argument("--conv-impl", default="auto", choices=["auto", "vjp", "matmul", "xla"])
   parser.add_argument("--remat", action="store_true", help="also measure remat=True")
   parser.add_argument("--repeats", type=int, default=5)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import resource
 import sys
 import time
 import types
@@ -131,7 +132,8 @@ def measure(name: str, peer: str, order: str, repeats: int, l2l_src: str | None)
     times.append(time.perf_counter() - t0)
   times.sort()
   return {"config": name, "peer": peer, "order": order, "step_s_median": times[len(times) // 2],
-          "step_s_min": times[0], "threads": torch.get_num_threads(), "torch": torch.__version__}
+          "step_s_min": times[0], "threads": torch.get_num_threads(), "torch": torch.__version__,
+          "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
 def main() -> None:

@@ -137,18 +137,19 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   ``stop_gradient`` values: the gradient goes to exactly that element, at every
   order of differentiation, with no equality test between recomputed values.
   """
-  n, h, w, c = x.shape
-  x = x[:, : h // 2 * 2, : w // 2 * 2]
-  v = lax.stop_gradient(x)
-  a, b, c_, d = v[:, 0::2, 0::2], v[:, 0::2, 1::2], v[:, 1::2, 0::2], v[:, 1::2, 1::2]
-  ge = lambda p, q: (p >= q) | jnp.isnan(p)
-  first_row = ge(a, b)
-  second_row = ge(c_, d)
-  top = ge(jnp.where(first_row, a, b), jnp.where(second_row, c_, d))
-  mask = jnp.stack([jnp.stack([top & first_row, top & ~first_row], axis=3),
-                    jnp.stack([~top & second_row, ~top & ~second_row], axis=3)], axis=2)
-  windows = x.reshape(n, h // 2, 2, w // 2, 2, x.shape[-1])
-  return jnp.sum(jnp.where(mask, windows, 0), axis=(2, 4))
+  with jax.named_scope("max_pool_2x2"):
+    n, h, w, c = x.shape
+    x = x[:, : h // 2 * 2, : w // 2 * 2]
+    v = lax.stop_gradient(x)
+    a, b, c_, d = v[:, 0::2, 0::2], v[:, 0::2, 1::2], v[:, 1::2, 0::2], v[:, 1::2, 1::2]
+    ge = lambda p, q: (p >= q) | jnp.isnan(p)
+    first_row = ge(a, b)
+    second_row = ge(c_, d)
+    top = ge(jnp.where(first_row, a, b), jnp.where(second_row, c_, d))
+    mask = jnp.stack([jnp.stack([top & first_row, top & ~first_row], axis=3),
+                      jnp.stack([~top & second_row, ~top & ~second_row], axis=3)], axis=2)
+    windows = x.reshape(n, h // 2, 2, w // 2, 2, x.shape[-1])
+    return jnp.sum(jnp.where(mask, windows, 0), axis=(2, 4))
 
 
 class Conv(nn.Module):
