@@ -92,7 +92,6 @@ def measure(name: str, order: str, strategy: str, remat: bool, conv_impl: str, r
   compiled = fn.lower(*args).compile()
   compile_s = time.perf_counter() - t0
   mem = compiled.memory_analysis()
-  flops = step_flops(config, params, key, sample if c["kind"] == "mlp" else batch, c["meta_batch"])
   out = compiled(*args)
   jax.block_until_ready(out)
   times = []
@@ -102,6 +101,8 @@ def measure(name: str, order: str, strategy: str, remat: bool, conv_impl: str, r
     jax.block_until_ready(out)
     times.append((time.perf_counter() - t0) / per_call)
   times.sort()
+  peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # before the FLOP count's compile
+  flops = step_flops(config, params, key, sample if c["kind"] == "mlp" else batch, c["meta_batch"])
   return {
       "config": name, "order": order, "strategy": resolve_strategy(strategy, None if c["kind"] == "mlp" else batch),
       "remat": remat, "conv_impl": metajax.models.resolve_conv_impl(conv_impl) if c["kind"] == "conv" else None,
@@ -109,7 +110,7 @@ def measure(name: str, order: str, strategy: str, remat: bool, conv_impl: str, r
       "steps_per_s": 1.0 / times[len(times) // 2],
       "xla_flops_per_step": flops,
       "xla_temp_mb": round(getattr(mem, "temp_size_in_bytes", 0) / 2**20, 1) if mem else None,
-      "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+      "peak_rss_mb": peak_rss_mb,
   }
 
 

@@ -169,3 +169,13 @@ def test_resnet12_shapes_and_second_order_gradients(key):
       maml.init(config, params, key).meta_params)
   norms = [float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads)]
   assert all(np.isfinite(norms)) and sum(n > 0 for n in norms) >= len(norms) - 4
+
+
+def test_auto_strategy_runs_image_tasks_as_a_loop_on_one_cpu_device(key):
+  """Regression: mean_task_grads resolved "auto" without the batch, so image tasks were vmapped on CPU."""
+  if jax.default_backend() != "cpu" or jax.device_count() != 1:
+    pytest.skip("the map default applies to a single CPU device")
+  images, vectors = _image_batch(key), Task(*(jnp.zeros((3, 2, 1)),) * 4)
+  task_grad = lambda task: (jnp.sum(task.x_query), {})
+  loops = lambda b: "scan" in str(jax.make_jaxpr(lambda b: metajax.core.mean_task_grads(task_grad, b, "auto"))(b))
+  assert loops(images) and not loops(vectors)

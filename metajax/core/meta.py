@@ -90,7 +90,7 @@ def mean_task_grads(
   With ``"map"`` the sum is accumulated in the loop carry, so memory holds
   ``MAP_TASKS_PER_ITERATION`` tasks' backward passes at a time instead of the whole batch's.
   """
-  strategy = resolve_strategy(strategy)
+  strategy = resolve_strategy(strategy, task_batch)
   if strategy != "map":
     return _mean_over_tasks(map_tasks(task_grad, task_batch, strategy))
   n = num_tasks(task_batch)
