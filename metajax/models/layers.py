@@ -14,8 +14,8 @@ this module (measurements in ``benchmarks/RESULTS.md``):
   stays on these two fast paths.
 * The gradient of ``max`` routes the cotangent by testing the input for
   equality with a recomputed maximum; after BatchNorm, XLA:CPU's fusions can
-  make that test fail and give wrong gradients. :func:`max_pool_2x2` routes by
-  a one-hot argmax of ``stop_gradient`` windows instead, correct by construction.
+  make that test fail and give wrong gradients. :func:`max_pool_2x2` selects by
+  the argmax of ``stop_gradient`` windows instead, correct by construction.
 """
 from __future__ import annotations
 
@@ -132,24 +132,22 @@ def resolve_conv_impl(impl: ConvImpl) -> str:
 def max_pool_2x2(x: jax.Array) -> jax.Array:
   """2×2 max-pool, stride 2, VALID (odd edges dropped): ``(n, h, w, c) -> (n, h//2, w//2, c)``.
 
-  Each window's output is its element at the first argmax (row-major, NaN counts
-  as the maximum, as in ``jnp.argmax``), picked by a one-hot mask computed from
-  ``stop_gradient`` values: the gradient goes to exactly that element, at every
-  order of differentiation, with no equality test between recomputed values.
+  Each window's output is its element at the first argmax (row-major; NaN counts
+  as the maximum, as in ``jnp.argmax``), chosen by selects whose predicates come
+  from ``stop_gradient`` values and pass an optimization barrier, so XLA computes
+  them once: the gradient goes to exactly that element, at every order of
+  differentiation, with no equality test between recomputed values.
   """
   with jax.named_scope("max_pool_2x2"):
-    n, h, w, c = x.shape
-    x = x[:, : h // 2 * 2, : w // 2 * 2]
-    v = lax.stop_gradient(x)
-    a, b, c_, d = v[:, 0::2, 0::2], v[:, 0::2, 1::2], v[:, 1::2, 0::2], v[:, 1::2, 1::2]
+    x = x[:, : x.shape[1] // 2 * 2, : x.shape[2] // 2 * 2]
+    corners = [x[:, i::2, j::2] for i in (0, 1) for j in (0, 1)]   # (0,0), (0,1), (1,0), (1,1)
+    a, b, c, d = [lax.stop_gradient(v) for v in corners]
     ge = lambda p, q: (p >= q) | jnp.isnan(p)
-    first_row = ge(a, b)
-    second_row = ge(c_, d)
-    top = ge(jnp.where(first_row, a, b), jnp.where(second_row, c_, d))
-    mask = jnp.stack([jnp.stack([top & first_row, top & ~first_row], axis=3),
-                      jnp.stack([~top & second_row, ~top & ~second_row], axis=3)], axis=2)
-    windows = x.reshape(n, h // 2, 2, w // 2, 2, x.shape[-1])
-    return jnp.sum(jnp.where(mask, windows, 0), axis=(2, 4))
+    first_row, second_row = ge(a, b), ge(c, d)
+    top = ge(jnp.where(first_row, a, b), jnp.where(second_row, c, d))
+    first_row, second_row, top = lax.optimization_barrier((first_row, second_row, top))
+    return jnp.where(top, jnp.where(first_row, corners[0], corners[1]),
+                     jnp.where(second_row, corners[2], corners[3]))
 
 
 class Conv(nn.Module):
