@@ -10,6 +10,9 @@ from pathlib import Path
 
 import jax
 
+from metajax.core.xla_cpu import use_fast_cpu_convolutions
+
+use_fast_cpu_convolutions()  # the library's documented CPU setting, as the CLI applies it
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -29,7 +32,7 @@ def machine() -> dict:
       "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
       "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
       "jax": jax.__version__, "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else None,
-      "flax": flax.__version__, "optax": optax.__version__,
+      "flax": flax.__version__, "optax": optax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "command": " ".join([Path(sys.executable).name] + sys.argv),
       "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).parent).stdout.strip(),

@@ -51,6 +51,9 @@ def step_flops(config, params, key, batch_or_sample, meta_batch: int) -> float:
 
 def measure(name: str, order: str, strategy: str, remat: bool, conv_impl: str, repeats: int) -> dict:
   """One configuration, in this process."""
+  from metajax.core.xla_cpu import use_fast_cpu_convolutions
+  use_fast_cpu_convolutions()  # before any JAX computation, as the CLI does
+
   import jax
   import jax.numpy as jnp
   import optax

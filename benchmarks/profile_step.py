@@ -60,7 +60,7 @@ def category(op_name: str) -> str:
   return f"{part} {direction}"
 
 
-def profile(config: str, order: str, conv_impl: str, repeats: int) -> dict:
+def profile(config: str, order: str, conv_impl: str, strategy: str, repeats: int) -> dict:
   import jax
   import jax.numpy as jnp
   import optax
@@ -83,7 +83,8 @@ def profile(config: str, order: str, conv_impl: str, repeats: int) -> dict:
   model = metajax.models.Conv4(num_classes=ways, width=c["width"], conv_impl=conv_impl)
   params, apply_fn = metajax.models.functional(model, model.init(key, batch.x_support[0]))
   config_ = maml.MAMLConfig(apply_fn, loss_fn=losses.cross_entropy, optimizer=optax.adam(1e-3),
-                            inner_lr=c["inner_lr"], inner_steps=c["inner_steps"], first_order=order == "first")
+                            inner_lr=c["inner_lr"], inner_steps=c["inner_steps"], first_order=order == "first",
+                            task_strategy=strategy)
   state = maml.init(config_, params, key)
   step = jax.jit(lambda s, b: maml.meta_step(s, b, config=config_)).lower(state, batch).compile()
   names = op_metadata(step.as_text())
@@ -106,6 +107,7 @@ def profile(config: str, order: str, conv_impl: str, repeats: int) -> dict:
             seconds[category(names[event.name])] += event.duration_ns / 1e9 / repeats
   total = sum(seconds.values())
   return {"config": config, "order": order, "conv_impl": metajax.models.resolve_conv_impl(conv_impl),
+          "strategy": strategy,
           "op_seconds_per_step": dict(seconds.most_common()), "op_seconds_total": total}
 
 
@@ -114,10 +116,11 @@ def main() -> None:
   parser.add_argument("--config", default="omniglot", choices=["omniglot", "mini"])
   parser.add_argument("--order", default="second", choices=["second", "first"])
   parser.add_argument("--conv-impl", default="auto", choices=["auto", "vjp", "matmul", "xla"])
+  parser.add_argument("--strategy", default="auto", choices=["auto", "map", "vmap", "unroll"])
   parser.add_argument("--repeats", type=int, default=2)
   parser.add_argument("--out")
   ns = parser.parse_args()
-  result = profile(ns.config, ns.order, ns.conv_impl, ns.repeats)
+  result = profile(ns.config, ns.order, ns.conv_impl, ns.strategy, ns.repeats)
   total = result["op_seconds_total"]
   for name, s in result["op_seconds_per_step"].items():
     print(f"{name:38s} {s:7.3f} s  {100 * s / total:5.1f} %")

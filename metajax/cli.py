@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from metajax.checkpoint import CheckpointError
+from metajax.core.xla_cpu import use_fast_cpu_convolutions
 from metajax.train import (ALGORITHMS, DATASET_DEFAULTS, Interrupted, NonFiniteLoss, TrainArgs,
                            load_run, read_run_file, report, run)
 
@@ -106,6 +107,7 @@ def _main(ns: argparse.Namespace) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """Entry point; returns the exit code (2 for user errors, 130 when interrupted)."""
+  use_fast_cpu_convolutions(warn=False)  # before the first JAX computation of the process
   ns = _parser().parse_args(argv)
   try:
     _main(ns)

@@ -74,17 +74,18 @@ def test_conv4_gradients_under_jit_of_vmap_and_map_equal_eager(order, seed):
   chex.assert_trees_all_close(by_map, want, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("size,c_in", [(1, 5), (2, 6), (3, 1), (3, 6), (5, 2)])
-def test_conv2d_first_and_second_derivatives_equal_lax_conv_at_float64(size, c_in):
-  """Both forward paths (im2col below 5 input channels, XLA's conv above), even and odd kernels."""
+@pytest.mark.parametrize("size,c_in,c_out", [(1, 5, 3), (2, 6, 6), (2, 3, 6), (3, 1, 6), (3, 6, 3), (5, 2, 6)])
+def test_conv2d_first_and_second_derivatives_equal_lax_conv_at_float64(size, c_in, c_out):
+  """Both forward paths (im2col up to 4 input channels, XLA's conv above) in the primal and in
+  the input-gradient convolution (c_out channels in), even and odd kernels."""
   with jax.enable_x64(True):
     kx, kw, kc = jax.random.split(jax.random.PRNGKey(size), 3)
     x = jax.random.normal(kx, (2, 7, 6, c_in), jnp.float64)
-    w = jax.random.normal(kw, (size, size, c_in, 3), jnp.float64)
+    w = jax.random.normal(kw, (size, size, c_in, c_out), jnp.float64)
     ref = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
                                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
     np.testing.assert_allclose(metajax.models.conv2d(x, w), ref(x, w), rtol=1e-12, atol=1e-12)
-    cotangent = jax.random.normal(kc, (2, 7, 6, 3), jnp.float64)
+    cotangent = jax.random.normal(kc, (2, 7, 6, c_out), jnp.float64)
     first = lambda conv: jax.vjp(conv, x, w)[1](cotangent)
     chex.assert_trees_all_close(first(metajax.models.conv2d), first(ref), rtol=1e-12, atol=1e-12)
     # Second order: the gradient of a function of both first derivatives, w.r.t. input and kernel.
@@ -94,13 +95,23 @@ def test_conv2d_first_and_second_derivatives_equal_lax_conv_at_float64(size, c_i
     chex.assert_trees_all_close(second(metajax.models.conv2d), second(ref), rtol=1e-10, atol=1e-10)
 
 
-def test_conv_impls_agree_and_auto_is_vjp_on_cpu(key):
+def test_conv2d_computes_in_the_promoted_dtype_and_returns_input_dtype_gradients(key):
+  for c_in in (2, 6):
+    x = jax.random.normal(key, (1, 5, 5, c_in), jnp.bfloat16)
+    w = jax.random.normal(key, (3, 3, c_in, 4), jnp.float32)
+    assert metajax.models.conv2d(x, w).dtype == jnp.float32
+    gx, gw = jax.grad(lambda x, w: metajax.models.conv2d(x, w).sum(), argnums=(0, 1))(x, w)
+    assert (gx.dtype, gw.dtype) == (jnp.bfloat16, jnp.float32)
+
+
+def test_conv_impls_agree_and_auto_is_the_custom_vjp_on_cpu(key):
   x = jax.random.normal(key, (2, 9, 9, 6))
   params = metajax.models.Conv(4, impl="xla").init(key, x)
   outs = {impl: metajax.models.Conv(4, impl=impl).apply(params, x) for impl in ("auto", "vjp", "matmul", "xla")}
   for impl, out in outs.items():
     np.testing.assert_allclose(out, outs["xla"], rtol=1e-5, atol=1e-5, err_msg=impl)
-  assert metajax.models.resolve_conv_impl("auto") == ("vjp" if jax.default_backend() == "cpu" else "xla")
+  jaxpr = str(jax.make_jaxpr(metajax.models.Conv(4).apply)(params, x))
+  assert ("custom_vjp_call" in jaxpr) == (jax.default_backend() == "cpu")
 
 
 def test_conv4_shapes(key):

@@ -23,7 +23,7 @@ class Conv4(nn.Module):
     num_classes: output logits; ``None`` returns the flattened features.
     width: channels of every conv block (64 for Omniglot, 32 for mini-ImageNet).
     conv_impl: see :class:`metajax.models.Conv` (``"auto"``: fast custom-VJP convolution on
-      CPU, XLA's on GPU/TPU).
+      CPU, XLA's on GPU/TPU; pass ``"xla"`` for forward-mode ``jax.jvp``/``jax.jacfwd``).
   """
 
   num_classes: Optional[int] = 5

@@ -9,7 +9,7 @@ this module (measurements in ``benchmarks/RESULTS.md``):
   over tasks) XLA:CPU runs those an order of magnitude slower than a forward
   convolution (jax-ml/jax#12868). :func:`conv2d` therefore has a hand-written
   VJP whose backward pass is a *forward* convolution (input gradient) and an
-  im2col matrix product (weight gradient), and the VJPs of those are again
+  im2col matrix product (kernel gradient), and the VJPs of those are again
   :func:`conv2d` and :func:`conv2d_weight_grad`: every order of differentiation
   stays on these two fast paths.
 * The gradient of ``max`` routes the cotangent by testing the input for
@@ -30,7 +30,7 @@ from jax import lax
 ConvImpl = Literal["auto", "vjp", "matmul", "xla"]
 CONV_IMPLS = ("auto", "vjp", "matmul", "xla")
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
-_IM2COL_MAX_CHANNELS = 4  # forward by im2col + matmul below this many input channels (measured)
+_IM2COL_MAX_CHANNELS = 4  # forward by im2col + matmul up to this many input channels (RESULTS.md)
 Pads = tuple[tuple[int, int], tuple[int, int]]
 
 
@@ -108,15 +108,18 @@ _weight_grad.defvjp(_weight_grad_fwd, _weight_grad_bwd)
 def conv2d(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """Stride-1 SAME convolution ``(n, h, w, c_in), (k, k, c_in, c_out) -> (n, h, w, c_out)``.
 
-  Equal to ``lax.conv_general_dilated(x, kernel, (1, 1), "SAME", ("NHWC", "HWIO", "NHWC"))``,
-  with the custom VJP described in the module docstring (reverse mode at any
-  order; forward mode — ``jax.jvp``, ``jax.jacfwd`` — is not defined for it:
-  use ``impl="xla"`` there).
+  Equal, up to float rounding, to ``lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
+  ("NHWC", "HWIO", "NHWC"))`` computed in ``jnp.result_type(x, kernel)``; the forward
+  pass is XLA's convolution, or im2col and one matrix product for 1×1 kernels and at most
+  four input channels (measured faster, ``benchmarks/RESULTS.md``). It has the custom VJP
+  described in the module docstring: reverse mode at any order; forward mode
+  (``jax.jvp``, ``jax.jacfwd``) is not defined for it — use ``impl="xla"`` there.
   """
   if kernel.ndim != 4 or kernel.shape[0] != kernel.shape[1] or x.ndim != 4 or x.shape[-1] != kernel.shape[2]:
     raise ValueError(f"conv2d: need x (n, h, w, c) and a square kernel (k, k, c, out); "
                      f"got x {x.shape}, kernel {kernel.shape}")
-  return _conv(x, kernel, _same_pads(kernel.shape[0]))
+  dtype = jnp.result_type(x, kernel)
+  return _conv(x.astype(dtype), kernel.astype(dtype), _same_pads(kernel.shape[0]))
 
 
 def resolve_conv_impl(impl: ConvImpl) -> str:
@@ -157,8 +160,8 @@ class Conv(nn.Module):
   ``nn.Conv``), plus a ``bias`` when ``use_bias``.
 
   Attributes:
-    impl: ``"vjp"`` — :func:`conv2d` (XLA's forward convolution with a custom VJP,
-      fast on CPU inside task loops and at second order); ``"matmul"`` — im2col
+    impl: ``"vjp"`` — :func:`conv2d` (a convolution with a custom VJP, fast on CPU
+      inside task loops and at second order; no forward mode); ``"matmul"`` — im2col
       and one matrix product, differentiated by JAX; ``"xla"`` —
       ``lax.conv_general_dilated`` differentiated by JAX; ``"auto"`` (default) —
       ``"vjp"`` on CPU, ``"xla"`` on GPU/TPU.
