@@ -39,6 +39,15 @@ def machine() -> dict:
   }
 
 
+def run_json_lines(cmd: list[str]) -> list[dict]:
+  """Runs ``cmd`` and returns the JSON objects it printed one per line (none if it failed)."""
+  proc = subprocess.run(cmd, capture_output=True, text=True)
+  if proc.returncode != 0:
+    print(f"FAILED: {' '.join(cmd)}\n{proc.stderr[-2000:]}", file=sys.stderr)
+    return []
+  return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
 def save(name: str, payload: dict) -> Path:
   """Writes ``benchmarks/results/<name>.json`` and returns its path."""
   RESULTS.mkdir(parents=True, exist_ok=True)

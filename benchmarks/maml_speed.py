@@ -49,6 +49,26 @@ def step_flops(config, params, key, batch_or_sample, meta_batch: int) -> float:
   return float(cost["flops"]) * meta_batch
 
 
+def conv_problem(c: dict, conv_impl: str, key) -> tuple:
+  """``(task_batch, params, apply_fn)``: random images and labels shaped by conv config ``c``
+  and a Conv4 for them."""
+  import jax
+  import jax.numpy as jnp
+
+  import metajax
+  from metajax.core import Task
+
+  ways, mb, hw, ch = c["ways"], c["meta_batch"], c["hw"], c["channels"]
+  k1, k2 = jax.random.split(key)
+  batch = Task(jax.random.normal(k1, (mb, ways * c["shots"], hw, hw, ch)),
+               jnp.tile(jnp.repeat(jnp.arange(ways), c["shots"]), (mb, 1)),
+               jax.random.normal(k2, (mb, ways * c["queries"], hw, hw, ch)),
+               jnp.tile(jnp.repeat(jnp.arange(ways), c["queries"]), (mb, 1)))
+  model = metajax.models.Conv4(num_classes=ways, width=c["width"], conv_impl=conv_impl)
+  params, apply_fn = metajax.models.functional(model, model.init(key, batch.x_support[0]))
+  return batch, params, apply_fn
+
+
 def measure(name: str, order: str, strategy: str, remat: bool, conv_impl: str, repeats: int) -> dict:
   """One configuration, in this process."""
   from metajax.core.xla_cpu import use_fast_cpu_convolutions
@@ -60,7 +80,7 @@ def measure(name: str, order: str, strategy: str, remat: bool, conv_impl: str, r
 
   import metajax
   from metajax import maml
-  from metajax.core import Task, losses
+  from metajax.core import losses
   from metajax.core.meta import resolve_strategy
   from metajax.data import sinusoid
 
@@ -79,14 +99,7 @@ def measure(name: str, order: str, strategy: str, remat: bool, conv_impl: str, r
     fn = jax.jit(lambda s: maml.train_steps(s, config=config, sample_fn=sample, num_steps=per_call))
     args = (state,)
   else:
-    ways, mb, hw, ch = c["ways"], c["meta_batch"], c["hw"], c["channels"]
-    k1, k2 = jax.random.split(key)
-    batch = Task(jax.random.normal(k1, (mb, ways * c["shots"], hw, hw, ch)),
-                 jnp.tile(jnp.repeat(jnp.arange(ways), c["shots"]), (mb, 1)),
-                 jax.random.normal(k2, (mb, ways * c["queries"], hw, hw, ch)),
-                 jnp.tile(jnp.repeat(jnp.arange(ways), c["queries"]), (mb, 1)))
-    model = metajax.models.Conv4(num_classes=ways, width=c["width"], conv_impl=conv_impl)
-    params, apply_fn = metajax.models.functional(model, model.init(key, batch.x_support[0]))
+    batch, params, apply_fn = conv_problem(c, conv_impl, key)
     config = maml.MAMLConfig(apply_fn, loss_fn=losses.cross_entropy, **common)
     per_call = 1
     fn = jax.jit(lambda s, b: maml.meta_step(s, b, config=config))

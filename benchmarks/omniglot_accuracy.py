@@ -5,6 +5,10 @@ meta-steps and wall time) and a final mean accuracy ± 95% CI over 600 test task
   python benchmarks/omniglot_accuracy.py --algo maml --ways 5 --shots 1 --steps 600
   python benchmarks/omniglot_accuracy.py --algo fomaml --ways 20 --shots 1 --meta-batch 16
   python benchmarks/omniglot_accuracy.py --algo protonet --meta-batch 4 --steps 3000 --curve-every 500
+  python benchmarks/omniglot_accuracy.py --algo maml --steps 100000 --budget-minutes 39.4 --out omniglot_maml_5w1s_39min
+
+With --budget-minutes training stops at the first curve point past that much training time
+(evaluation excluded) and the final evaluation uses the parameters reached there.
 
 The data folder is --data-dir or $METAJAX_DATA (default ../shared/data).
 """
@@ -21,6 +25,10 @@ from metajax.core import mean_and_ci95  # noqa: E402
 from metajax.train import ALGORITHMS, TrainArgs, build, evaluate, train  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+class _BudgetSpent(Exception):
+  """Raised at a curve point once --budget-minutes of training time are spent."""
 
 
 def main() -> None:
@@ -40,6 +48,8 @@ def main() -> None:
   parser.add_argument("--test-tasks", type=int, default=600)
   parser.add_argument("--data-dir", default=str(DEFAULT_DATA))
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--budget-minutes", type=float, help="stop after this much training time")
+  parser.add_argument("--out", help="results file name (default omniglot_<algo>_<ways>w<shots>s)")
   ns = parser.parse_args()
   args = TrainArgs(dataset="omniglot", data_dir=ns.data_dir, algo=ns.algo, steps=ns.steps,
                    meta_batch=ns.meta_batch, ways=ns.ways, shots=ns.shots, queries=ns.queries,
@@ -48,6 +58,7 @@ def main() -> None:
                    chunk=ns.curve_every, seed=ns.seed)
   curve = []
   problem = build(args)
+  reached = {}
 
   def on_chunk(step, state, seconds):
     acc = evaluate(problem, state, ns.curve_tasks, seed=123)["accuracy"]
@@ -55,15 +66,22 @@ def main() -> None:
     curve.append({"step": step, "train_time_s": round(seconds, 1), "accuracy": mean, "ci95": ci})
     print(f"  step {step:6d}  {seconds:7.0f} s  test-task accuracy {100 * mean:.2f} ± {100 * ci:.2f}",
           flush=True)
+    reached.update(steps=step, state=state, train_time_s=seconds)
+    if ns.budget_minutes is not None and seconds >= 60 * ns.budget_minutes:
+      raise _BudgetSpent
 
-  trained = train(args, problem, on_chunk=on_chunk)
-  final = evaluate(trained.problem, trained.state, ns.test_tasks, seed=10_000 + ns.seed)
+  try:
+    trained = train(args, problem, on_chunk=on_chunk)
+    reached.update(steps=ns.steps, state=trained.state, train_time_s=trained.train_time_s)
+  except _BudgetSpent:
+    pass
+  final = evaluate(problem, reached["state"], ns.test_tasks, seed=10_000 + ns.seed)
   mean, ci = mean_and_ci95(final["accuracy"])
-  name = f"omniglot_{ns.algo}_{ns.ways}w{ns.shots}s"
+  name = ns.out or f"omniglot_{ns.algo}_{ns.ways}w{ns.shots}s"
   print(f"{name}: {100 * mean:.2f} ± {100 * ci:.2f} % over {ns.test_tasks} test tasks after "
-        f"{ns.steps} meta-steps ({trained.train_time_s:.0f} s of training)")
-  save(name, {"machine": machine(), "args": vars(ns), "train_time_s": trained.train_time_s,
-              "accuracy": mean, "ci95": ci, "curve": curve})
+        f"{reached['steps']} meta-steps ({reached['train_time_s']:.0f} s of training)")
+  save(name, {"machine": machine(), "args": vars(ns), "meta_steps": reached["steps"],
+              "train_time_s": reached["train_time_s"], "accuracy": mean, "ci95": ci, "curve": curve})
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _common import machine, save  # noqa: E402
-from maml_speed import CONFIGS  # noqa: E402
+from maml_speed import CONFIGS, conv_problem  # noqa: E402
 
 _COPIES = {"pad", "slice", "concatenate", "transpose", "copy", "reshape", "dynamic_slice", "add_any"}
 _COMPUTE = {"conv_general_dilated", "dot_general"}
@@ -62,26 +62,18 @@ def category(op_name: str) -> str:
 
 def profile(config: str, order: str, conv_impl: str, strategy: str, repeats: int) -> dict:
   import jax
-  import jax.numpy as jnp
   import optax
   from jax.profiler import ProfileData
 
   import metajax
   from metajax import maml
-  from metajax.core import Task, losses
+  from metajax.core import losses
 
   c = CONFIGS[config]
   if c["kind"] != "conv":
     raise SystemExit("profile_step: only the conv configs (omniglot, mini) are profiled")
   key = jax.random.PRNGKey(0)
-  ways, mb, hw, ch = c["ways"], c["meta_batch"], c["hw"], c["channels"]
-  k1, k2 = jax.random.split(key)
-  batch = Task(jax.random.normal(k1, (mb, ways * c["shots"], hw, hw, ch)),
-               jnp.tile(jnp.repeat(jnp.arange(ways), c["shots"]), (mb, 1)),
-               jax.random.normal(k2, (mb, ways * c["queries"], hw, hw, ch)),
-               jnp.tile(jnp.repeat(jnp.arange(ways), c["queries"]), (mb, 1)))
-  model = metajax.models.Conv4(num_classes=ways, width=c["width"], conv_impl=conv_impl)
-  params, apply_fn = metajax.models.functional(model, model.init(key, batch.x_support[0]))
+  batch, params, apply_fn = conv_problem(c, conv_impl, key)
   config_ = maml.MAMLConfig(apply_fn, loss_fn=losses.cross_entropy, optimizer=optax.adam(1e-3),
                             inner_lr=c["inner_lr"], inner_steps=c["inner_steps"], first_order=order == "first",
                             task_strategy=strategy)

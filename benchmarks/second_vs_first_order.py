@@ -1,44 +1,32 @@
-"""Second- vs first-order MAML: speed, compile time and memory on the sinusoid,
-Omniglot-shaped and mini-ImageNet-shaped configs (with and without remat), optional
-PyTorch peers measured in the same run, and Omniglot accuracy after a fixed step budget.
+"""Second- vs first-order MAML: speed, compile time, memory and share of the matmul peak on
+the sinusoid, Omniglot-shaped and mini-ImageNet-shaped configs (with and without remat), and
+Omniglot accuracy after a fixed step budget. The PyTorch peers: benchmarks/vs_pytorch.py.
 
-  python benchmarks/second_vs_first_order.py                       # metajax only
-  python benchmarks/second_vs_first_order.py --peers --l2l-src /tmp/l2l/learn2learn-0.2.0
+  python benchmarks/second_vs_first_order.py
   python benchmarks/second_vs_first_order.py --accuracy-steps 100  # + Omniglot 5w1s accuracy
 
-Configs are those of benchmarks/maml_speed.py (random inputs; the strategy is the CPU
-default: vmap for sinusoid, map for images). Peers (benchmarks/peers/torch_maml.py, the
-``peers`` extra) run in their own subprocesses right after metajax, on the same machine.
-Writes results/second_vs_first_order.json and results/second_vs_first_order.png.
+Configs are those of benchmarks/maml_speed.py (random inputs; the CPU defaults: task strategy
+and conv implementation "auto"). Writes results/second_vs_first_order.json and .png.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import machine, save  # noqa: E402
+from _common import machine, run_json_lines, save  # noqa: E402
 
-STRATEGY = {"sinusoid": "vmap", "omniglot": "map", "mini": "map"}
+CONFIGS = ("sinusoid", "omniglot", "mini")
 DEFAULT_DATA = HERE.parents[1] / "shared" / "data"
 
 
-def _run_json(cmd: list[str]) -> list[dict]:
-  proc = subprocess.run(cmd, capture_output=True, text=True)
-  if proc.returncode != 0:
-    print(proc.stderr[-2000:], file=sys.stderr)
-    return []
-  return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-
-
 def metajax_rows(config: str, order: str, remat: bool, repeats: int) -> list[dict]:
-  spec = dict(name=config, order=order, strategy=STRATEGY[config], remat=remat, conv_impl="auto",
+  spec = dict(name=config, order=order, strategy="auto", remat=remat, conv_impl="auto",
               repeats=repeats if config != "sinusoid" else 5)
-  return _run_json([sys.executable, str(HERE / "maml_speed.py"), "--one", json.dumps(spec)])
+  return run_json_lines([sys.executable, str(HERE / "maml_speed.py"), "--one", json.dumps(spec)])
 
 
 def matmul_flops_per_s(n: int = 2048, repeats: int = 5) -> float:
@@ -73,7 +61,7 @@ def accuracy_rows(steps: int, data_dir: str | None) -> list[dict]:
   return rows
 
 
-def plot(rows: list[dict], peers: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -85,11 +73,7 @@ def plot(rows: list[dict], peers: list[dict], path: Path) -> None:
       if r["config"] == config:
         labels.append(f"metajax {r['order'][:2]}{' remat' if r['remat'] else ''}")
         values.append(r["step_s_median"] * 1e3)
-    for p in peers:
-      if p["config"] == config:
-        labels.append(f"{p['peer']} {p['order'][:2]}")
-        values.append(p["step_s_median"] * 1e3)
-    ax.barh(labels, values, color=["C0" if lab.startswith("metajax") else "C1" for lab in labels])
+    ax.barh(labels, values)
     ax.set_xscale("log")
     ax.set_xlabel("ms per meta-step (log)")
     ax.set_title(config)
@@ -99,14 +83,12 @@ def plot(rows: list[dict], peers: list[dict], path: Path) -> None:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--configs", nargs="+", default=["sinusoid", "omniglot", "mini"], choices=list(STRATEGY))
+  parser.add_argument("--configs", nargs="+", default=["sinusoid", "omniglot", "mini"], choices=CONFIGS)
   parser.add_argument("--repeats", type=int, default=3)
-  parser.add_argument("--peers", action="store_true", help="also run the PyTorch peers")
-  parser.add_argument("--l2l-src", help="learn2learn source directory, for the learn2learn peer")
   parser.add_argument("--accuracy-steps", type=int, default=0, help="Omniglot accuracy budget (0: skip)")
   parser.add_argument("--data-dir", default=str(DEFAULT_DATA))
   ns = parser.parse_args()
-  rows, peers = [], []
+  rows = []
   peak = matmul_flops_per_s()
   print(f"measured float32 matmul peak: {peak / 1e9:.1f} GFLOP/s", flush=True)
   for config in ns.configs:
@@ -119,18 +101,9 @@ def main() -> None:
                 f"compile {r['compile_s']:5.1f} s  XLA temp {r['xla_temp_mb']} MB  RSS {r['peak_rss_mb']:.0f} MB  "
                 f"{100 * r['fraction_of_matmul_peak']:.0f}% of matmul peak",
                 flush=True)
-    if ns.peers:
-      cmd = [sys.executable, str(HERE / "peers" / "torch_maml.py"), "--configs", config, "--repeats", str(ns.repeats)]
-      peer_names = ["torch.func"] + (["learn2learn"] if ns.l2l_src else [])
-      cmd += ["--peers", *peer_names] + (["--l2l-src", ns.l2l_src] if ns.l2l_src else [])
-      for p in _run_json(cmd):
-        peers.append(p)
-        ours = next(r for r in rows if r["config"] == config and r["order"] == p["order"] and not r["remat"])
-        print(f"{p['peer']:9s} {config:8s} {p['order']:6s}             {p['step_s_median'] * 1e3:9.1f} ms/step "
-              f"(metajax / peer = {ours['step_s_median'] / p['step_s_median']:.2f}×)", flush=True)
   png = HERE / "results" / "second_vs_first_order.png"
-  plot(rows, peers, png)
-  payload = {"machine": machine(), "args": vars(ns), "matmul_flops_per_s": peak, "metajax": rows, "peers": peers}
+  plot(rows, png)
+  payload = {"machine": machine(), "args": vars(ns), "matmul_flops_per_s": peak, "metajax": rows}
   print("saved", save("second_vs_first_order", payload), "and", png)  # before the long accuracy runs
   if ns.accuracy_steps:
     payload["accuracy"] = accuracy_rows(ns.accuracy_steps, ns.data_dir)

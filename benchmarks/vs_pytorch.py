@@ -17,23 +17,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import machine, save  # noqa: E402
+from _common import machine, run_json_lines, save  # noqa: E402
 from maml_speed import CONFIGS  # noqa: E402
 
 
 def _one_json(cmd: list[str]) -> dict | None:
-  proc = subprocess.run(cmd, capture_output=True, text=True)
-  lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-  if proc.returncode != 0 or not lines:
-    print(f"FAILED: {' '.join(cmd)}\n{proc.stderr[-2000:]}", file=sys.stderr)
-    return None
-  return json.loads(lines[-1])
+  rows = run_json_lines(cmd)
+  return rows[-1] if rows else None
 
 
 def metajax_row(config: str, order: str, repeats: int) -> dict | None:
