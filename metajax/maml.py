@@ -10,6 +10,7 @@ Usage::
     config = maml.MAMLConfig(apply_fn, optimizer=optax.adam(1e-3), inner_lr=0.01)
     state = maml.init(config, params, key)
     state, metrics = maml.meta_step(state, task_batch, config=config)   # jitted
+    grads, metrics = maml.meta_grad(state, task_batch, config=config)   # the meta-gradient only
 
 Variants are settings of :class:`MAMLConfig` (or the helpers below):
 ``first_order=True`` (FOMAML), ``inner_lr_mode="per_param"`` (Meta-SGD),
@@ -269,8 +270,33 @@ def task_objective(config: MAMLConfig, meta_params: PyTree, task: Task,
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
+def meta_grad(state: MetaState, task_batch: Task, *, config: MAMLConfig) -> tuple[PyTree, dict]:
+  """The meta-gradient of one outer step, before any optimizer update.
+
+  Args:
+    state: the current :class:`MetaState`.
+    task_batch: a :class:`Task` batch, every field ``(tasks, n, ...)``.
+    config: the static :class:`MAMLConfig`.
+
+  Returns:
+    ``(grads, metrics)``: ``grads`` has the structure of ``state.meta_params`` and is
+    the task-batch mean of ``∂ objective / ∂ meta_params`` (:func:`task_objective`);
+    metrics are task-batch means of its scalars plus ``objective``.
+  """
+  check_task(task_batch, batched=True)
+  weights = msl_weights(config, state.step) if config.multi_step_loss else None
+
+  def task_grad(task):
+    (objective, metrics), grads = jax.value_and_grad(task_objective, argnums=1, has_aux=True)(
+        config, state.meta_params, task, weights)
+    return grads, {**metrics, "objective": objective}
+
+  return mean_task_grads(task_grad, task_batch, config.task_strategy)
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
 def meta_step(state: MetaState, task_batch: Task, *, config: MAMLConfig) -> tuple[MetaState, dict]:
-  """One outer step on a task batch.
+  """One outer step on a task batch: :func:`meta_grad`, then the outer optimizer.
 
   Args:
     state: the current :class:`MetaState`.
@@ -281,15 +307,7 @@ def meta_step(state: MetaState, task_batch: Task, *, config: MAMLConfig) -> tupl
     ``(new_state, metrics)``; metrics are task-batch means of the scalars of
     :func:`task_objective` plus ``objective`` (the differentiated quantity).
   """
-  check_task(task_batch, batched=True)
-  weights = msl_weights(config, state.step) if config.multi_step_loss else None
-
-  def task_grad(task):
-    (objective, metrics), grads = jax.value_and_grad(task_objective, argnums=1, has_aux=True)(
-        config, state.meta_params, task, weights)
-    return grads, {**metrics, "objective": objective}
-
-  grads, metrics = mean_task_grads(task_grad, task_batch, config.task_strategy)
+  grads, metrics = meta_grad(state, task_batch, config=config)
   updates, opt_state = config.optimizer.update(grads, state.opt_state, state.meta_params)
   meta_params = optax.apply_updates(state.meta_params, updates)
   return MetaState(meta_params, opt_state, state.step + 1, state.key), metrics

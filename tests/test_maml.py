@@ -213,3 +213,38 @@ def test_reptile_step_is_the_interpolation_toward_adapted_weights(mlp, batch, ke
   mean_adapted = jax.tree.map(lambda *a: jnp.mean(jnp.stack(a), 0), *adapted)
   want = jax.tree.map(lambda t, a: t + 0.5 * (a - t), params, mean_adapted)
   _close(new.meta_params["params"], want)
+
+
+def test_meta_grad_is_the_mean_task_gradient_and_matches_finite_differences(key):
+  """At float64: the loop over tasks, a central finite difference, and first != second order."""
+  from tests.conftest import tiny_mlp
+  with jax.enable_x64(True):
+    params, apply_fn = tiny_mlp(key, dtype=jnp.float64)
+    batch = jax.tree.map(lambda x: x.astype(jnp.float64), sinusoid.sample(key, num_tasks=3, shots=5, queries=6))
+    tasks = [jax.tree.map(lambda x, i=i: x[i], batch) for i in range(3)]
+    configs = {order: maml.MAMLConfig(apply_fn, inner_lr=0.1, inner_steps=2, first_order=order == "first")
+               for order in ("second", "first")}
+    mean_objective = lambda config, p: jnp.mean(
+        jnp.stack([maml.task_objective(config, {"params": p}, t)[0] for t in tasks]))
+    grads = {}
+    for order, config in configs.items():
+      grads[order], metrics = maml.meta_grad(maml.init(config, params, key), batch, config=config)
+      _close(grads[order]["params"], jax.grad(lambda p: mean_objective(config, p))(params), rtol=1e-10, atol=1e-12)
+      np.testing.assert_allclose(metrics["objective"], mean_objective(config, params), rtol=1e-12)
+    direction = jax.tree.map(lambda p: jax.random.normal(key, p.shape, jnp.float64), params)
+    eps = 1e-6
+    shifted = lambda sign: jax.tree.map(lambda p, v: p + sign * eps * v, params, direction)
+    finite = (mean_objective(configs["second"], shifted(1)) - mean_objective(configs["second"], shifted(-1))) / (2 * eps)
+    analytic = sum(jnp.vdot(g, v) for g, v in zip(jax.tree.leaves(grads["second"]["params"]),
+                                                 jax.tree.leaves(direction)))
+    np.testing.assert_allclose(finite, analytic, rtol=1e-6)
+    assert not np.allclose(jax.tree.leaves(grads["second"])[0], jax.tree.leaves(grads["first"])[0])
+
+
+def test_meta_step_applies_the_optimizer_to_meta_grad(mlp, batch, key):
+  params, apply_fn = mlp
+  config = maml.meta_sgd(apply_fn, optimizer=optax.sgd(0.5))
+  state = maml.init(config, params, key)
+  grads, _ = maml.meta_grad(state, batch, config=config)
+  new, _ = maml.meta_step(state, batch, config=config)
+  _close(new.meta_params, jax.tree.map(lambda p, g: p - 0.5 * g, state.meta_params, grads))

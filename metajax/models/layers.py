@@ -9,9 +9,8 @@ this module (measurements in ``benchmarks/RESULTS.md``):
   over tasks) XLA:CPU runs those an order of magnitude slower than a forward
   convolution (jax-ml/jax#12868). :func:`conv2d` therefore has a hand-written
   VJP whose backward pass is a *forward* convolution (input gradient) and an
-  im2col matrix product (kernel gradient), and the VJPs of those are again
-  :func:`conv2d` and :func:`conv2d_weight_grad`: every order of differentiation
-  stays on these two fast paths.
+  im2col matrix product (kernel gradient), and the VJPs of those two are again
+  those two: every order of differentiation stays on these fast paths.
 * The gradient of ``max`` routes the cotangent by testing the input for
   equality with a recomputed maximum; after BatchNorm, XLA:CPU's fusions can
   make that test fail and give wrong gradients. :func:`max_pool_2x2` selects by
