@@ -32,6 +32,7 @@ from metajax.core import losses
 from metajax.core.meta import MetaState
 from metajax.core.recurrent import log_sign, make_cell, zero_carry
 from metajax.core.tasks import Task, check_task, num_tasks
+from metajax.core.validate import check_positive_int
 from metajax.learner import init  # the initial MetaState: meta_params = {"params": net_params}
 
 __all__ = ["LSTMOptimizerNet", "LearnedOptimizerConfig", "LearnedOptimizerState", "evaluate", "init",
@@ -138,9 +139,7 @@ class LearnedOptimizerConfig:
 
   def __post_init__(self):
     for name in ("horizon", "truncation"):
-      value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"LearnedOptimizerConfig: {name} must be a positive int, got {value!r}")
+      check_positive_int(getattr(self, name), f"LearnedOptimizerConfig: {name}")
     if self.horizon % self.truncation:
       raise ValueError(f"LearnedOptimizerConfig: truncation {self.truncation} must divide horizon {self.horizon}")
     if not isinstance(self.optimizer, optax.GradientTransformation):

@@ -36,6 +36,7 @@ from metajax.core import distributed, losses
 from metajax.core.adapt import adapt
 from metajax.core.meta import MetaState, TaskStrategy, map_tasks, mean_task_grads, resolve_strategy
 from metajax.core.tasks import Task, check_task
+from metajax.core.validate import check_positive_int
 
 PyTree = Any
 Array = jax.Array
@@ -115,9 +116,7 @@ class MAMLConfig:
     if not callable(self.apply_fn):
       raise TypeError("MAMLConfig: apply_fn must be callable (params, x) -> predictions")
     for name in ("inner_steps",) + (("eval_inner_steps",) if self.eval_inner_steps is not None else ()):
-      value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"MAMLConfig: {name} must be a positive int, got {value!r}")
+      check_positive_int(getattr(self, name), f"MAMLConfig: {name}")
     if not isinstance(self.inner_lr, (int, float)) or not math.isfinite(self.inner_lr) or self.inner_lr < 0:
       raise ValueError(f"MAMLConfig: inner_lr must be a finite number >= 0, got {self.inner_lr!r}")
     if self.inner_lr_mode not in INNER_LR_MODES:
@@ -170,7 +169,7 @@ def adapt_mask(config: MAMLConfig, params: PyTree) -> Optional[PyTree]:
 def _initial_inner_lr(config: MAMLConfig, params: PyTree) -> Optional[PyTree]:
   lr = config.inner_lr
   if config.inner_lr_mode == "scalar":
-    return jnp.asarray(lr, jnp.float32)
+    return jnp.asarray(lr, jnp.result_type(*jax.tree.leaves(params)))
   if config.inner_lr_mode == "per_param":
     return jax.tree.map(lambda p: jnp.full(jnp.shape(p), lr, jnp.result_type(p)), params)
   if config.inner_lr_mode == "per_step":

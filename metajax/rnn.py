@@ -26,6 +26,7 @@ from jax.flatten_util import ravel_pytree
 from metajax.core import losses
 from metajax.core.recurrent import log_sign, make_cell, zero_carry
 from metajax.core.tasks import Task
+from metajax.core.validate import check_positive_int
 from metajax.learner import LearnerConfig, check_ways, evaluate, init, meta_step, task_loss
 
 __all__ = ["BlackBoxRNN", "MetaLSTMCell", "MetaLSTMState", "black_box", "evaluate", "init", "meta_lstm",
@@ -175,8 +176,7 @@ def meta_lstm(apply_fn: Callable[[PyTree, Array], Array], cell: MetaLSTMCell, *,
   preprocessing then has large derivatives, so use a smaller outer rate).
   ``ways`` (classification) adds accuracy; ``None`` is regression (MSE).
   """
-  if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-    raise ValueError(f"meta_lstm: steps must be a positive int, got {steps!r}")
+  check_positive_int(steps, "meta_lstm: steps")
   _task_defaults(ways, kwargs, "meta_lstm")
 
   def predict(params, task: Task) -> Array:

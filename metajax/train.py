@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from metajax import checkpoint, learned_optimizer, learner, maml, metric, reptile, rnn
 from metajax.core import MetaState, Task, distributed, losses, mean_and_ci95
+from metajax.core.validate import check_positive_int
 from metajax.data import episodes, omniglot, sinusoid
 from metajax.models import MLP, Conv4, functional
 
@@ -99,9 +100,7 @@ class TrainArgs:
         object.__setattr__(self, name, value)
     for name in ("steps", "meta_batch", "ways", "shots", "queries", "inner_steps", "eval_tasks",
                  "eval_queries", "chunk", "width", "checkpoint_every", "keep_checkpoints", "val_tasks"):
-      value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+      check_positive_int(getattr(self, name), f"--{name.replace('_', '-')}")
     if isinstance(self.val_every, bool) or not isinstance(self.val_every, int) or self.val_every < 0:
       raise ValueError(f"--val-every must be a non-negative integer, got {self.val_every!r}")
     if self.devices != "all" and not (self.devices.isdigit() and int(self.devices) >= 1):

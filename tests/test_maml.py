@@ -248,3 +248,12 @@ def test_meta_step_applies_the_optimizer_to_meta_grad(mlp, batch, key):
   grads, _ = maml.meta_grad(state, batch, config=config)
   new, _ = maml.meta_step(state, batch, config=config)
   _close(new.meta_params, jax.tree.map(lambda p, g: p - 0.5 * g, state.meta_params, grads))
+
+
+@pytest.mark.parametrize("mode", ["scalar", "per_param", "per_step"])
+def test_learned_inner_rates_take_the_parameters_dtype(mode, key):
+  from tests.conftest import tiny_mlp
+  with jax.enable_x64(True):
+    params, apply_fn = tiny_mlp(key, dtype=jnp.float64)
+    state = maml.init(maml.MAMLConfig(apply_fn, inner_lr_mode=mode), params, key)
+    assert {leaf.dtype for leaf in jax.tree.leaves(state.meta_params["inner_lr"])} == {jnp.dtype("float64")}

@@ -22,8 +22,9 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
+
+from metajax.core.validate import check_positive_int
 
 PyTree = Any
 Array = jax.Array
@@ -108,8 +109,7 @@ def adapt(
   Returns:
     ``(adapted_params, AdaptInfo)``.
   """
-  if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-    raise ValueError(f"adapt: `steps` must be a positive int, got {steps!r}")
+  check_positive_int(steps, "adapt: `steps`")
   leaves, treedef = jax.tree.flatten(params)
   if mask is None:
     chosen = [True] * len(leaves)

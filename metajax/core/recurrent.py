@@ -8,6 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from metajax.core.validate import check_positive_int
+
 Array = jax.Array
 
 CELLS: dict[str, type[nn.RNNCellBase]] = {
@@ -21,8 +23,7 @@ def make_cell(kind: str, features: int, **kwargs: Any) -> nn.RNNCellBase:
   """A Flax RNN cell by name (``"lstm"``, ``"optimized_lstm"`` or ``"gru"``)."""
   if kind not in CELLS:
     raise ValueError(f"unknown cell {kind!r}; choose one of {sorted(CELLS)}")
-  if isinstance(features, bool) or not isinstance(features, int) or features < 1:
-    raise ValueError(f"cell features must be a positive int, got {features!r}")
+  check_positive_int(features, "cell features")
   return CELLS[kind](features, **kwargs)
 
 

@@ -6,13 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from metajax.core.tasks import Task
+from metajax.core.validate import check_positive_int
 
 
 def check_episode_shape(num_classes: int, num_examples: int, ways: int, shots: int, queries: int) -> None:
   """Raises ``ValueError`` naming the problem when episodes cannot be drawn."""
   for name, value in (("ways", ways), ("shots", shots)):
-    if not isinstance(value, (int, np.integer)) or value < 1:
-      raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    check_positive_int(value, name)
   if not isinstance(queries, (int, np.integer)) or queries < 0:
     raise ValueError(f"queries must be a non-negative integer, got {queries!r}")
   if ways > num_classes:

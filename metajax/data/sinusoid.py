@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from metajax.core.tasks import Task
+from metajax.core.validate import check_positive_int
 
 AMPLITUDE = (0.1, 5.0)
 PHASE = (0.0, jnp.pi)
@@ -50,8 +51,7 @@ def sample(key: jax.Array, num_tasks: int, shots: int, queries: int) -> Task:
     A :class:`Task` batch with ``x_* (num_tasks, n, 1)`` and ``y_* (num_tasks, n, 1)``.
   """
   for name, value in (("num_tasks", num_tasks), ("shots", shots), ("queries", queries)):
-    if not isinstance(value, int) or value < 1:
-      raise ValueError(f"sinusoid.sample: {name} must be a positive int, got {value!r}")
+    check_positive_int(value, f"sinusoid.sample: {name}")
   k_params, k_x = jax.random.split(key)
   params = sample_params(k_params, num_tasks)
   x = jax.random.uniform(k_x, (num_tasks, shots + queries, 1), minval=X_RANGE[0], maxval=X_RANGE[1])
