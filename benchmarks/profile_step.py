@@ -27,7 +27,6 @@ sys.path.insert(0, str(HERE))
 from _common import machine, save  # noqa: E402
 from maml_speed import CONFIGS, conv_problem  # noqa: E402
 
-_COPIES = {"pad", "slice", "concatenate", "transpose", "copy", "reshape", "dynamic_slice", "add_any"}
 _COMPUTE = {"conv_general_dilated", "dot_general"}
 
 

@@ -64,12 +64,21 @@ def _swap(pads: Pads) -> Pads:
   return (pads[0][1], pads[0][0]), (pads[1][1], pads[1][0])
 
 
+def _matmul_conv(x: jax.Array, kernel: jax.Array, pads: Pads) -> jax.Array:
+  """The convolution as im2col patches times the flattened kernel."""
+  return _patches(x, kernel.shape[0], pads) @ kernel.reshape(-1, kernel.shape[-1])
+
+
+def _xla_conv(x: jax.Array, kernel: jax.Array, pads: Pads) -> jax.Array:
+  return lax.conv_general_dilated(x, kernel, (1, 1), pads, dimension_numbers=_DIMENSIONS)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _conv(x: jax.Array, kernel: jax.Array, pads: Pads) -> jax.Array:
-  size, _, c_in, c_out = kernel.shape
+  size, _, c_in, _ = kernel.shape
   if c_in <= _IM2COL_MAX_CHANNELS or size == 1:
-    return _patches(x, size, pads) @ kernel.reshape(-1, c_out)
-  return lax.conv_general_dilated(x, kernel, (1, 1), pads, dimension_numbers=_DIMENSIONS)
+    return _matmul_conv(x, kernel, pads)
+  return _xla_conv(x, kernel, pads)
 
 
 def _conv_fwd(x, kernel, pads):
@@ -179,10 +188,8 @@ class Conv(nn.Module):
                         (self.size, self.size, c_in, self.features))
     if impl == "vjp":
       y = conv2d(x, kernel)
-    elif impl == "matmul":
-      y = im2col(x, self.size) @ kernel.reshape(-1, self.features)
     else:
-      y = lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=_DIMENSIONS)
+      y = (_matmul_conv if impl == "matmul" else _xla_conv)(x, kernel, _same_pads(self.size))
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,))
     return y
