@@ -11,7 +11,9 @@
 * ``mask`` picks which leaves adapt (ANIL adapts only the head); frozen leaves
   are not differentiated in the inner loop at all;
 * ``optimizer`` swaps gradient descent for any Optax transformation, whose
-  state is carried through the loop (and differentiated through);
+  state is carried through the loop (and differentiated through): learned
+  optimizers (Andrychowicz et al. 2016; the Meta-LSTM of Ravi & Larochelle 2017)
+  run their inner loop here too;
 * the steps run under ``jax.lax.scan`` (trace size independent of ``steps``),
   optionally unrolled, and optionally rematerialised with ``jax.checkpoint`` so
   that second-order memory does not hold every step's activations.
@@ -24,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from metajax.core.tree import combine, partition
 from metajax.core.validate import check_positive_int
 
 PyTree = Any
@@ -37,27 +40,25 @@ class AdaptInfo(NamedTuple):
     support_loss: ``(steps,)`` support loss *before* each inner update.
     trace: ``trace_fn`` of the parameters *after* each update, stacked on a
       leading ``steps`` axis; ``None`` when no ``trace_fn`` was given.
+    opt_state: the inner ``optimizer``'s state after the last step (``None``
+      without an optimizer); pass it back as ``opt_state`` to continue.
   """
 
   support_loss: Array
   trace: Optional[PyTree]
+  opt_state: Optional[PyTree] = None
 
 
-def _is_single_rate(lr: PyTree) -> bool:
-  leaves = jax.tree.leaves(lr)
-  return len(leaves) == 1 and jax.tree.structure(lr).num_nodes == 1
-
-
-def _rate_leaves(lr: PyTree, treedef: jax.tree_util.PyTreeDef, n: int) -> list:
-  """One learning rate per parameter leaf: broadcast a single rate, else match the tree."""
-  if _is_single_rate(lr):
-    return [jnp.asarray(lr)] * n
-  try:
-    return treedef.flatten_up_to(lr)
-  except (ValueError, TypeError) as err:
+def _rates(lr: PyTree, params: PyTree) -> PyTree:
+  """One learning rate per parameter leaf: a single rate broadcast, else ``lr`` itself
+  (checked to have the structure of ``params``)."""
+  if jax.tree.structure(lr).num_nodes == 1 and len(jax.tree.leaves(lr)) == 1:
+    return jax.tree.map(lambda _: jnp.asarray(lr), params)
+  if jax.tree.structure(lr) != jax.tree.structure(params):
     raise ValueError(
         "adapt: `lr` must be a scalar or a pytree with the structure of `params`; "
-        f"got structure {jax.tree.structure(lr)} for params {treedef}") from err
+        f"got structure {jax.tree.structure(lr)} for params {jax.tree.structure(params)}")
+  return lr
 
 
 def adapt(
@@ -74,6 +75,7 @@ def adapt(
     unroll: bool = False,
     trace_fn: Optional[Callable[[PyTree], PyTree]] = None,
     optimizer: Optional[optax.GradientTransformation] = None,
+    opt_state: Optional[PyTree] = None,
 ) -> tuple[PyTree, AdaptInfo]:
   """Adapts ``params`` to ``support`` by ``steps`` steps of gradient descent.
 
@@ -94,7 +96,8 @@ def adapt(
       The adapted parameters still depend on ``params`` (identity Jacobian) and
       on ``lr``.
     mask: optional pytree of Python bools with the structure of ``params``;
-      ``True`` leaves adapt. ``None`` adapts every leaf.
+      ``True`` leaves adapt (:func:`metajax.core.tree.partition`). ``None``
+      adapts every leaf. Frozen leaves are not differentiated in the inner loop.
     remat: wrap each inner step in ``jax.checkpoint``: the backward pass keeps
       only the parameters between steps and recomputes the rest.
     unroll: unroll the inner loop instead of running it as a loop (faster on
@@ -102,66 +105,58 @@ def adapt(
     trace_fn: optional ``params -> pytree`` recorded after every step (e.g. the
       query loss, for MAML++'s multi-step loss).
     optimizer: optional Optax transformation replacing plain gradient descent
-      (a differentiable inner optimizer: momentum, Adam, a learned optimizer);
-      its state starts fresh per call and is carried through the loop. ``lr``
-      must then be 1.0 (the transformation sets the step size).
+      (a differentiable inner optimizer: momentum, Adam, a learned optimizer). It
+      sees the adapting part of ``params`` (frozen leaves are ``None``). An
+      ``optax.GradientTransformationExtraArgs`` also receives ``value=`` the
+      support loss. ``lr`` must then stay 1.0 (the transformation sets the step size).
+    opt_state: the optimizer's state to start from (default: ``optimizer.init``
+      of the adapting parameters), e.g. ``AdaptInfo.opt_state`` of a previous call.
 
   Returns:
     ``(adapted_params, AdaptInfo)``.
   """
   check_positive_int(steps, "adapt: `steps`")
-  leaves, treedef = jax.tree.flatten(params)
-  if mask is None:
-    chosen = [True] * len(leaves)
-  else:
-    try:
-      chosen = [bool(m) for m in treedef.flatten_up_to(mask)]
-    except (ValueError, TypeError) as err:
-      raise ValueError(
-          f"adapt: `mask` must have the structure of `params` ({treedef})") from err
-  if not any(chosen):
+  trainable, frozen = partition(params, mask)
+  if not jax.tree.leaves(trainable):
     raise ValueError("adapt: `mask` selects no parameter to adapt")
-  if optimizer is not None and not (_is_single_rate(lr) and not per_step_lr and float(lr) == 1.0):
+  if optimizer is None and opt_state is not None:
+    raise ValueError("adapt: `opt_state` is the state of an `optimizer`; none was given")
+  if optimizer is not None and not (
+      jax.tree.structure(lr).num_nodes == 1 and not per_step_lr and float(lr) == 1.0):
     raise ValueError("adapt: with an `optimizer` the step size is the optimizer's; leave `lr` at 1.0")
-  rates = _rate_leaves(lr, treedef, len(leaves))
-  idx = [i for i, c in enumerate(chosen) if c]
-  rates = [rates[i] for i in idx]
+  rates = partition(_rates(lr, params), mask)[0]
   if per_step_lr:
-    for r in rates:
+    for r in jax.tree.leaves(rates):
       if jnp.ndim(r) < 1 or jnp.shape(r)[0] != steps:
         raise ValueError(
             f"adapt: with per_step_lr=True every rate needs a leading axis of "
             f"length steps={steps}; got shape {jnp.shape(r)}")
+  extra_args = isinstance(optimizer, optax.GradientTransformationExtraArgs)
 
-  def merge(trainable: list) -> PyTree:
-    full = list(leaves)
-    for i, leaf in zip(idx, trainable):
-      full[i] = leaf
-    return jax.tree.unflatten(treedef, full)
-
-  def inner_loss(trainable: list) -> Array:
-    return loss_fn(merge(trainable), support)
-
-  def step(carry: tuple, step_rates: list) -> tuple[tuple, tuple]:
-    trainable, opt_state = carry
-    loss, grads = jax.value_and_grad(inner_loss)(trainable)
+  def step(carry: tuple, step_rates: PyTree) -> tuple[tuple, tuple]:
+    current, state = carry
+    loss, grads = jax.value_and_grad(lambda t: loss_fn(combine(t, frozen), support))(current)
     if first_order:
-      grads = jax.lax.stop_gradient(grads)
-    if optimizer is None:
-      new = [p - r * g for p, r, g in zip(trainable, step_rates, grads)]
+      loss_in, grads = jax.lax.stop_gradient((loss, grads))
     else:
-      updates, opt_state = optimizer.update(grads, opt_state, trainable)
-      new = optax.apply_updates(trainable, updates)
-    traced = None if trace_fn is None else trace_fn(merge(new))
-    return (new, opt_state), (loss, traced)
+      loss_in = loss
+    if optimizer is None:
+      new = jax.tree.map(lambda p, r, g: p - r * g, current, step_rates, grads)
+    else:
+      updates, state = (optimizer.update(grads, state, current, value=loss_in) if extra_args
+                        else optimizer.update(grads, state, current))
+      new = optax.apply_updates(current, updates)
+    traced = None if trace_fn is None else trace_fn(combine(new, frozen))
+    return (new, state), (loss, traced)
 
   if remat:
     step = jax.checkpoint(step)
-  trainable = [leaves[i] for i in idx]
-  carry = (trainable, None if optimizer is None else optimizer.init(trainable))
+  if optimizer is not None and opt_state is None:
+    opt_state = optimizer.init(trainable)
   if per_step_lr:
-    carry, (losses, traced) = jax.lax.scan(step, carry, rates, unroll=unroll)
+    (trainable, opt_state), (losses, traced) = jax.lax.scan(
+        step, (trainable, opt_state), rates, unroll=unroll)
   else:
-    carry, (losses, traced) = jax.lax.scan(
-        lambda c, _: step(c, rates), carry, None, length=steps, unroll=unroll)
-  return merge(carry[0]), AdaptInfo(support_loss=losses, trace=traced)
+    (trainable, opt_state), (losses, traced) = jax.lax.scan(
+        lambda c, _: step(c, rates), (trainable, opt_state), None, length=steps, unroll=unroll)
+  return combine(trainable, frozen), AdaptInfo(losses, traced, opt_state)

@@ -20,6 +20,7 @@ from typing import Any, Callable, Literal, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from metajax.core.tasks import Task, num_tasks
 
@@ -68,15 +69,19 @@ def _mean_over_tasks(tree: PyTree) -> PyTree:
   return jax.tree.map(lambda x: jnp.mean(x, axis=0), tree)
 
 
-def map_tasks(fn: Callable[[Task], PyTree], task_batch: Task, strategy: TaskStrategy) -> PyTree:
-  """``fn`` applied to every task; outputs stacked on a leading task axis."""
+def map_tasks(fn: Callable[..., PyTree], task_batch: Task, strategy: TaskStrategy, *batched: PyTree) -> PyTree:
+  """``fn(task, *per_task)`` for every task; outputs stacked on a leading task axis.
+
+  ``batched`` are further pytrees with the same leading task axis (e.g. per-task
+  starting parameters), sliced alongside ``task_batch``.
+  """
   strategy = resolve_strategy(strategy, task_batch)
+  args = (task_batch, *batched)
   if strategy == "vmap":
-    return jax.vmap(fn)(task_batch)
+    return jax.vmap(fn)(*args)
   if strategy == "map":
-    return jax.lax.scan(lambda _, task: (None, fn(task)), None, task_batch,
-                        unroll=MAP_TASKS_PER_ITERATION)[1]
-  outs = [fn(jax.tree.map(lambda x, i=i: x[i], task_batch)) for i in range(num_tasks(task_batch))]
+    return jax.lax.scan(lambda _, xs: (None, fn(*xs)), None, args, unroll=MAP_TASKS_PER_ITERATION)[1]
+  outs = [fn(*jax.tree.map(lambda x, i=i: x[i], args)) for i in range(num_tasks(task_batch))]
   return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
 
@@ -103,6 +108,18 @@ def mean_task_grads(
 
   total, _ = jax.lax.scan(body, zeros, task_batch, unroll=MAP_TASKS_PER_ITERATION)
   return jax.tree.map(lambda x: x / n, total)
+
+
+def initial_state(optimizer: optax.GradientTransformation, meta_params: PyTree, key: Array) -> MetaState:
+  """The :class:`MetaState` at step 0: ``meta_params``, ``optimizer.init(meta_params)``, ``key``."""
+  return MetaState(meta_params, optimizer.init(meta_params), jnp.zeros((), jnp.int32), key)
+
+
+def apply_outer_update(optimizer: optax.GradientTransformation, state: MetaState,
+                       grads: PyTree) -> MetaState:
+  """``state`` after one ``optimizer`` step along the meta-gradient ``grads`` (step + 1)."""
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.meta_params)
+  return MetaState(optax.apply_updates(state.meta_params, updates), opt_state, state.step + 1, state.key)
 
 
 def mean_and_ci95(values: Array | np.ndarray) -> tuple[float, float]:

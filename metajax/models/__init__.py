@@ -3,7 +3,8 @@ from metajax.models.conv4 import Conv4
 from metajax.models.functional import functional
 from metajax.models.layers import Conv, conv2d, im2col, max_pool_2x2, resolve_conv_impl
 from metajax.models.mlp import MLP
+from metajax.models import recurrent
 from metajax.models.resnet12 import ResNet12
 
-__all__ = ["Conv", "Conv4", "MLP", "ResNet12", "conv2d", "functional", "im2col", "max_pool_2x2",
+__all__ = ["Conv", "Conv4", "MLP", "ResNet12", "conv2d", "functional", "im2col", "max_pool_2x2", "recurrent",
            "resolve_conv_impl"]

@@ -49,11 +49,11 @@ def learning_curves(run_dir: Path, width_px: int = 900, height_px: int = 400) ->
 
 def sinusoid_adaptation(run_dir: Path, width_px: int = 600, height_px: int = 400, seed: int = 1,
                         steps: tuple[int, ...] = (0, 1, 10)) -> Path:
-  """``run_dir/sinusoid.png``: one new task, its support points and the adapted predictions."""
-  from metajax import maml
+  """``run_dir/sinusoid.png``: one new task, its support points and the learner's predictions
+  (after 0, 1 and 10 inner steps for learners whose step count can be set; else its one prediction)."""
   from metajax.core import Task
   from metajax.data import sinusoid
-  from metajax.train import load_run
+  from metajax.harness.run import load_run
 
   args, problem, state = load_run(run_dir)
   if args.dataset != "sinusoid":
@@ -63,15 +63,17 @@ def sinusoid_adaptation(run_dir: Path, width_px: int = 600, height_px: int = 400
   x_support = jax.random.uniform(k_x, (1, args.shots, 1), minval=-5.0, maxval=5.0)
   grid = jnp.linspace(-5.0, 5.0, 200)[None, :, None]
   task = Task(x_support[0], sinusoid.evaluate(params, x_support)[0], grid[0],
-                   sinusoid.evaluate(params, grid)[0])
+              sinusoid.evaluate(params, grid)[0])
+  predict = jax.jit(problem.learner.predict, static_argnames="inner_steps")
+  curves = {f"after {n} inner step{'s' if n != 1 else ''}": n for n in steps}
+  if not problem.entry.eval_inner_steps:
+    curves = {f"{args.algo} prediction": None}
   fig, axes = _figure(width_px, height_px)
   ax = axes[0, 0]
   ax.plot(grid[0, :, 0], task.y_query[:, 0], "k-", lw=2, label="true function")
   ax.plot(task.x_support[:, 0], task.y_support[:, 0], "k^", ms=8, label=f"{args.shots} support points")
-  for n in steps:
-    adapted = state.meta_params["params"] if n == 0 else maml.adapt_params(problem.config, state, task, n)
-    ax.plot(grid[0, :, 0], problem.config.apply_fn(adapted, grid[0])[:, 0], "--",
-            label=f"after {n} inner step{'s' if n != 1 else ''}")
+  for label, n in curves.items():
+    ax.plot(grid[0, :, 0], predict(state, task, inner_steps=n)[:, 0], "--", label=label)
   ax.set_xlabel("x")
   ax.set_ylabel("y")
   ax.legend(fontsize="small")

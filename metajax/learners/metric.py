@@ -1,10 +1,11 @@
 """Metric-based few-shot learners: Prototypical, Matching and Relation networks.
 
 No inner loop: a task's query predictions come from comparing query embeddings
-with support embeddings. Each factory returns a :class:`metajax.learner.LearnerConfig`
-whose ``predict_fn`` gives ``(n_query, ways)`` scores; :func:`init`,
-:func:`meta_step` and :func:`evaluate` are :mod:`metajax.learner`'s. Labels must
-be integers in ``[0, ways)``, as the episode sampler gives.
+with support embeddings. Each factory returns a :class:`~metajax.core.MetaLearner`
+(:func:`metajax.learners.forward.learner` over ``(n_query, ways)`` scores; keyword
+arguments are :class:`~metajax.learners.forward.LearnerConfig` fields: ``optimizer``,
+``task_strategy``, ``loss_fn``, ``metrics_fn``). Labels must be integers in
+``[0, ways)``, as the episode sampler gives.
 
 * :func:`prototypical` — logits are negative squared Euclidean distances to the
   class means of the support embeddings (Snell et al., 2017).
@@ -26,10 +27,11 @@ import jax
 import jax.numpy as jnp
 
 from metajax.core import losses
-from metajax.learner import LearnerConfig, check_ways, evaluate, init, meta_step, task_loss
+from metajax.core.protocol import MetaLearner
+from metajax.learners.forward import LearnerConfig, check_ways, learner
 
-__all__ = ["FullContextEmbedding", "class_means", "evaluate", "init", "matching", "matching_attention", "meta_step",
-           "prototypical", "relation", "relation_mse", "task_loss"]
+__all__ = ["FullContextEmbedding", "class_means", "matching", "matching_attention", "prototypical", "relation",
+           "relation_mse"]
 
 PyTree = Any
 Array = jax.Array
@@ -42,7 +44,7 @@ def class_means(embeddings: Array, labels: Array, ways: int) -> Array:
   return (onehot.T @ embeddings) / jnp.maximum(onehot.sum(0), 1.0)[:, None]
 
 
-def prototypical(embed_fn: EmbedFn, ways: int, **kwargs) -> LearnerConfig:
+def prototypical(embed_fn: EmbedFn, ways: int, **kwargs: Any) -> MetaLearner:
   """Prototypical networks; ``embed_fn(params, x (n, ...)) -> (n, d)``."""
   check_ways(ways, "prototypical")
 
@@ -51,7 +53,7 @@ def prototypical(embed_fn: EmbedFn, ways: int, **kwargs) -> LearnerConfig:
     query = embed_fn(params, task.x_query)
     return -jnp.sum(jnp.square(query[:, None, :] - protos[None]), axis=-1)
 
-  return LearnerConfig(scores, **kwargs)
+  return learner(LearnerConfig(scores, name="prototypical", **kwargs))
 
 
 def matching_attention(query: Array, support: Array, eps: float = 1e-8) -> Array:
@@ -92,7 +94,7 @@ class FullContextEmbedding(nn.Module):
 
 
 def matching(embed_fn: EmbedFn, ways: int, fce_fn: Optional[Callable[[PyTree, Array, Array], tuple]] = None,
-             **kwargs) -> LearnerConfig:
+             **kwargs: Any) -> MetaLearner:
   """Matching networks: cosine attention over the support set.
 
   ``embed_fn(params, x (n, ...)) -> (n, d)``. With ``fce_fn`` (full-context
@@ -112,7 +114,7 @@ def matching(embed_fn: EmbedFn, ways: int, fce_fn: Optional[Callable[[PyTree, Ar
     probs = attention @ jax.nn.one_hot(task.y_support, ways, dtype=attention.dtype)
     return jnp.log(probs + 1e-8)
 
-  return LearnerConfig(scores, **kwargs)
+  return learner(LearnerConfig(scores, name="matching", **kwargs))
 
 
 def relation_mse(scores: Array, labels: Array) -> Array:
@@ -121,7 +123,7 @@ def relation_mse(scores: Array, labels: Array) -> Array:
 
 
 def relation(embed_fn: EmbedFn,
-             relation_fn: EmbedFn, ways: int, **kwargs) -> LearnerConfig:
+             relation_fn: EmbedFn, ways: int, **kwargs: Any) -> MetaLearner:
   """Relation networks.
 
   Parameters are ``{"embed": ..., "relation": ...}``; ``embed_fn(params["embed"],
@@ -143,4 +145,4 @@ def relation(embed_fn: EmbedFn,
     out = relation_fn(params["relation"], pairs.reshape((q * ways,) + pairs.shape[2:]))
     return out.reshape(q, ways)
 
-  return LearnerConfig(scores, **kwargs)
+  return learner(LearnerConfig(scores, name="relation", **kwargs))

@@ -13,10 +13,12 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from metajax.checkpoint import CheckpointError
+from metajax.core.meta import TASK_STRATEGIES
 from metajax.core.xla_cpu import use_fast_cpu_convolutions
-from metajax.train import (ALGORITHMS, DATASET_DEFAULTS, Interrupted, NonFiniteLoss, TrainArgs,
-                           load_run, read_run_file, report, run)
+from metajax.harness.args import DATASET_DEFAULTS, TrainArgs
+from metajax.harness.checkpoint import CheckpointError
+from metajax.harness.run import Interrupted, NonFiniteLoss, load_run, read_run_file, report, run
+from metajax.learners.registry import REGISTRY
 
 HELP = {
     "dataset": "task family: sinusoid (generated) or omniglot (needs --data-dir)",
@@ -60,14 +62,14 @@ def _parser() -> argparse.ArgumentParser:
   train = sub.add_parser("train", help="meta-train a learner")
   for field in dataclasses.fields(TrainArgs):
     flag = "--" + field.name.replace("_", "-")
-    kind = TYPES[str(field.type).removeprefix("Optional[").rstrip("]")]
+    kind = TYPES.get(str(field.type).removeprefix("Optional[").rstrip("]"), str)
     shown = "" if field.default is None or "default" in HELP[field.name] else f" (default: {field.default})"
     if kind is bool:
       train.add_argument(flag, action="store_true", help=HELP[field.name])
       continue
     kwargs = {"default": field.default, "help": HELP[field.name] + shown, "type": kind}
-    choices = {"algo": sorted(ALGORITHMS), "dataset": sorted(DATASET_DEFAULTS),
-               "task_strategy": ["auto", "vmap", "map", "unroll"]}
+    choices = {"algo": sorted(REGISTRY), "dataset": sorted(DATASET_DEFAULTS),
+               "task_strategy": list(TASK_STRATEGIES)}
     if field.name in choices:
       kwargs["choices"] = choices[field.name]
     train.add_argument(flag, **kwargs)
@@ -98,7 +100,7 @@ def _main(ns: argparse.Namespace) -> None:
                                     eval_inner_steps=ns.eval_inner_steps, data_dir=ns.data_dir)
     report(args, problem, state)
   else:
-    from metajax import plots
+    from metajax.harness import plots
     run_dir = _run_dir(ns.run_dir)
     print("wrote", plots.learning_curves(run_dir, ns.width, ns.height))
     if read_run_file(run_dir).get("dataset") == "sinusoid":

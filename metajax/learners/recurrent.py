@@ -1,6 +1,6 @@
 """Recurrent meta-learners on Flax RNN cells (``"lstm"``, ``"optimized_lstm"``, ``"gru"``).
 
-* :class:`BlackBoxRNN` / :func:`black_box` — a model-based learner that reads a
+* :class:`BlackBoxRNN` / :func:`black_box_rnn` — a model-based learner that reads a
   task's support set as a sequence of ``(x_t, y_{t-1})`` pairs (Santoro et al.
   2016; Duan et al. 2016); each query ``x`` is then read, independently of the
   other queries, from the state after the support set, and its target predicted.
@@ -9,10 +9,13 @@
   (2017): a coordinate-wise LSTM whose cell state *is* the learner's flattened
   parameters, ``θ_t = f_t ⊙ θ_{t-1} − i_t ⊙ ∇_t``, with forget and input gates
   computed from the preprocessed gradient and loss, the previous parameters and
-  the previous gate. The initial parameters ``θ_0`` are meta-learned too.
+  the previous gate. The initial parameters ``θ_0`` are meta-learned too. The
+  cell is an Optax transformation (:func:`meta_lstm_optimizer`) run by the one
+  inner loop, :func:`metajax.core.adapt`.
 
-Both return a :class:`metajax.learner.LearnerConfig`; meta-train them with
-:func:`metajax.learner.meta_step` (re-exported here).
+Both factories return a :class:`~metajax.core.MetaLearner`
+(:func:`metajax.learners.forward.learner`); keyword arguments are
+:class:`~metajax.learners.forward.LearnerConfig` fields.
 """
 from __future__ import annotations
 
@@ -21,16 +24,18 @@ from typing import Any, Callable, NamedTuple, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
 from jax.flatten_util import ravel_pytree
 
 from metajax.core import losses
-from metajax.core.recurrent import log_sign, make_cell, zero_carry
+from metajax.core.adapt import adapt
+from metajax.core.protocol import MetaLearner
 from metajax.core.tasks import Task
 from metajax.core.validate import check_positive_int
-from metajax.learner import LearnerConfig, check_ways, evaluate, init, meta_step, task_loss
+from metajax.learners.forward import LearnerConfig, check_ways, learner
+from metajax.models.recurrent import log_sign, make_cell, zero_carry
 
-__all__ = ["BlackBoxRNN", "MetaLSTMCell", "MetaLSTMState", "black_box", "evaluate", "init", "meta_lstm",
-           "meta_step", "task_loss"]
+__all__ = ["BlackBoxRNN", "MetaLSTMCell", "MetaLSTMState", "black_box_rnn", "meta_lstm", "meta_lstm_optimizer"]
 
 PyTree = Any
 Array = jax.Array
@@ -81,7 +86,7 @@ def _task_defaults(ways: Optional[int], kwargs: dict, who: str) -> None:
     check_ways(ways, who)
 
 
-def black_box(apply_fn: Callable[..., Array], ways: Optional[int] = None, **kwargs: Any) -> LearnerConfig:
+def black_box_rnn(apply_fn: Callable[..., Array], ways: Optional[int] = None, **kwargs: Any) -> MetaLearner:
   """A black-box RNN learner from ``apply_fn(params, x_support, y_encoded, x_query)``
   (e.g. ``functional(BlackBoxRNN(...), variables)[1]``).
 
@@ -89,7 +94,7 @@ def black_box(apply_fn: Callable[..., Array], ways: Optional[int] = None, **kwar
   Otherwise classification: support labels fed one-hot, cross-entropy loss,
   accuracy.
   """
-  _task_defaults(ways, kwargs, "black_box")
+  _task_defaults(ways, kwargs, "black_box_rnn")
   if ways is None:
     encode = lambda y: y.reshape(y.shape[0], -1).astype(jnp.float32)
   else:
@@ -98,7 +103,7 @@ def black_box(apply_fn: Callable[..., Array], ways: Optional[int] = None, **kwar
   def predict(params, task: Task) -> Array:
     return apply_fn(params, task.x_support, encode(task.y_support), task.x_query)
 
-  return LearnerConfig(predict, **kwargs)
+  return learner(LearnerConfig(predict, name="black_box_rnn", **kwargs))
 
 
 class MetaLSTMState(NamedTuple):
@@ -161,9 +166,33 @@ class MetaLSTMCell(nn.Module):
     return MetaLSTMState(carry, forget * state.theta - rate * grad, forget, rate)
 
 
+def meta_lstm_optimizer(cell: MetaLSTMCell, cell_params: PyTree) -> optax.GradientTransformationExtraArgs:
+  """The Meta-LSTM update as an Optax transformation: ``θ + update = f ⊙ θ − i ⊙ ∇``.
+
+  Its state is the :class:`MetaLSTMState` over the flattened parameters; ``update``
+  needs ``params`` and the loss as ``value=`` (which :func:`metajax.core.adapt`
+  passes to every ``GradientTransformationExtraArgs``).
+  """
+
+  def init_fn(params: PyTree) -> MetaLSTMState:
+    return cell.initial_state(ravel_pytree(params)[0])
+
+  def update_fn(updates: PyTree, state: MetaLSTMState, params: Optional[PyTree] = None, *,
+                value: Optional[Array] = None, **extra_args: Any) -> tuple[PyTree, MetaLSTMState]:
+    del extra_args
+    if params is None or value is None:
+      raise ValueError("meta_lstm_optimizer: update needs the parameters and the loss (value=...)")
+    grad, unravel = ravel_pytree(updates)
+    theta = ravel_pytree(params)[0]
+    new = cell.apply({"params": cell_params}, state._replace(theta=theta), grad, value)
+    return unravel(new.theta - theta), new
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
 def meta_lstm(apply_fn: Callable[[PyTree, Array], Array], cell: MetaLSTMCell, *, steps: int,
               first_order: bool = True, inner_loss_fn: Callable[[Array, Array], Array] = losses.cross_entropy,
-              ways: Optional[int] = None, **kwargs: Any) -> LearnerConfig:
+              ways: Optional[int] = None, **kwargs: Any) -> MetaLearner:
   """Ravi & Larochelle's Meta-LSTM over a learner ``apply_fn(params, x) -> predictions``.
 
   Parameters are ``{"learner": θ_0, "meta_lstm": cell params}`` (initialise the
@@ -180,18 +209,10 @@ def meta_lstm(apply_fn: Callable[[PyTree, Array], Array], cell: MetaLSTMCell, *,
   _task_defaults(ways, kwargs, "meta_lstm")
 
   def predict(params, task: Task) -> Array:
-    theta, unravel = ravel_pytree(params["learner"])
+    support_loss = lambda p, data: inner_loss_fn(apply_fn(p, data[0]), data[1])
+    adapted, _ = adapt(params["learner"], (task.x_support, task.y_support), support_loss, steps=steps,
+                       lr=1.0, first_order=first_order,
+                       optimizer=meta_lstm_optimizer(cell, params["meta_lstm"]))
+    return apply_fn(adapted, task.x_query)
 
-    def support_loss(flat):
-      return inner_loss_fn(apply_fn(unravel(flat), task.x_support), task.y_support)
-
-    def update(state, _):
-      loss, grad = jax.value_and_grad(support_loss)(state.theta)
-      if first_order:
-        loss, grad = jax.lax.stop_gradient((loss, grad))
-      return cell.apply({"params": params["meta_lstm"]}, state, grad, loss), None
-
-    final, _ = jax.lax.scan(update, cell.initial_state(theta), None, length=steps)
-    return apply_fn(unravel(final.theta), task.x_query)
-
-  return LearnerConfig(predict, **kwargs)
+  return learner(LearnerConfig(predict, name="meta_lstm", **kwargs))

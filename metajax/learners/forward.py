@@ -1,11 +1,10 @@
-"""Meta-learners whose whole task computation is one differentiable function.
+"""Learners whose whole task computation is one differentiable forward pass.
 
 Metric-based learners (Prototypical, Matching, Relation networks), the black-box
-RNN learner and the Meta-LSTM all map ``(params, task)`` to query predictions in
-one forward pass (whatever adaptation they do happens inside it), and are
-meta-trained by descending the mean query loss. They share this module's
-:func:`init`, :func:`meta_step` and :func:`evaluate`, which have the shapes of
-:mod:`metajax.maml`'s, so the harness runs every learner the same way.
+RNN learner and the Meta-LSTM map ``(params, task)`` to query predictions in one
+pass (whatever adaptation they do happens inside it) and are meta-trained by
+descending the mean query loss. :func:`learner` turns such a ``predict_fn`` into
+a :class:`~metajax.core.MetaLearner`; it is also the quickest way to add one.
 """
 from __future__ import annotations
 
@@ -14,11 +13,13 @@ import functools
 from typing import Any, Callable, Optional
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from metajax.core import losses
-from metajax.core.meta import MetaState, TaskStrategy, map_tasks, mean_task_grads, resolve_strategy
+from metajax.core.meta import MetaState, TaskStrategy, apply_outer_update, initial_state, map_tasks
+from metajax.core.meta import mean_task_grads
+from metajax.core.meta import resolve_strategy
+from metajax.core.protocol import MetaLearner, reject_inner_steps
 from metajax.core.tasks import Task, check_task
 
 PyTree = Any
@@ -42,6 +43,7 @@ class LearnerConfig:
     metrics_fn: optional ``(predictions, y_query) -> {name: scalar}``.
     optimizer: the Optax optimizer over all parameters.
     task_strategy: how the task axis runs, see :mod:`metajax.core.meta`.
+    name: the algorithm, for error messages.
   """
 
   predict_fn: PredictFn
@@ -49,12 +51,13 @@ class LearnerConfig:
   metrics_fn: Optional[Callable[[Array, Array], dict]] = accuracy_metrics
   optimizer: optax.GradientTransformation = dataclasses.field(default_factory=lambda: optax.adam(1e-3))
   task_strategy: TaskStrategy = "auto"
+  name: str = "learner"
 
   def __post_init__(self):
     if not callable(self.predict_fn):
-      raise TypeError("LearnerConfig: predict_fn must be callable (params, task) -> predictions")
+      raise TypeError(f"{self.name}: predict_fn must be callable (params, task) -> predictions")
     if not isinstance(self.optimizer, optax.GradientTransformation):
-      raise TypeError("LearnerConfig: optimizer must be an optax.GradientTransformation")
+      raise TypeError(f"{self.name}: optimizer must be an optax.GradientTransformation")
     resolve_strategy(self.task_strategy)
 
 
@@ -67,8 +70,7 @@ def check_ways(ways: Any, who: str) -> int:
 
 def init(config: LearnerConfig, params: PyTree, key: Array) -> MetaState:
   """The initial :class:`MetaState` (``meta_params = {"params": params}``)."""
-  meta_params = {"params": params}
-  return MetaState(meta_params, config.optimizer.init(meta_params), jnp.zeros((), jnp.int32), key)
+  return initial_state(config.optimizer, {"params": params}, key)
 
 
 def task_loss(config: LearnerConfig, meta_params: PyTree, task: Task) -> tuple[Array, dict]:
@@ -81,29 +83,40 @@ def task_loss(config: LearnerConfig, meta_params: PyTree, task: Task) -> tuple[A
   return loss, metrics
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
 def meta_step(state: MetaState, task_batch: Task, *, config: LearnerConfig) -> tuple[MetaState, dict]:
-  """One optimizer step on the mean query loss of a task batch (fields ``(tasks, n, ...)``)."""
+  """One optimizer step on the mean query loss of a task batch (fields ``(tasks, n, ...)``);
+  metrics: task-batch means of ``loss`` (= ``objective``) and ``metrics_fn``'s."""
   check_task(task_batch, batched=True)
 
   def task_grad(task):
-    (_, metrics), grads = jax.value_and_grad(task_loss, argnums=1, has_aux=True)(
+    (loss, metrics), grads = jax.value_and_grad(task_loss, argnums=1, has_aux=True)(
         config, state.meta_params, task)
-    return grads, metrics
+    return grads, {**metrics, "objective": loss}
 
   grads, metrics = mean_task_grads(task_grad, task_batch, config.task_strategy)
-  updates, opt_state = config.optimizer.update(grads, state.opt_state, state.meta_params)
-  return MetaState(optax.apply_updates(state.meta_params, updates), opt_state, state.step + 1,
-                   state.key), metrics
+  return apply_outer_update(config.optimizer, state, grads), metrics
 
 
-@functools.partial(jax.jit, static_argnames=("config", "inner_steps"))
-def evaluate(state: MetaState, task_batch: Task, *, config: LearnerConfig,
-             inner_steps: None = None) -> dict:
-  """Per-task ``{"loss": (tasks,), **metrics}``.
-
-  ``inner_steps`` is accepted for a uniform harness and ignored: any adaptation
-  is part of ``predict_fn``.
-  """
+def evaluate(state: MetaState, task_batch: Task, inner_steps: None = None, *, config: LearnerConfig) -> dict:
+  """Per-task ``{"loss": (tasks,), **metrics}``; ``inner_steps`` must be ``None``."""
+  reject_inner_steps(inner_steps, config.name)
   check_task(task_batch, batched=True)
   return map_tasks(lambda t: task_loss(config, state.meta_params, t)[1], task_batch, config.task_strategy)
+
+
+def predict(state: MetaState, task: Task, inner_steps: None = None, *, config: LearnerConfig) -> Array:
+  """``predict_fn`` of one task; ``inner_steps`` must be ``None``."""
+  reject_inner_steps(inner_steps, config.name)
+  check_task(task, batched=False)
+  return config.predict_fn(state.meta_params["params"], task)
+
+
+def learner(config: LearnerConfig) -> MetaLearner:
+  """The :class:`~metajax.core.MetaLearner` of a :class:`LearnerConfig`."""
+  if not isinstance(config, LearnerConfig):
+    raise TypeError(f"learner: expected a LearnerConfig, got {type(config).__name__}")
+  return MetaLearner(
+      init=lambda key, params: init(config, params, key),
+      meta_step=functools.partial(meta_step, config=config),
+      evaluate=functools.partial(evaluate, config=config),
+      predict=functools.partial(predict, config=config))

@@ -1,0 +1,87 @@
+"""What ``metajax train`` runs: its settings, their per-dataset defaults and their checks."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Literal, Optional
+
+from metajax.core.meta import TASK_STRATEGIES, TaskStrategy
+from metajax.core.validate import check_positive_int
+from metajax.learners import registry
+
+Dataset = Literal["sinusoid", "omniglot"]
+
+# Per-dataset defaults for options left unset: the MAML paper's settings.
+DATASET_DEFAULTS = {
+    "sinusoid": dict(steps=70_000, meta_batch=25, shots=10, queries=10, inner_lr=0.01,
+                     eval_tasks=1000, eval_queries=100, chunk=1000),
+    "omniglot": dict(steps=2000, meta_batch=32, shots=1, queries=15, inner_lr=0.4,
+                     eval_tasks=600, eval_queries=15, chunk=10),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainArgs:
+  """What ``metajax train`` runs. ``None`` fields take ``DATASET_DEFAULTS``."""
+
+  dataset: Dataset = "sinusoid"
+  data_dir: Optional[str] = None
+  algo: str = "maml"
+  steps: Optional[int] = None
+  meta_batch: Optional[int] = None
+  ways: int = 5
+  shots: Optional[int] = None
+  queries: Optional[int] = None
+  inner_steps: int = 1
+  inner_lr: Optional[float] = None
+  outer_lr: float = 1e-3
+  clip_grad_norm: Optional[float] = None
+  width: int = 64
+  eval_tasks: Optional[int] = None
+  eval_queries: Optional[int] = None
+  eval_inner_steps: Optional[int] = None
+  train_split: str = "trainval"
+  eval_split: str = "test"
+  seed: int = 0
+  chunk: Optional[int] = None
+  task_strategy: TaskStrategy = "auto"
+  devices: str = "1"
+  out_dir: Optional[str] = None
+  resume: bool = False
+  val_every: int = 0
+  val_tasks: int = 100
+  checkpoint_every: int = 1
+  keep_checkpoints: int = 3
+
+  def __post_init__(self):
+    if self.dataset not in DATASET_DEFAULTS:
+      raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {sorted(DATASET_DEFAULTS)}")
+    entry = registry.get(self.algo)
+    if entry.classification_only and self.dataset == "sinusoid":
+      raise ValueError(f"{self.algo} is a classifier; use it with --dataset omniglot")
+    if self.eval_inner_steps is not None and not entry.eval_inner_steps:
+      raise ValueError(f"--eval-inner-steps: {self.algo} evaluates without a configurable number of inner steps")
+    if self.task_strategy not in TASK_STRATEGIES:
+      raise ValueError(f"unknown task strategy {self.task_strategy!r}; choose one of {TASK_STRATEGIES}")
+    for name, value in DATASET_DEFAULTS[self.dataset].items():
+      if getattr(self, name) is None:
+        object.__setattr__(self, name, value)
+    for name in ("steps", "meta_batch", "ways", "shots", "queries", "inner_steps", "eval_tasks",
+                 "eval_queries", "chunk", "width", "checkpoint_every", "keep_checkpoints", "val_tasks") + \
+        (("eval_inner_steps",) if self.eval_inner_steps is not None else ()):
+      check_positive_int(getattr(self, name), f"--{name.replace('_', '-')}")
+    if isinstance(self.val_every, bool) or not isinstance(self.val_every, int) or self.val_every < 0:
+      raise ValueError(f"--val-every must be a non-negative integer, got {self.val_every!r}")
+    if self.devices != "all" and not (self.devices.isdigit() and int(self.devices) >= 1):
+      raise ValueError(f"--devices must be 'all' or a positive integer, got {self.devices!r}")
+    if self.resume and not self.out_dir:
+      raise ValueError("--resume needs the --out-dir of the run to continue")
+    for name in ("inner_lr", "outer_lr") + (("clip_grad_norm",) if self.clip_grad_norm is not None else ()):
+      value = getattr(self, name)
+      if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"--{name.replace('_', '-')} must be a positive finite number, got {value!r}")
+
+
+# Options that may differ between a run and its resumption (everything else must match).
+RESUMABLE_CHANGES = ("steps", "resume", "devices", "eval_tasks", "eval_queries", "eval_inner_steps", "out_dir",
+                     "data_dir", "checkpoint_every", "keep_checkpoints", "val_every", "val_tasks")

@@ -1,0 +1,77 @@
+"""A configured learner and its data for a :class:`~metajax.harness.args.TrainArgs`:
+the registry builds the learner, the dataset supplies the task samplers."""
+from __future__ import annotations
+
+import functools
+from typing import Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from metajax.core import MetaLearner, MetaState, Task
+from metajax.data import episodes, omniglot, sinusoid
+from metajax.harness.args import TrainArgs
+from metajax.learners import registry
+
+
+class Problem(NamedTuple):
+  """A configured learner and its data.
+
+  Attributes:
+    learner: the :class:`MetaLearner`.
+    entry: its :class:`~metajax.learners.registry.Entry`.
+    state: the initial :class:`MetaState`.
+    sample_fn: ``(key[, train_data]) -> Task`` batch of ``meta_batch`` training tasks.
+    train_data: the training images (``None`` for generated tasks).
+    eval_tasks: ``(key, n) -> Task`` batch of ``n`` held-out tasks.
+    evaluate: ``learner.evaluate`` jitted (``inner_steps`` static).
+  """
+
+  learner: MetaLearner
+  entry: registry.Entry
+  state: MetaState
+  sample_fn: Callable[..., Task]
+  train_data: Optional[jax.Array]
+  eval_tasks: Callable[[jax.Array, int], Task]
+  evaluate: Callable[..., dict]
+
+
+def outer_optimizer(args: TrainArgs) -> optax.GradientTransformation:
+  """Adam at ``--outer-lr``, after global-norm clipping when ``--clip-grad-norm`` is set."""
+  optimizer = optax.adam(args.outer_lr)
+  if args.clip_grad_norm is not None:
+    optimizer = optax.chain(optax.clip_by_global_norm(args.clip_grad_norm), optimizer)
+  return optimizer
+
+
+def _problem(args: TrainArgs, x_shape: tuple, ways: Optional[int], sample_fn: Callable[..., Task],
+             train_data: Optional[jax.Array], eval_tasks: Callable[[jax.Array, int], Task]) -> Problem:
+  entry = registry.get(args.algo)
+  setup = registry.Setup(x_shape=x_shape, ways=ways, width=args.width, inner_steps=args.inner_steps,
+                         inner_lr=args.inner_lr, eval_inner_steps=args.eval_inner_steps,
+                         optimizer=outer_optimizer(args), task_strategy=args.task_strategy)
+  k_init, k_state = jax.random.split(jax.random.PRNGKey(args.seed))
+  learner, params = entry.build(setup, k_init)
+  return Problem(learner, entry, learner.init(k_state, params), sample_fn, train_data, eval_tasks,
+                 jax.jit(learner.evaluate, static_argnames="inner_steps"))
+
+
+def build(args: TrainArgs) -> Problem:
+  """The learner, its initial state and its task samplers for ``args.dataset``."""
+  if args.dataset == "sinusoid":
+    sample_fn = functools.partial(sinusoid.sample, num_tasks=args.meta_batch, shots=args.shots,
+                                  queries=args.queries)
+    eval_tasks = lambda key, n: sinusoid.sample(key, n, args.shots, args.eval_queries)
+    return _problem(args, (1,), None, sample_fn, None, eval_tasks)
+  train = omniglot.load(args.train_split, args.data_dir)
+  test = omniglot.load(args.eval_split, args.data_dir)
+  episodes.check_episode_shape(*train.images.shape[:2], args.ways, args.shots, args.queries)
+  episodes.check_episode_shape(*test.images.shape[:2], args.ways, args.shots, args.eval_queries)
+  sample_fn = functools.partial(episodes.sample, num_tasks=args.meta_batch, ways=args.ways,
+                                shots=args.shots, queries=args.queries)
+  test_images = jnp.asarray(test.images)
+  eval_tasks = lambda key, n: episodes.sample(key, test_images, num_tasks=n, ways=args.ways,
+                                              shots=args.shots, queries=args.eval_queries)
+  return _problem(args, train.images.shape[2:] + (1,), args.ways, sample_fn, jnp.asarray(train.images),
+                  eval_tasks)

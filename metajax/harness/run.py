@@ -1,0 +1,252 @@
+"""The training loop behind ``metajax train``: chunks of fused meta-steps on
+device, a progress bar, JSON-lines metrics, Orbax checkpoints with exact resume,
+and a final evaluation on new tasks with a 95% confidence interval."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from metajax.core import MetaState, distributed, mean_and_ci95, train_steps
+from metajax.harness import checkpoint
+from metajax.harness.args import RESUMABLE_CHANGES, TrainArgs
+from metajax.harness.problem import Problem, build
+
+RUN_FILE = "run.json"
+
+
+class Interrupted(KeyboardInterrupt):
+  """Training stopped by SIGINT after saving a checkpoint at ``step``."""
+
+  def __init__(self, step: int):
+    super().__init__(step)
+    self.step = step
+
+
+class NonFiniteLoss(RuntimeError):
+  """Raised when a meta-step produces a NaN or infinite loss; ``step`` is that meta-step."""
+
+  def __init__(self, step: int):
+    super().__init__(f"non-finite loss at meta-step {step}; lower the learning rates or set "
+                     "--clip-grad-norm")
+    self.step = step
+
+
+class Trained(NamedTuple):
+  """What :func:`train` returns."""
+
+  problem: Problem
+  state: MetaState
+  train_time_s: float
+
+
+class _DeferredInterrupt:
+  """Turns the first SIGINT into a request honoured at the next chunk boundary (so a
+  checkpoint is never cut half-written); a second SIGINT interrupts at once."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGINT, self._handle)
+
+  def _handle(self, signum, frame):
+    if self.requested:
+      raise KeyboardInterrupt
+    self.requested = True
+
+  def restore(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGINT, self._previous)
+
+
+def read_run_file(run_dir: Path) -> dict:
+  """The saved settings of a run directory, with errors naming the folder or file."""
+  run_file = run_dir / RUN_FILE
+  if not run_file.is_file():
+    raise FileNotFoundError(f"{run_dir} holds no {RUN_FILE}; is it a metajax run directory?")
+  try:
+    return json.loads(run_file.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    raise ValueError(f"{run_file} is not valid JSON ({err})") from err
+
+
+def _prepare_run_dir(args: TrainArgs) -> Optional[Path]:
+  """Creates or checks the run directory; refuses to overwrite a run unless resuming."""
+  if not args.out_dir:
+    return None
+  out = Path(args.out_dir)
+  run_file = out / RUN_FILE
+  saved = dataclasses.asdict(args)
+  if args.resume:
+    before = read_run_file(out)
+    for name, value in saved.items():
+      if name not in RESUMABLE_CHANGES and before.get(name) != value:
+        raise ValueError(f"--resume: --{name.replace('_', '-')} was {before.get(name)!r} in the saved "
+                         f"run, not {value!r}; resume with the same settings")
+    return out
+  if run_file.exists() or (out / "checkpoints").exists():
+    raise FileExistsError(f"{out} already holds a run; pass --resume to continue it, or choose "
+                          "another --out-dir")
+  out.mkdir(parents=True, exist_ok=True)
+  if not os.access(out, os.W_OK):
+    raise PermissionError(f"output directory {out} is not writable")
+  run_file.write_text(json.dumps(saved, indent=2))
+  return out
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+  """Drops records after ``step`` (written after the checkpoint a resumed run restarts from)."""
+  if path.exists():
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def train(args: TrainArgs, problem: Optional[Problem] = None,
+          on_chunk: Optional[Callable[[int, MetaState, float], None]] = None) -> Trained:
+  """Meta-trains for ``args.steps`` steps in fused chunks, with a progress bar.
+
+  With ``args.out_dir`` it writes ``run.json`` (the settings), ``metrics.jsonl``
+  and Orbax checkpoints under ``checkpoints/`` every ``checkpoint_every`` chunks
+  and at the end; ``args.resume`` restores the latest checkpoint and continues
+  with the same chunks, ending bit-identical to an uninterrupted run.
+  ``problem`` defaults to ``build(args)``; ``on_chunk(steps_done, state,
+  train_seconds)`` runs after every chunk (its time is not counted).
+
+  Raises:
+    NonFiniteLoss: naming the first meta-step whose loss is NaN or infinite;
+      checkpoints written before it are kept.
+    Interrupted: on SIGINT, at the end of the running chunk, after checkpointing it.
+  """
+  out = _prepare_run_dir(args)
+  problem = build(args) if problem is None else problem
+  state = problem.state
+  mngr = None
+  if out is not None:
+    mngr = checkpoint.manager(out / "checkpoints", max_to_keep=args.keep_checkpoints)
+    if args.resume:
+      state = checkpoint.restore(mngr, state)
+      _truncate_metrics(out / "metrics.jsonl", int(state.step))
+  mesh = None
+  if args.devices != "1":
+    mesh = distributed.task_mesh("all" if args.devices == "all" else int(args.devices))
+    distributed.check_divisible(args.meta_batch, mesh)
+    state = distributed.replicate(state, mesh)
+  done = int(state.step)
+  if done > args.steps:
+    raise ValueError(f"the checkpoint is at step {done}, beyond --steps {args.steps}")
+  metrics_file = open(out / "metrics.jsonl", "a") if out is not None else None
+  start = time.perf_counter()
+  paused = 0.0
+  chunks = 0
+  stop = _DeferredInterrupt()
+  try:
+    with tqdm(total=args.steps, initial=done, desc=f"{args.algo} {args.dataset}", unit="step") as bar:
+      while done < args.steps:
+        n = min(args.chunk, args.steps - done)
+        new_state, metrics = train_steps(state, problem.train_data, meta_step=problem.learner.meta_step,
+                                         sample_fn=problem.sample_fn, num_steps=n, mesh=mesh)
+        metrics = {k: np.asarray(v) for k, v in metrics.items()}
+        bad = np.flatnonzero(~np.isfinite(metrics["loss"]))
+        if bad.size:
+          raise NonFiniteLoss(done + int(bad[0]) + 1)
+        state, done, chunks = new_state, done + n, chunks + 1
+        record = {"step": done, **{k: float(v.mean()) for k, v in metrics.items()},
+                  "time_s": round(time.perf_counter() - start - paused, 3)}
+        if args.val_every and chunks % args.val_every == 0:
+          t0 = time.perf_counter()
+          val = evaluate(problem, state, args.val_tasks, seed=args.seed + 20_000)
+          record.update({f"val_{k}": float(v.mean()) for k, v in val.items() if not k.endswith("_before")})
+          paused += time.perf_counter() - t0
+        if metrics_file:
+          metrics_file.write(json.dumps(record) + "\n")
+          metrics_file.flush()
+        if mngr is not None and (chunks % args.checkpoint_every == 0 or done == args.steps):
+          checkpoint.save(mngr, state)
+        bar.set_postfix({k: f"{record[k]:.4f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy")
+                         if k in record})
+        bar.update(n)
+        if on_chunk is not None:
+          t0 = time.perf_counter()
+          on_chunk(done, state, record["time_s"])
+          paused += time.perf_counter() - t0
+        if stop.requested:
+          if mngr is not None and mngr.latest_step() != done:
+            checkpoint.save(mngr, state)
+          raise Interrupted(done)
+  finally:
+    stop.restore()
+    if metrics_file:
+      metrics_file.close()
+  return Trained(problem, state, time.perf_counter() - start - paused)
+
+
+def evaluate(problem: Problem, state: MetaState, num_tasks: int, seed: int,
+             inner_steps: Optional[int] = None, chunk: int = 100) -> dict[str, np.ndarray]:
+  """Per-task metrics on ``num_tasks`` held-out tasks, evaluated ``chunk`` tasks at a time."""
+  key = jax.random.PRNGKey(seed)
+  parts = []
+  for start in range(0, num_tasks, chunk):
+    n = min(chunk, num_tasks - start)
+    batch = problem.eval_tasks(jax.random.fold_in(key, start), n)
+    parts.append(problem.evaluate(state, batch, inner_steps=inner_steps))
+  return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
+
+
+def run(args: TrainArgs, log: Callable[[str], None] = print) -> dict:
+  """Meta-trains, evaluates on ``eval_tasks`` new tasks, returns the summary dict."""
+  problem, state, train_time = train(args)
+  return report(args, problem, state, log, train_time)
+
+
+def load_run(run_dir: str | os.PathLike, **overrides: Any) -> tuple[TrainArgs, Problem, MetaState]:
+  """Settings, problem and latest checkpointed state of a run directory.
+
+  ``overrides`` replace resumable settings (e.g. ``eval_tasks``, ``data_dir``).
+  """
+  saved = read_run_file(Path(run_dir))
+  unknown = set(overrides) - set(RESUMABLE_CHANGES)
+  if unknown:
+    raise ValueError(f"cannot override {sorted(unknown)} of a saved run")
+  known = {f.name for f in dataclasses.fields(TrainArgs)}
+  args = TrainArgs(**{**{k: v for k, v in saved.items() if k in known},
+                      **{k: v for k, v in overrides.items() if v is not None}, "resume": False})
+  problem = build(args)
+  mngr = checkpoint.manager(Path(run_dir) / "checkpoints", create=False)
+  return args, problem, checkpoint.restore(mngr, problem.state)
+
+
+def report(args: TrainArgs, problem: Problem, state: MetaState, log: Callable[[str], None] = print,
+           train_time: Optional[float] = None) -> dict:
+  """Evaluates on ``args.eval_tasks`` new tasks, logs one line, writes ``summary.json``; returns it."""
+  results = evaluate(problem, state, args.eval_tasks, args.seed + 10_000, args.eval_inner_steps)
+  summary = {"dataset": args.dataset, "algo": args.algo, "steps": int(state.step),
+             "eval_tasks": args.eval_tasks}
+  if train_time is not None:
+    summary["train_time_s"] = round(train_time, 2)
+  for name, values in results.items():
+    summary[f"eval_{name}"], summary[f"eval_{name}_ci95"] = mean_and_ci95(values)
+  classification = "eval_accuracy" in summary
+  name, label, unit, fmt = ("accuracy", "accuracy", "%", ".2f") if classification else ("loss", "MSE", "", ".3f")
+  show = lambda key: f"{(100 if classification else 1) * summary[key]:{fmt}}"
+  line = f"{label} {show(f'eval_{name}')}{unit} ± {show(f'eval_{name}_ci95')} (95% CI)"
+  if f"eval_{name}_before" in summary:
+    line += f", before adaptation {show(f'eval_{name}_before')}{unit}"
+  shape = f"{args.ways}-way {args.shots}-shot" if classification else f"{args.shots}-shot"
+  if problem.entry.inner_steps:
+    shape += f", {args.eval_inner_steps or args.inner_steps} inner step(s)"
+  trained = f"; trained in {train_time:.1f} s" if train_time is not None else ""
+  log(f"eval on {args.eval_tasks} new {args.dataset} tasks ({shape}) after "
+      f"{int(state.step)} meta-steps: {line}{trained}")
+  if args.out_dir:
+    (Path(args.out_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
+  return summary

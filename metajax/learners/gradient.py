@@ -1,0 +1,400 @@
+"""The gradient-based family on one code path: MAML (second and first order), Meta-SGD,
+ANIL, MAML++ (per-step learned inner rates, multi-step loss) and Reptile.
+
+Each task adapts the meta-learned initialisation to its support set with
+:func:`metajax.core.adapt`; the algorithms differ in the outer "gradient":
+
+* MAML: ``∂ query_loss(adapt(θ)) / ∂θ``, through the inner loop (``first_order``
+  drops its second-order terms);
+* Reptile: ``θ − adapt(θ)``, a first-order inner loop and no query pass.
+
+Configuration is a frozen dataclass (:class:`MAMLConfig`, :class:`ReptileConfig`);
+:func:`maml`, :func:`fomaml`, :func:`meta_sgd`, :func:`anil`, :func:`maml_plus_plus`
+and :func:`reptile` build it and return a :class:`~metajax.core.MetaLearner`. The
+functions taking ``config=`` are the same algorithms for research code
+(``metajax.maml`` jits them).
+
+References: Finn et al. 2017 (MAML), Li et al. 2017 (Meta-SGD), Raghu et al.
+2020 (ANIL), Antoniou et al. 2019 (MAML++), Nichol et al. 2018 (Reptile).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Callable, Literal, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from metajax.core import losses
+from metajax.core.adapt import AdaptInfo, adapt
+from metajax.core.meta import MetaState, TaskStrategy, apply_outer_update, initial_state, map_tasks
+from metajax.core.meta import mean_task_grads
+from metajax.core.meta import resolve_strategy
+from metajax.core.protocol import MetaLearner
+from metajax.core.tasks import Task, check_task
+from metajax.core.tree import mask_from_filter
+from metajax.core.validate import check_positive_int
+
+PyTree = Any
+Array = jax.Array
+ApplyFn = Callable[[PyTree, Array], Array]
+LossFn = Callable[[Array, Array], Array]
+MetricsFn = Callable[[Array, Array], dict]
+InnerLRMode = Literal["fixed", "scalar", "per_param", "per_step"]
+INNER_LR_MODES = ("fixed", "scalar", "per_param", "per_step")
+
+
+@dataclasses.dataclass(frozen=True)
+class InnerLoopConfig:
+  """What every learner of this family configures (hashable: a ``jit`` static argument).
+
+  Attributes:
+    apply_fn: ``(params, x (n, *features)) -> predictions (n, *outputs)``.
+    loss_fn: ``(predictions, targets) -> scalar``; default mean squared error.
+    metrics_fn: optional ``(predictions, targets) -> {name: scalar}`` reported on
+      the query set (e.g. ``{"accuracy": ...}``).
+    optimizer: the outer Optax optimizer over all meta-parameters.
+    inner_steps: inner gradient steps during meta-training.
+    inner_lr: inner learning rate (its initial value when learned).
+    eval_inner_steps: inner steps used by ``evaluate`` (default: ``inner_steps``).
+    adapt_filter: optional ``path -> bool`` over parameter paths such as
+      ``"head/kernel"``; only matching parameters adapt (ANIL). ``None``: all.
+    inner_optimizer: optional Optax transformation for the inner loop instead
+      of SGD with ``inner_lr`` (Adam for Reptile; a trained
+      :func:`metajax.learners.lstm_optimizer`); ``inner_lr`` is then unused.
+    task_strategy: how the task axis runs (``"auto"``, ``"vmap"``, ``"map"``,
+      ``"unroll"``), see :mod:`metajax.core.meta`.
+    inner_unroll: unroll the inner loop instead of ``lax.scan``.
+    remat: rematerialise each inner step in the backward pass (saves memory in
+      second-order MAML at the cost of recomputation).
+  """
+
+  apply_fn: ApplyFn
+  loss_fn: LossFn = losses.mse
+  metrics_fn: Optional[MetricsFn] = None
+  optimizer: optax.GradientTransformation = dataclasses.field(default_factory=lambda: optax.adam(1e-3))
+  inner_steps: int = 1
+  inner_lr: float = 0.01
+  eval_inner_steps: Optional[int] = None
+  adapt_filter: Optional[Callable[[str], bool]] = None
+  inner_optimizer: Optional[optax.GradientTransformation] = None
+  task_strategy: TaskStrategy = "auto"
+  inner_unroll: bool = False
+  remat: bool = False
+
+  def __post_init__(self):
+    who = type(self).__name__
+    if not callable(self.apply_fn):
+      raise TypeError(f"{who}: apply_fn must be callable (params, x) -> predictions")
+    check_positive_int(self.inner_steps, f"{who}: inner_steps")
+    if self.eval_inner_steps is not None:
+      check_positive_int(self.eval_inner_steps, f"{who}: eval_inner_steps")
+    if not isinstance(self.inner_lr, (int, float)) or not math.isfinite(self.inner_lr) or self.inner_lr < 0:
+      raise ValueError(f"{who}: inner_lr must be a finite number >= 0, got {self.inner_lr!r}")
+    if not isinstance(self.optimizer, optax.GradientTransformation):
+      raise TypeError(f"{who}: optimizer must be an optax.GradientTransformation")
+    if self.inner_optimizer is not None and not isinstance(self.inner_optimizer, optax.GradientTransformation):
+      raise TypeError(f"{who}: inner_optimizer must be an optax.GradientTransformation")
+    resolve_strategy(self.task_strategy)
+
+  def initial_inner_lr(self, params: PyTree) -> Optional[PyTree]:
+    """Learned inner rates to add to the meta-parameters (``None``: the rate is fixed)."""
+    del params
+    return None
+
+  def inner_rates(self, meta_params: PyTree, steps: int) -> PyTree:
+    """The ``lr`` handed to :func:`~metajax.core.adapt` for ``steps`` inner steps."""
+    del meta_params, steps
+    return 1.0 if self.inner_optimizer is not None else self.inner_lr
+
+
+@dataclasses.dataclass(frozen=True)
+class MAMLConfig(InnerLoopConfig):
+  """A MAML-family learner: :class:`InnerLoopConfig` plus
+
+  Attributes:
+    inner_lr_mode: ``"fixed"`` (MAML), ``"scalar"`` (one learned rate),
+      ``"per_param"`` (a learned rate per parameter entry, Meta-SGD) or
+      ``"per_step"`` (a learned rate per parameter tensor and step, MAML++).
+    first_order: drop second-order terms (first-order MAML).
+    multi_step_loss: MAML++ multi-step loss: the outer objective weighs the
+      query loss after every inner step.
+    msl_anneal_steps: outer steps over which the multi-step weights anneal from
+      uniform to the last step only (MAML++); 0 keeps them uniform.
+  """
+
+  inner_lr_mode: InnerLRMode = "fixed"
+  first_order: bool = False
+  multi_step_loss: bool = False
+  msl_anneal_steps: int = 0
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.inner_lr_mode not in INNER_LR_MODES:
+      raise ValueError(
+          f"MAMLConfig: unknown inner_lr_mode {self.inner_lr_mode!r}; choose one of {INNER_LR_MODES}")
+    if isinstance(self.msl_anneal_steps, bool) or not isinstance(self.msl_anneal_steps, int) \
+        or self.msl_anneal_steps < 0:
+      raise ValueError(f"MAMLConfig: msl_anneal_steps must be an integer >= 0, got {self.msl_anneal_steps!r}")
+    if self.inner_optimizer is not None and self.inner_lr_mode != "fixed":
+      raise ValueError("MAMLConfig: inner_optimizer sets the inner step; it needs inner_lr_mode='fixed'")
+
+  def initial_inner_lr(self, params: PyTree) -> Optional[PyTree]:
+    lr = self.inner_lr
+    if self.inner_lr_mode == "scalar":
+      return jnp.asarray(lr, jnp.result_type(*jax.tree.leaves(params)))
+    if self.inner_lr_mode == "per_param":
+      return jax.tree.map(lambda p: jnp.full(jnp.shape(p), lr, jnp.result_type(p)), params)
+    if self.inner_lr_mode == "per_step":
+      return jax.tree.map(lambda p: jnp.full((self.inner_steps,), lr, jnp.result_type(p)), params)
+    return None
+
+  def inner_rates(self, meta_params: PyTree, steps: int) -> PyTree:
+    """Learned rates; per-step rates are cut or padded with their last value to ``steps``."""
+    if self.inner_lr_mode == "fixed":
+      return super().inner_rates(meta_params, steps)
+    rates = meta_params["inner_lr"]
+    if self.inner_lr_mode == "per_step" and steps != self.inner_steps:
+      def resize(r):
+        if steps < r.shape[0]:
+          return r[:steps]
+        return jnp.concatenate([r, jnp.repeat(r[-1:], steps - r.shape[0])])
+      rates = jax.tree.map(resize, rates)
+    return rates
+
+
+@dataclasses.dataclass(frozen=True)
+class ReptileConfig(InnerLoopConfig):
+  """Reptile (Nichol et al. 2018): :class:`InnerLoopConfig` only. With ``optax.sgd(ε)``
+  as ``optimizer`` the outer step is exactly ``θ ← θ + ε·mean(φ − θ)``; the paper's
+  inner optimizer is Adam (``inner_optimizer=optax.adam(1e-3)``)."""
+
+
+def init(config: InnerLoopConfig, params: PyTree, key: Array) -> MetaState:
+  """The initial :class:`MetaState`: ``{"params": params}`` (plus ``"inner_lr"`` when
+  learned), optimizer state, step 0, ``key``."""
+  meta_params = {"params": params}
+  inner_lr = config.initial_inner_lr(params)
+  if inner_lr is not None:
+    meta_params["inner_lr"] = inner_lr
+  return initial_state(config.optimizer, meta_params, key)
+
+
+def msl_weights(config: MAMLConfig, step: Array) -> Array:
+  """MAML++ multi-step loss weights ``(inner_steps,)`` at outer step ``step`` (sum to one).
+
+  Uniform at step 0, moving linearly to all weight on the last inner step over
+  ``msl_anneal_steps`` outer steps (uniform throughout when that is 0).
+  """
+  n = config.inner_steps
+  uniform = jnp.full((n,), 1.0 / n)
+  if config.msl_anneal_steps == 0:
+    return uniform
+  last = jnp.zeros((n,)).at[-1].set(1.0)
+  frac = jnp.clip(step / config.msl_anneal_steps, 0.0, 1.0)
+  return (1.0 - frac) * uniform + frac * last
+
+
+def adapt_task(config: InnerLoopConfig, meta_params: PyTree, task: Task, steps: int,
+               first_order: bool, trace_query: bool) -> tuple[PyTree, AdaptInfo]:
+  """``meta_params["params"]`` adapted to one task's support set by ``steps`` inner steps;
+  ``trace_query`` records the query loss after every step. Returns ``(params, AdaptInfo)``."""
+  params = meta_params["params"]
+
+  def support_loss(p, data):
+    return config.loss_fn(config.apply_fn(p, data[0]), data[1])
+
+  trace_fn = None
+  if trace_query:
+    trace_fn = lambda p: config.loss_fn(config.apply_fn(p, task.x_query), task.y_query)
+  mask = None if config.adapt_filter is None else mask_from_filter(config.adapt_filter, params)
+  return adapt(
+      params, (task.x_support, task.y_support), support_loss,
+      steps=steps, lr=config.inner_rates(meta_params, steps),
+      per_step_lr=getattr(config, "inner_lr_mode", "fixed") == "per_step", first_order=first_order,
+      mask=mask, remat=config.remat, unroll=config.inner_unroll,
+      trace_fn=trace_fn, optimizer=config.inner_optimizer)
+
+
+def query_metrics(config: InnerLoopConfig, params: PyTree, task: Task, suffix: str = "") -> dict:
+  """``{"loss" + suffix, *metrics_fn + suffix}`` of ``params`` on one task's query set (scalars)."""
+  pred = config.apply_fn(params, task.x_query)
+  metrics = {"loss": config.loss_fn(pred, task.y_query)}
+  if config.metrics_fn is not None:
+    metrics.update(config.metrics_fn(pred, task.y_query))
+  return {k + suffix: v for k, v in metrics.items()}
+
+
+def task_objective(config: MAMLConfig, meta_params: PyTree, task: Task,
+                   weights: Optional[Array] = None) -> tuple[Array, dict]:
+  """Outer objective of one task: query loss after adapting on its support set.
+
+  With ``multi_step_loss`` the objective is ``Σ_t weights[t] · query_loss(θ_t)``.
+
+  Returns:
+    ``(objective, metrics)`` with scalar metrics ``loss`` (query loss after
+    adaptation), ``support_loss`` (before adaptation), those of ``metrics_fn`` and
+    ``objective``.
+  """
+  adapted, info = adapt_task(config, meta_params, task, config.inner_steps,
+                              config.first_order, config.multi_step_loss)
+  metrics = query_metrics(config, adapted, task)
+  metrics["support_loss"] = info.support_loss[0]
+  objective = metrics["loss"]
+  if config.multi_step_loss:
+    w = msl_weights(config, jnp.zeros(())) if weights is None else weights
+    objective = jnp.dot(w, info.trace)
+  return objective, {**metrics, "objective": objective}
+
+
+def meta_grad(state: MetaState, task_batch: Task, *, config: MAMLConfig) -> tuple[PyTree, dict]:
+  """The meta-gradient of one outer step, before any optimizer update.
+
+  Args:
+    state: the current :class:`MetaState`.
+    task_batch: a :class:`Task` batch, every field ``(tasks, n, ...)``.
+    config: the static :class:`MAMLConfig`.
+
+  Returns:
+    ``(grads, metrics)``: ``grads`` has the structure of ``state.meta_params`` and is
+    the task-batch mean of ``∂ objective / ∂ meta_params`` (:func:`task_objective`);
+    metrics are task-batch means of its scalars.
+  """
+  check_task(task_batch, batched=True)
+  weights = msl_weights(config, state.step) if config.multi_step_loss else None
+
+  def task_grad(task):
+    (_, metrics), grads = jax.value_and_grad(task_objective, argnums=1, has_aux=True)(
+        config, state.meta_params, task, weights)
+    return grads, metrics
+
+  return mean_task_grads(task_grad, task_batch, config.task_strategy)
+
+
+def meta_step(state: MetaState, task_batch: Task, *, config: MAMLConfig) -> tuple[MetaState, dict]:
+  """One outer step on a task batch: :func:`meta_grad`, then the outer optimizer.
+
+  Returns ``(new_state, metrics)`` (as :func:`meta_grad`'s).
+  """
+  grads, metrics = meta_grad(state, task_batch, config=config)
+  return apply_outer_update(config.optimizer, state, grads), metrics
+
+
+def reptile_grad(state: MetaState, task_batch: Task, *, config: ReptileConfig) -> tuple[PyTree, dict]:
+  """Reptile's outer "gradient" ``mean(θ − φ)`` (``φ``: ``θ`` adapted to a task's support
+  set), the gradient of ``objective = ½‖θ − φ‖²`` with ``φ`` held constant; metrics
+  ``loss`` (query after adaptation), ``support_loss`` (before), ``objective`` and
+  ``metrics_fn``'s, task-batch means."""
+  check_task(task_batch, batched=True)
+
+  def task_grad(task):
+    adapted, info = adapt_task(config, state.meta_params, task, config.inner_steps, True, False)
+    delta = jax.tree.map(lambda t, a: t - a, state.meta_params["params"], jax.lax.stop_gradient(adapted))
+    objective = 0.5 * sum(jnp.sum(jnp.square(d)) for d in jax.tree.leaves(delta))
+    metrics = {**query_metrics(config, adapted, task), "support_loss": info.support_loss[0],
+               "objective": objective}
+    return {"params": delta}, metrics
+
+  return mean_task_grads(task_grad, task_batch, config.task_strategy)
+
+
+def reptile_step(state: MetaState, task_batch: Task, *, config: ReptileConfig) -> tuple[MetaState, dict]:
+  """One Reptile outer step: :func:`reptile_grad`, then the outer optimizer."""
+  grads, metrics = reptile_grad(state, task_batch, config=config)
+  return apply_outer_update(config.optimizer, state, grads), metrics
+
+
+def _eval_steps(config: InnerLoopConfig, inner_steps: Optional[int]) -> int:
+  if inner_steps is not None:
+    check_positive_int(inner_steps, "inner_steps")
+  return inner_steps or config.eval_inner_steps or config.inner_steps
+
+
+def adapt_params(config: InnerLoopConfig, state: MetaState, task: Task, inner_steps: Optional[int] = None) -> PyTree:
+  """The parameters after adapting ``state``'s meta-parameters to one task's support set
+  (``inner_steps``, default ``eval_inner_steps`` or ``inner_steps``; first order)."""
+  check_task(task, batched=False)
+  return adapt_task(config, state.meta_params, task, _eval_steps(config, inner_steps), True, False)[0]
+
+
+def predict(state: MetaState, task: Task, inner_steps: Optional[int] = None, *,
+            config: InnerLoopConfig) -> Array:
+  """Query predictions ``(n_query, ...)`` of one task after adaptation (0 steps: none)."""
+  if inner_steps == 0:
+    return config.apply_fn(state.meta_params["params"], task.x_query)
+  return config.apply_fn(adapt_params(config, state, task, inner_steps), task.x_query)
+
+
+def evaluate(state: MetaState, task_batch: Task, inner_steps: Optional[int] = None, *,
+             config: InnerLoopConfig) -> dict:
+  """Query metrics of every task before and after adapting on its support set.
+
+  Args:
+    state: a :class:`MetaState`.
+    task_batch: a :class:`Task` batch.
+    inner_steps: adaptation steps (default ``config.eval_inner_steps`` or
+      ``config.inner_steps``).
+    config: the static configuration.
+
+  Returns:
+    ``{name: (tasks,)}``: ``loss``, ``support_loss`` and ``metrics_fn`` entries after
+    adaptation, ``loss_before`` (and e.g. ``accuracy_before``) for the initialisation.
+  """
+  check_task(task_batch, batched=True)
+  steps = _eval_steps(config, inner_steps)
+
+  def one(task):
+    adapted, info = adapt_task(config, state.meta_params, task, steps, True, False)
+    return {**query_metrics(config, state.meta_params["params"], task, "_before"),
+            **query_metrics(config, adapted, task), "support_loss": info.support_loss[0]}
+
+  return map_tasks(one, task_batch, config.task_strategy)
+
+
+def learner(config: InnerLoopConfig) -> MetaLearner:
+  """The :class:`~metajax.core.MetaLearner` of a :class:`MAMLConfig` or :class:`ReptileConfig`."""
+  step = reptile_step if isinstance(config, ReptileConfig) else meta_step
+  if not isinstance(config, (MAMLConfig, ReptileConfig)):
+    raise TypeError(f"learner: expected a MAMLConfig or ReptileConfig, got {type(config).__name__}")
+  return MetaLearner(
+      init=lambda key, params: init(config, params, key),
+      meta_step=functools.partial(step, config=config),
+      evaluate=functools.partial(evaluate, config=config),
+      predict=functools.partial(predict, config=config))
+
+
+def maml(apply_fn: ApplyFn, **kwargs: Any) -> MetaLearner:
+  """MAML (Finn et al. 2017), second order; ``kwargs`` are :class:`MAMLConfig` fields."""
+  return learner(MAMLConfig(apply_fn, **kwargs))
+
+
+def fomaml(apply_fn: ApplyFn, **kwargs: Any) -> MetaLearner:
+  """First-order MAML (Finn et al. 2017, §5.2)."""
+  return learner(MAMLConfig(apply_fn, first_order=True, **kwargs))
+
+
+def meta_sgd(apply_fn: ApplyFn, **kwargs: Any) -> MetaLearner:
+  """Meta-SGD: a learned inner learning rate for every parameter entry (Li et al. 2017)."""
+  return learner(MAMLConfig(apply_fn, inner_lr_mode="per_param", **kwargs))
+
+
+def anil(apply_fn: ApplyFn, head: str = "head", **kwargs: Any) -> MetaLearner:
+  """ANIL: only parameters under the top-level module ``head`` adapt (Raghu et al. 2020)."""
+  return learner(MAMLConfig(apply_fn, adapt_filter=functools.partial(_under, head), **kwargs))
+
+
+def _under(module: str, path: str) -> bool:
+  return path.split("/")[0] == module
+
+
+def maml_plus_plus(apply_fn: ApplyFn, **kwargs: Any) -> MetaLearner:
+  """MAML++: per-step per-tensor learned inner rates and the multi-step loss (Antoniou et al. 2019)."""
+  return learner(MAMLConfig(apply_fn, inner_lr_mode="per_step", multi_step_loss=True, **kwargs))
+
+
+def reptile(apply_fn: ApplyFn, **kwargs: Any) -> MetaLearner:
+  """Reptile (Nichol et al. 2018); ``kwargs`` are :class:`ReptileConfig` fields."""
+  return learner(ReptileConfig(apply_fn, **kwargs))

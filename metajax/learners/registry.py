@@ -1,0 +1,190 @@
+"""The registry: every algorithm by name, with how to build it for a standard setting.
+
+The CLI, the benchmarks and the conformance suite (``tests/test_conformance.py``)
+all read :data:`REGISTRY`, so a new learner is its module plus one :func:`register`
+call (and is then tested by the conformance suite). A builder maps a
+:class:`Setup` (input shape, classes, widths, inner-loop settings, optimizer) and a
+PRNG key to ``(MetaLearner, initial params)``, choosing the backbone the papers use:
+Conv4 for images, the MAML paper's 40-40 MLP for vectors.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.flatten_util import ravel_pytree
+
+from metajax.core import losses
+from metajax.core.meta import TaskStrategy
+from metajax.core.protocol import MetaLearner
+from metajax.learners import gradient, learned_opt, metric, recurrent
+from metajax.learners.forward import accuracy_metrics
+from metajax.models import MLP, Conv4, functional
+
+PyTree = Any
+Build = Callable[["Setup", jax.Array], tuple[MetaLearner, PyTree]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """A standard setting to build a learner for.
+
+  Attributes:
+    x_shape: one input example's shape: ``(1,)`` for sinusoid, ``(28, 28, 1)`` for
+      Omniglot. Rank 3 means images (Conv4 backbone), rank 1 vectors (MLP 40-40).
+    ways: classes per task; ``None`` is regression onto one output.
+    width: channels of the Conv4 blocks.
+    inner_steps: inner steps (the Meta-LSTM's updates; the learned optimizer's horizon).
+    inner_lr: inner learning rate (initial value when learned).
+    eval_inner_steps: inner steps at evaluation (default ``inner_steps``).
+    optimizer: the outer Optax optimizer.
+    task_strategy: how the task axis runs.
+  """
+
+  x_shape: tuple[int, ...] = (1,)
+  ways: Optional[int] = None
+  width: int = 64
+  inner_steps: int = 1
+  inner_lr: float = 0.01
+  eval_inner_steps: Optional[int] = None
+  optimizer: optax.GradientTransformation = dataclasses.field(default_factory=lambda: optax.adam(1e-3))
+  task_strategy: TaskStrategy = "auto"
+
+  def __post_init__(self):
+    if len(self.x_shape) not in (1, 3):
+      raise ValueError(f"Setup: x_shape must be (features,) or (height, width, channels), got {self.x_shape}")
+
+  @property
+  def images(self) -> bool:
+    return len(self.x_shape) == 3
+
+  def example(self) -> jax.Array:
+    """A zero input batch ``(1, *x_shape)`` to initialise modules with."""
+    return jnp.zeros((1,) + tuple(self.x_shape))
+
+  def backbone(self, head: bool = True) -> Optional[nn.Module]:
+    """Conv4 (``ways`` logits, or features without ``head``) for images; the 40-40 MLP
+    for vectors (``None`` without ``head``: the input is its own feature vector)."""
+    if self.images:
+      return Conv4(num_classes=self.ways if head else None, width=self.width)
+    return MLP(hidden=(40, 40), out=self.ways or 1) if head else None
+
+  def task_loss(self) -> dict:
+    """``loss_fn``/``metrics_fn``: cross-entropy and accuracy, or MSE for regression."""
+    if self.ways is None:
+      return dict(loss_fn=losses.mse, metrics_fn=None)
+    return dict(loss_fn=losses.cross_entropy, metrics_fn=accuracy_metrics)
+
+
+class Entry(NamedTuple):
+  """A registered algorithm.
+
+  Attributes:
+    build: ``(setup, key) -> (MetaLearner, initial params)``.
+    inner_steps: trains with ``Setup.inner_steps`` inner updates.
+    eval_inner_steps: ``evaluate``/``predict`` accept an ``inner_steps`` override.
+    classification_only: needs ``Setup.ways``.
+    mean_of_task_grads: ``meta_step`` is one optimizer step on the mean of
+      independent per-task gradients (so a batch equals its tasks one by one under SGD).
+  """
+
+  build: Build
+  inner_steps: bool
+  eval_inner_steps: bool
+  classification_only: bool = False
+  mean_of_task_grads: bool = True
+
+
+REGISTRY: dict[str, Entry] = {}
+
+
+def register(name: str, build: Build, **flags: bool) -> None:
+  """Adds ``name`` to :data:`REGISTRY` (``flags`` are :class:`Entry` fields)."""
+  if name in REGISTRY:
+    raise ValueError(f"a learner named {name!r} is already registered")
+  REGISTRY[name] = Entry(build, **flags)
+
+
+def get(name: str) -> Entry:
+  """The :class:`Entry` of ``name``, or a ``ValueError`` listing the registered names."""
+  if name not in REGISTRY:
+    raise ValueError(f"unknown algorithm {name!r}; choose one of {sorted(REGISTRY)}")
+  return REGISTRY[name]
+
+
+def _gradient(factory: Callable[..., MetaLearner]) -> Build:
+  def build(setup: Setup, key: jax.Array) -> tuple[MetaLearner, PyTree]:
+    model = setup.backbone()
+    params, apply_fn = functional(model, model.init(key, setup.example()))
+    return factory(apply_fn, optimizer=setup.optimizer, inner_steps=setup.inner_steps, inner_lr=setup.inner_lr,
+                   eval_inner_steps=setup.eval_inner_steps, task_strategy=setup.task_strategy,
+                   **setup.task_loss()), params
+  return build
+
+
+def _metric(factory: Callable[..., MetaLearner]) -> Build:
+  """A Conv4 embedding (no head); Relation networks add an MLP relation module over
+  concatenated (class, query) embeddings."""
+
+  def build(setup: Setup, key: jax.Array) -> tuple[MetaLearner, PyTree]:
+    embed = Conv4(num_classes=None, width=setup.width)
+    k_embed, k_rel = jax.random.split(key)
+    x0 = setup.example()
+    params, embed_fn = functional(embed, embed.init(k_embed, x0))
+    common = dict(optimizer=setup.optimizer, task_strategy=setup.task_strategy)
+    if factory is not metric.relation:
+      return factory(embed_fn, setup.ways, **common), params
+    dim = embed_fn(params, x0).shape[-1]
+    relation = MLP(hidden=(8,), out=1)
+    rel_params, rel_fn = functional(relation, relation.init(k_rel, jnp.zeros((1, 2 * dim))))
+    return factory(embed_fn, rel_fn, setup.ways, **common), {"embed": params, "relation": rel_params}
+
+  return build
+
+
+def _black_box_rnn(setup: Setup, key: jax.Array) -> tuple[MetaLearner, PyTree]:
+  module = recurrent.BlackBoxRNN(out=setup.ways or 1, hidden=2 * setup.width if setup.ways else setup.width,
+                                 encoder=setup.backbone(head=False))
+  x0 = setup.example()
+  params, apply_fn = functional(module, module.init(jax.random.split(key)[0], x0, jnp.zeros((1, setup.ways or 1)), x0))
+  return recurrent.black_box_rnn(apply_fn, setup.ways, optimizer=setup.optimizer,
+                                 task_strategy=setup.task_strategy), params
+
+
+def _meta_lstm(setup: Setup, key: jax.Array) -> tuple[MetaLearner, PyTree]:
+  k_model, k_meta = jax.random.split(key)
+  model = setup.backbone()
+  params, apply_fn = functional(model, model.init(k_model, setup.example()))
+  cell = recurrent.MetaLSTMCell()
+  theta = ravel_pytree(params)[0]
+  cell_params = cell.init(k_meta, cell.initial_state(theta), theta, jnp.float32(0.0))["params"]
+  learner = recurrent.meta_lstm(apply_fn, cell, steps=setup.inner_steps, inner_loss_fn=setup.task_loss()["loss_fn"],
+                                ways=setup.ways, optimizer=setup.optimizer, task_strategy=setup.task_strategy)
+  return learner, {"learner": params, "meta_lstm": cell_params}
+
+
+def _learned_optimizer(setup: Setup, key: jax.Array) -> tuple[MetaLearner, PyTree]:
+  k_model, k_meta = jax.random.split(key)
+  model, x0 = setup.backbone(), setup.example()
+  _, apply_fn = functional(model, model.init(k_model, x0))
+  net = learned_opt.LSTMOptimizerNet()
+  learner = learned_opt.learned_optimizer(
+      net, apply_fn, lambda k: model.init(k, x0)["params"], loss_fn=setup.task_loss()["loss_fn"],
+      horizon=setup.inner_steps, truncation=setup.inner_steps, optimizer=setup.optimizer,
+      task_strategy=setup.task_strategy)
+  return learner, net.init_params(k_meta)
+
+
+for _name, _factory in (("maml", gradient.maml), ("fomaml", gradient.fomaml), ("meta-sgd", gradient.meta_sgd),
+                        ("anil", gradient.anil), ("maml++", gradient.maml_plus_plus), ("reptile", gradient.reptile)):
+  register(_name, _gradient(_factory), inner_steps=True, eval_inner_steps=True)
+for _name, _factory in (("protonet", metric.prototypical), ("matching", metric.matching),
+                        ("relation", metric.relation)):
+  register(_name, _metric(_factory), inner_steps=False, eval_inner_steps=False, classification_only=True)
+register("rnn", _black_box_rnn, inner_steps=False, eval_inner_steps=False)
+register("meta-lstm", _meta_lstm, inner_steps=True, eval_inner_steps=False)
+register("learned-opt", _learned_optimizer, inner_steps=True, eval_inner_steps=True, mean_of_task_grads=False)
