@@ -61,9 +61,9 @@ class LSTMOptimizerNet(nn.Module):
   output_scale: float = 0.1
 
   @nn.nowrap
-  def initial_carry(self, n: int) -> tuple:
+  def initial_carry(self, n: int, dtype: Any = jnp.float32) -> tuple:
     """Zero carries of every layer for ``n`` coordinates."""
-    return tuple(zero_carry(self.cell, self.hidden, n) for _ in range(self.layers))
+    return tuple(zero_carry(self.cell, self.hidden, n, dtype) for _ in range(self.layers))
 
   @nn.compact
   def __call__(self, carries: tuple, grad: Array) -> tuple[tuple, Array]:
@@ -90,12 +90,14 @@ def lstm_optimizer(net: LSTMOptimizerNet, net_params: PyTree) -> optax.GradientT
   """The learned optimizer as an Optax transformation (updates are added to the parameters)."""
 
   def init_fn(params: PyTree) -> LearnedOptimizerState:
-    return LearnedOptimizerState(net.initial_carry(ravel_pytree(params)[0].shape[0]))
+    flat = ravel_pytree(params)[0]
+    return LearnedOptimizerState(net.initial_carry(flat.shape[0], flat.dtype))
 
   def update_fn(updates: PyTree, state: LearnedOptimizerState, params: Optional[PyTree] = None):
     del params
     flat, unravel = ravel_pytree(updates)
     carries, step = net.apply({"params": net_params}, state.carries, flat)
+    carries = jax.tree.map(lambda new, old: new.astype(old.dtype), carries, state.carries)  # the parameters' dtype
     return unravel(step.astype(flat.dtype)), LearnedOptimizerState(carries)
 
   return optax.GradientTransformation(init_fn, update_fn)

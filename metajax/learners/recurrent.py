@@ -68,7 +68,8 @@ class BlackBoxRNN(nn.Module):
     support, query = encode(x_support), encode(x_query)
     previous = jnp.concatenate([jnp.zeros_like(y_support[:1]), y_support[:-1]], axis=0)
     rnn = nn.RNN(make_cell(self.cell, self.hidden), return_carry=True, name="rnn")
-    carry, _ = rnn(jnp.concatenate([support, previous], axis=-1)[None])
+    sequence = jnp.concatenate([support, previous], axis=-1)[None]
+    carry, _ = rnn(sequence, initial_carry=zero_carry(self.cell, self.hidden, 1, sequence.dtype))
     q = query.shape[0]
     carry = jax.tree.map(lambda c: jnp.broadcast_to(c, (q,) + c.shape[1:]), carry)
     last = jnp.broadcast_to(y_support[-1], (q, y_support.shape[-1]))
@@ -147,7 +148,7 @@ class MetaLSTMCell(nn.Module):
   def initial_state(self, theta: Array) -> MetaLSTMState:
     """The state before the first update, for flattened parameters ``theta (n,)``."""
     n = theta.shape[0]
-    return MetaLSTMState(zero_carry(self.cell, self.hidden, n), theta, jnp.zeros_like(theta),
+    return MetaLSTMState(zero_carry(self.cell, self.hidden, n, theta.dtype), theta, jnp.zeros_like(theta),
                          jnp.zeros_like(theta))
 
   @nn.compact
@@ -185,6 +186,7 @@ def meta_lstm_optimizer(cell: MetaLSTMCell, cell_params: PyTree) -> optax.Gradie
     grad, unravel = ravel_pytree(updates)
     theta = ravel_pytree(params)[0]
     new = cell.apply({"params": cell_params}, state._replace(theta=theta), grad, value)
+    new = jax.tree.map(lambda n, old: n.astype(old.dtype), new, state)  # the state keeps the parameters' dtype
     return unravel(new.theta - theta), new
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

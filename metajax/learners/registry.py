@@ -73,6 +73,10 @@ class Setup:
       return Conv4(num_classes=self.ways if head else None, width=self.width)
     return MLP(hidden=(40, 40), out=self.ways or 1) if head else None
 
+  def embedding(self) -> nn.Module:
+    """The metric learners' embedding: Conv4 features for images, a 40-40 MLP for vectors."""
+    return self.backbone(head=False) if self.images else MLP(hidden=(40,), out=40)
+
   def task_loss(self) -> dict:
     """``loss_fn``/``metrics_fn``: cross-entropy and accuracy, or MSE for regression."""
     if self.ways is None:
@@ -131,7 +135,7 @@ def _metric(factory: Callable[..., MetaLearner]) -> Build:
   concatenated (class, query) embeddings."""
 
   def build(setup: Setup, key: jax.Array) -> tuple[MetaLearner, PyTree]:
-    embed = Conv4(num_classes=None, width=setup.width)
+    embed = setup.embedding()
     k_embed, k_rel = jax.random.split(key)
     x0 = setup.example()
     params, embed_fn = functional(embed, embed.init(k_embed, x0))

@@ -27,9 +27,9 @@ def make_cell(kind: str, features: int, **kwargs: Any) -> nn.RNNCellBase:
   return CELLS[kind](features, **kwargs)
 
 
-def zero_carry(kind: str, features: int, batch: int) -> Any:
-  """The all-zero carry of a ``kind`` cell for ``batch`` rows."""
-  cell = make_cell(kind, features, parent=None)  # a detached helper, never a submodule
+def zero_carry(kind: str, features: int, batch: int, dtype: Any = jnp.float32) -> Any:
+  """The all-zero carry of a ``kind`` cell for ``batch`` rows, in ``dtype``."""
+  cell = make_cell(kind, features, parent=None, param_dtype=dtype)  # a detached helper, never a submodule
   return cell.initialize_carry(jax.random.PRNGKey(0), (batch, features))
 
 
