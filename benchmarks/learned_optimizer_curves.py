@@ -28,10 +28,10 @@ import optax  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from metajax import learned_optimizer as lo  # noqa: E402
 from metajax.core import losses  # noqa: E402
 from metajax.data import quadratic  # noqa: E402
-from metajax.maml import train_steps  # noqa: E402
+from metajax.core import train_steps  # noqa: E402
+from metajax.learners import learned_opt as lo  # noqa: E402
 
 GRID = (0.003, 0.01, 0.03, 0.1, 0.2, 0.3, 1.0)
 
@@ -49,8 +49,8 @@ def main() -> None:
   key = jax.random.PRNGKey(ns.seed)
   state = lo.init(config, net.init_params(key), key)
   t0 = time.perf_counter()
-  state, metrics = train_steps(state, config=config, sample_fn=functools.partial(quadratic.sample, num_tasks=16),
-                               num_steps=ns.meta_steps, step_fn=lo.meta_step)
+  state, metrics = train_steps(state, meta_step=functools.partial(lo.meta_step, config=config),
+                               sample_fn=functools.partial(quadratic.sample, num_tasks=16), num_steps=ns.meta_steps)
   jax.block_until_ready(state)
   meta_train_s = time.perf_counter() - t0
 

@@ -22,7 +22,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, save  # noqa: E402
 
 from metajax.core import mean_and_ci95  # noqa: E402
-from metajax.train import ALGORITHMS, TrainArgs, build, evaluate, train  # noqa: E402
+from metajax.harness.args import TrainArgs  # noqa: E402
+from metajax.harness.problem import build  # noqa: E402
+from metajax.harness.run import evaluate, train  # noqa: E402
+from metajax.learners import REGISTRY  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -33,7 +36,7 @@ class _BudgetSpent(Exception):
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--algo", default="maml", choices=sorted(ALGORITHMS))
+  parser.add_argument("--algo", default="maml", choices=sorted(REGISTRY))
   parser.add_argument("--ways", type=int, default=5)
   parser.add_argument("--shots", type=int, default=1)
   parser.add_argument("--queries", type=int, default=15)

@@ -48,7 +48,8 @@ def matmul_flops_per_s(n: int = 2048, repeats: int = 5) -> float:
 def accuracy_rows(steps: int, data_dir: str | None) -> list[dict]:
   """Omniglot 5w1s (paper settings) after ``steps`` meta-steps, second and first order."""
   from metajax.core import mean_and_ci95
-  from metajax.train import TrainArgs, evaluate, train
+  from metajax.harness.args import TrainArgs
+  from metajax.harness.run import evaluate, train
   rows = []
   for algo in ("maml", "fomaml"):
     args = TrainArgs(dataset="omniglot", data_dir=data_dir, algo=algo, steps=steps, chunk=max(1, steps // 4),

@@ -16,7 +16,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, save  # noqa: E402
 
 from metajax.core import mean_and_ci95  # noqa: E402
-from metajax.train import NonFiniteLoss, TrainArgs, evaluate, train  # noqa: E402
+from metajax.harness.args import TrainArgs  # noqa: E402
+from metajax.harness.run import NonFiniteLoss, evaluate, train  # noqa: E402
 
 # Inner steps in training, and the inner-step counts evaluated.
 SETUPS = {"maml": (1, (1, 10)), "meta-sgd": (1, (1,)), "maml++": (5, (5,))}

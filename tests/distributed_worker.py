@@ -34,7 +34,8 @@ def flat_params(state):
 
 def cli_losses():
   """``metajax train --devices all`` and ``--devices 1`` (same seed): their final eval losses."""
-  from metajax.train import TrainArgs, run
+  from metajax.harness.args import TrainArgs
+  from metajax.harness.run import run
   losses = {}
   for devices in ("all", "1"):
     args = TrainArgs(steps=4, chunk=2, meta_batch=8, eval_tasks=16, devices=devices)

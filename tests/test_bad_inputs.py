@@ -13,7 +13,7 @@ import pytest
 
 import metajax
 from metajax import maml
-from metajax.cli import main
+from metajax.harness.cli import main
 from metajax.core import adapt, mean_and_ci95
 from metajax.data import episodes, mini_imagenet, omniglot, sinusoid
 from tests.conftest import tiny_mlp
@@ -44,7 +44,7 @@ API_CASES = [
         {"w": jnp.ones(2)}, None, lambda p, _: jnp.sum(p["w"]), steps=1, lr={"v": 1.0}), ValueError, "`lr`"),
     ("tuple instead of Task", lambda tmp: _step(maml.MAMLConfig(_apply()), tuple(_batch())), TypeError,
      "expected a metajax Task"),
-    ("ANIL head that does not exist", lambda tmp: _step(maml.anil(_apply(), head="classifier"), _batch()),
+    ("ANIL head that does not exist", lambda tmp: _step(maml.MAMLConfig(_apply(), adapt_filter=lambda path: path.startswith("classifier")), _batch()),
      ValueError, "selects no parameter"),
     ("no tasks to sample", lambda tmp: sinusoid.sample(jax.random.PRNGKey(0), 0, 5, 5), ValueError,
      "num_tasks must be a positive int"),

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
-from metajax.cli import main
-from tests.test_data import SHARED, needs_shared
+from metajax.harness.cli import main
+from metajax.learners import REGISTRY
+from tests.test_data import SHARED
 
 
 def test_train_sinusoid_prints_an_evaluation_line_and_writes_metrics(tmp_path, capsys):
@@ -21,29 +23,32 @@ def test_train_sinusoid_prints_an_evaluation_line_and_writes_metrics(tmp_path, c
   assert summary["eval_loss"] < summary["eval_loss_before"]
 
 
-@needs_shared
-@pytest.mark.parametrize("algo", ["fomaml", "protonet", pytest.param("rnn", marks=pytest.mark.slow),
-                                  pytest.param("meta-lstm", marks=pytest.mark.slow)])
-def test_train_omniglot_small(algo, tmp_path, capsys, monkeypatch):
+def _tiny_run(algo: str, tmp_path, monkeypatch) -> list[str]:
+  """``metajax train`` options for a run of ``algo`` that takes seconds: sinusoid, or for
+  classifiers Omniglot's small background sets at width 8."""
+  if not REGISTRY[algo].classification_only:
+    return ["--algo", algo, "--chunk", "2", "--meta-batch", "4", "--inner-steps", "2", "--eval-tasks", "20"]
+  if not (SHARED / "omniglot").is_dir():
+    pytest.skip(f"{algo} needs Omniglot under {SHARED} (set METAJAX_TEST_DATA)")
   monkeypatch.setenv("METAJAX_CACHE", str(tmp_path / "cache"))
-  code = main(["train", "--dataset", "omniglot", "--data-dir", str(SHARED), "--train-split",
-               "background_small1", "--eval-split", "background_small2", "--width", "8",
-               "--steps", "4", "--chunk", "2", "--meta-batch", "2", "--queries", "2",
-               "--eval-queries", "2", "--eval-tasks", "6", "--algo", algo])
-  assert code == 0
-  out = capsys.readouterr().out
-  assert "5-way 1-shot" in out and "after 4 meta-steps: accuracy" in out
-  assert ("inner step" in out) == (algo in ("fomaml", "meta-lstm"))  # the others adapt without steps
+  return ["--algo", algo, "--dataset", "omniglot", "--data-dir", str(SHARED), "--train-split", "background_small1",
+          "--eval-split", "background_small2", "--width", "8", "--chunk", "2", "--meta-batch", "2",
+          "--queries", "2", "--eval-queries", "2", "--eval-tasks", "6"]
 
 
-@pytest.mark.parametrize("algo", ["rnn", "meta-lstm", "learned-opt"])
-def test_train_sinusoid_with_recurrent_learners_resumes_and_evaluates(algo, tmp_path, capsys):
-  common = ["train", "--algo", algo, "--chunk", "2", "--meta-batch", "4", "--inner-steps", "2",
-            "--eval-tasks", "20", "--out-dir", str(tmp_path)]
+@pytest.mark.parametrize("algo", sorted(REGISTRY))
+def test_every_algorithm_trains_resumes_plots_and_evaluates(algo, tmp_path, capsys, monkeypatch):
+  run_dir = tmp_path / "run"
+  common = ["train", *_tiny_run(algo, tmp_path, monkeypatch), "--out-dir", str(run_dir)]
   assert main(common + ["--steps", "2"]) == 0
   assert main(common + ["--steps", "4", "--resume"]) == 0
   out = capsys.readouterr().out
-  assert "after 4 meta-steps: MSE" in out
-  summary = json.loads((tmp_path / "summary.json").read_text())
-  assert summary["steps"] == 4 and summary["eval_loss"] > 0
-  assert main(["eval", str(tmp_path), "--eval-tasks", "10"]) == 0
+  assert "after 4 meta-steps: " + ("accuracy" if REGISTRY[algo].classification_only else "MSE") in out
+  assert ("inner step" in out) == REGISTRY[algo].inner_steps
+  summary = json.loads((run_dir / "summary.json").read_text())
+  assert summary["steps"] == 4 and summary["algo"] == algo and np.isfinite(summary["eval_loss"])
+  assert main(["plot", str(run_dir), "--width", "300", "--height", "200"]) == 0
+  written = capsys.readouterr().out
+  assert "curves.png" in written and ("sinusoid.png" in written) == (not REGISTRY[algo].classification_only)
+  assert main(["eval", str(run_dir), "--eval-tasks", "10"]) == 0
+  assert "eval on 10 new" in capsys.readouterr().out

@@ -13,15 +13,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from metajax import checkpoint
-from metajax.cli import main
-from metajax.train import TrainArgs, build, load_run
+from metajax.harness import checkpoint
+from metajax.harness.cli import main
+from metajax.harness.args import TrainArgs
+from metajax.harness.problem import build
+from metajax.harness.run import load_run
 
 TRAIN = ["train", "--steps", "6000", "--chunk", "200", "--eval-tasks", "20"]
 
 
 def _cli(args, **kw):
-  return subprocess.Popen([sys.executable, "-m", "metajax.cli", *args], stdout=subprocess.PIPE,
+  return subprocess.Popen([sys.executable, "-m", "metajax", *args], stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, **kw)
 
 

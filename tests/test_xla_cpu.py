@@ -34,6 +34,6 @@ def test_an_explicit_choice_in_xla_flags_wins(monkeypatch):
 
 
 def test_importing_the_cli_starts_no_backend_so_its_flag_applies():
-  code = "import metajax.cli; from jax._src import xla_bridge; print(xla_bridge.backends_are_initialized())"
+  code = "import metajax.harness.cli; from jax._src import xla_bridge; print(xla_bridge.backends_are_initialized())"
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   assert out.stdout.strip() == "False"
