@@ -30,3 +30,11 @@ def mlp(key):
 @pytest.fixture
 def batch(key):
   return sinusoid.sample(jax.random.fold_in(key, 1), num_tasks=4, shots=5, queries=6)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+  """Drops JAX's compiled programs after each test module: the suite compiles hundreds of
+  programs, and none is reused across modules."""
+  yield
+  jax.clear_caches()

@@ -86,6 +86,13 @@ def _close(a, b, rtol=2e-4, atol=1e-5):
   chex.assert_trees_all_close(a, b, rtol=rtol, atol=atol)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _forget_learners():
+  yield
+  for cached in (_built, _jitted):
+    cached.cache_clear()
+
+
 @pytest.fixture(autouse=True)
 def _fresh_trace_counters():
   chex.clear_trace_counter()  # counters are kept per function code, shared by every learner

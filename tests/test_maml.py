@@ -35,7 +35,10 @@ def _close(a, b, rtol=1e-5, atol=1e-6):
   chex.assert_trees_all_close(a, b, rtol=rtol, atol=atol)
 
 
-@pytest.mark.parametrize("name", list(VARIANTS))
+SLOW = pytest.mark.slow  # the conformance suite runs every variant's strategies and learning curve by default
+
+
+@pytest.mark.parametrize("name", [n if n in ("maml", "maml++") else pytest.param(n, marks=SLOW) for n in VARIANTS])
 def test_strategies_equal_a_python_loop_over_tasks(name, mlp, batch, key):
   params, apply_fn = mlp
   config = _config(name, apply_fn)
@@ -86,7 +89,8 @@ def test_msl_weights_anneal_to_the_last_step(mlp):
   np.testing.assert_allclose(maml.msl_weights(config, jnp.array(5)).sum(), 1.0, rtol=1e-6)
 
 
-@pytest.mark.parametrize("name", list(VARIANTS) + ["reptile"])
+@pytest.mark.parametrize("name", [n if n in ("maml", "reptile") else pytest.param(n, marks=SLOW)
+                                  for n in list(VARIANTS) + ["reptile"]])
 def test_every_variant_learns_to_adapt(name, key):
   from tests.conftest import tiny_mlp
   params, apply_fn = tiny_mlp(key, hidden=(40, 40))

@@ -112,7 +112,8 @@ def test_bad_ways_is_named():
 
 
 @needs_shared
-@pytest.mark.parametrize("name", ["protonet", "matching", "relation"])
+@pytest.mark.parametrize("name", ["protonet", pytest.param("matching", marks=pytest.mark.slow),
+                                  pytest.param("relation", marks=pytest.mark.slow)])
 def test_each_learner_beats_its_initialisation_on_held_out_omniglot(name, tmp_path):
   train = jnp.asarray(omniglot.load("background_small1", SHARED, cache_dir=tmp_path).images)
   test = jnp.asarray(omniglot.load("background_small2", SHARED, cache_dir=tmp_path).images[:96 * 4])

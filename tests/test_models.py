@@ -49,7 +49,7 @@ def test_max_pool_routes_ties_and_nans_to_the_first_argmax():
 
 
 @pytest.mark.parametrize("order", ["first", "second"])
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow)])
 def test_conv4_gradients_under_jit_of_vmap_and_map_equal_eager(order, seed):
   """The max-pool after BatchNorm: jit(vmap(grad)) and jit(lax.map(grad)) equal an eager reference."""
   key = jax.random.PRNGKey(seed)
@@ -166,6 +166,7 @@ def test_conv4_maml_with_batchnorm_strategies_agree(key):
   chex.assert_trees_all_close(results[0], results[2], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow  # 40 s on 2 cores; Conv4's conv path is the same layer and is tested by default
 def test_resnet12_shapes_and_second_order_gradients(key):
   model = metajax.models.ResNet12(num_classes=5, widths=(4, 6, 8, 8))
   x = jax.random.normal(key, (5, 16, 16, 3))

@@ -104,7 +104,7 @@ def test_meta_lstm_first_order_differs_from_second_order(batch, key):
   assert not np.allclose(ravel_pytree(first)[0], ravel_pytree(second)[0], rtol=1e-3)
 
 
-@pytest.mark.parametrize("which", ["black_box", "meta_lstm"])
+@pytest.mark.parametrize("which", ["black_box", pytest.param("meta_lstm", marks=pytest.mark.slow)])
 def test_recurrent_learners_beat_their_initialisation_on_held_out_sinusoids(which, key):
   if which == "black_box":
     learner, state = _black_box(key, hidden=64, optimizer=optax.adam(1e-2))

@@ -8,6 +8,7 @@ of pure functions over one :class:`~metajax.core.MetaState` pytree and a
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -51,6 +52,17 @@ class MetaLearner(NamedTuple):
   meta_step: Callable[[MetaState, Task], tuple[MetaState, dict]]
   evaluate: Callable[..., dict]
   predict: Callable[..., Array]
+
+
+def bind(config: Any, init: Callable[..., MetaState], meta_step: Callable[..., tuple],
+         evaluate: Callable[..., dict], predict: Callable[..., Array]) -> MetaLearner:
+  """The :class:`MetaLearner` of functions written for research code, that take the static
+  configuration as ``config=`` (and ``init(config, params, key)``), with ``config`` bound."""
+  return MetaLearner(
+      init=lambda key, params: init(config, params, key),
+      meta_step=functools.partial(meta_step, config=config),
+      evaluate=functools.partial(evaluate, config=config),
+      predict=functools.partial(predict, config=config))
 
 
 def check_metrics(metrics: dict, who: str) -> dict:

@@ -3,18 +3,16 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from metajax.core.tasks import Task
-from metajax.core.validate import check_positive_int
+from metajax.core.validate import check_nonnegative_int, check_positive_int
 
 
 def check_episode_shape(num_classes: int, num_examples: int, ways: int, shots: int, queries: int) -> None:
   """Raises ``ValueError`` naming the problem when episodes cannot be drawn."""
   for name, value in (("ways", ways), ("shots", shots)):
     check_positive_int(value, name)
-  if not isinstance(queries, (int, np.integer)) or queries < 0:
-    raise ValueError(f"queries must be a non-negative integer, got {queries!r}")
+  check_nonnegative_int(queries, "queries")
   if ways > num_classes:
     raise ValueError(f"ways={ways} exceeds the {num_classes} classes available")
   if shots + queries > num_examples:

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Literal, Optional
 
 from metajax.core.meta import TASK_STRATEGIES, TaskStrategy
-from metajax.core.validate import check_positive_int
+from metajax.core.validate import check_finite_number, check_nonnegative_int, check_positive_int
 from metajax.learners import registry
 
 Dataset = Literal["sinusoid", "omniglot"]
@@ -70,16 +69,13 @@ class TrainArgs:
                  "eval_queries", "chunk", "width", "checkpoint_every", "keep_checkpoints", "val_tasks") + \
         (("eval_inner_steps",) if self.eval_inner_steps is not None else ()):
       check_positive_int(getattr(self, name), f"--{name.replace('_', '-')}")
-    if isinstance(self.val_every, bool) or not isinstance(self.val_every, int) or self.val_every < 0:
-      raise ValueError(f"--val-every must be a non-negative integer, got {self.val_every!r}")
+    check_nonnegative_int(self.val_every, "--val-every")
     if self.devices != "all" and not (self.devices.isdigit() and int(self.devices) >= 1):
       raise ValueError(f"--devices must be 'all' or a positive integer, got {self.devices!r}")
     if self.resume and not self.out_dir:
       raise ValueError("--resume needs the --out-dir of the run to continue")
     for name in ("inner_lr", "outer_lr") + (("clip_grad_norm",) if self.clip_grad_norm is not None else ()):
-      value = getattr(self, name)
-      if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"--{name.replace('_', '-')} must be a positive finite number, got {value!r}")
+      check_finite_number(getattr(self, name), f"--{name.replace('_', '-')}", positive=True)
 
 
 # Options that may differ between a run and its resumption (everything else must match).

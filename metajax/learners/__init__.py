@@ -44,5 +44,5 @@ __all__ = [
     "LearnedOptimizerConfig", "LearnerConfig", "MAMLConfig", "REGISTRY", "ReptileConfig", "Setup", "anil",
     "black_box_rnn", "fomaml", "forward", "gradient", "learned_opt", "learned_optimizer", "lstm_optimizer", "maml",
     "maml_plus_plus", "matching", "meta_lstm", "meta_lstm_optimizer", "meta_sgd", "metric", "prototypical",
-    "recurrent", "register", "registry", "reptile",
+    "recurrent", "register", "registry", "relation", "reptile",
 ]

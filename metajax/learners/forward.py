@@ -9,7 +9,6 @@ a :class:`~metajax.core.MetaLearner`; it is also the quickest way to add one.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Callable, Optional
 
 import jax
@@ -19,7 +18,7 @@ from metajax.core import losses
 from metajax.core.meta import MetaState, TaskStrategy, apply_outer_update, initial_state, map_tasks
 from metajax.core.meta import mean_task_grads
 from metajax.core.meta import resolve_strategy
-from metajax.core.protocol import MetaLearner, reject_inner_steps
+from metajax.core.protocol import MetaLearner, bind, reject_inner_steps
 from metajax.core.tasks import Task, check_task
 
 PyTree = Any
@@ -115,8 +114,4 @@ def learner(config: LearnerConfig) -> MetaLearner:
   """The :class:`~metajax.core.MetaLearner` of a :class:`LearnerConfig`."""
   if not isinstance(config, LearnerConfig):
     raise TypeError(f"learner: expected a LearnerConfig, got {type(config).__name__}")
-  return MetaLearner(
-      init=lambda key, params: init(config, params, key),
-      meta_step=functools.partial(meta_step, config=config),
-      evaluate=functools.partial(evaluate, config=config),
-      predict=functools.partial(predict, config=config))
+  return bind(config, init, meta_step, evaluate, predict)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Any, Callable, Literal, Optional
 
 import jax
@@ -33,10 +32,10 @@ from metajax.core.adapt import AdaptInfo, adapt
 from metajax.core.meta import MetaState, TaskStrategy, apply_outer_update, initial_state, map_tasks
 from metajax.core.meta import mean_task_grads
 from metajax.core.meta import resolve_strategy
-from metajax.core.protocol import MetaLearner
+from metajax.core.protocol import MetaLearner, bind
 from metajax.core.tasks import Task, check_task
 from metajax.core.tree import mask_from_filter
-from metajax.core.validate import check_positive_int
+from metajax.core.validate import check_finite_number, check_nonnegative_int, check_positive_int
 
 PyTree = Any
 Array = jax.Array
@@ -92,8 +91,7 @@ class InnerLoopConfig:
     check_positive_int(self.inner_steps, f"{who}: inner_steps")
     if self.eval_inner_steps is not None:
       check_positive_int(self.eval_inner_steps, f"{who}: eval_inner_steps")
-    if not isinstance(self.inner_lr, (int, float)) or not math.isfinite(self.inner_lr) or self.inner_lr < 0:
-      raise ValueError(f"{who}: inner_lr must be a finite number >= 0, got {self.inner_lr!r}")
+    check_finite_number(self.inner_lr, f"{who}: inner_lr")
     if not isinstance(self.optimizer, optax.GradientTransformation):
       raise TypeError(f"{who}: optimizer must be an optax.GradientTransformation")
     if self.inner_optimizer is not None and not isinstance(self.inner_optimizer, optax.GradientTransformation):
@@ -136,9 +134,7 @@ class MAMLConfig(InnerLoopConfig):
     if self.inner_lr_mode not in INNER_LR_MODES:
       raise ValueError(
           f"MAMLConfig: unknown inner_lr_mode {self.inner_lr_mode!r}; choose one of {INNER_LR_MODES}")
-    if isinstance(self.msl_anneal_steps, bool) or not isinstance(self.msl_anneal_steps, int) \
-        or self.msl_anneal_steps < 0:
-      raise ValueError(f"MAMLConfig: msl_anneal_steps must be an integer >= 0, got {self.msl_anneal_steps!r}")
+    check_nonnegative_int(self.msl_anneal_steps, "MAMLConfig: msl_anneal_steps")
     if self.inner_optimizer is not None and self.inner_lr_mode != "fixed":
       raise ValueError("MAMLConfig: inner_optimizer sets the inner step; it needs inner_lr_mode='fixed'")
 
@@ -359,11 +355,7 @@ def learner(config: InnerLoopConfig) -> MetaLearner:
   step = reptile_step if isinstance(config, ReptileConfig) else meta_step
   if not isinstance(config, (MAMLConfig, ReptileConfig)):
     raise TypeError(f"learner: expected a MAMLConfig or ReptileConfig, got {type(config).__name__}")
-  return MetaLearner(
-      init=lambda key, params: init(config, params, key),
-      meta_step=functools.partial(step, config=config),
-      evaluate=functools.partial(evaluate, config=config),
-      predict=functools.partial(predict, config=config))
+  return bind(config, init, step, evaluate, predict)
 
 
 def maml(apply_fn: ApplyFn, **kwargs: Any) -> MetaLearner:

@@ -20,7 +20,6 @@ optimizee's gradients are net inputs without second derivatives (``first_order=T
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Callable, NamedTuple, Optional
 
 import flax.linen as nn
@@ -33,10 +32,10 @@ from metajax.core import losses
 from metajax.core.adapt import adapt
 from metajax.core.meta import MetaState, TaskStrategy, apply_outer_update, initial_state, map_tasks
 from metajax.core.meta import resolve_strategy
-from metajax.core.protocol import MetaLearner
+from metajax.core.protocol import MetaLearner, bind
 from metajax.core.tasks import Task, check_task, num_tasks
 from metajax.core.validate import check_positive_int
-from metajax.models.recurrent import log_sign, make_cell, zero_carry
+from metajax.models.recurrent import CellKind, log_sign, make_cell, zero_carry
 
 __all__ = ["LSTMOptimizerNet", "LearnedOptimizerConfig", "LearnedOptimizerState", "evaluate", "init",
            "learned_optimizer", "lstm_optimizer", "meta_step", "optimize", "predict"]
@@ -57,7 +56,7 @@ class LSTMOptimizerNet(nn.Module):
 
   hidden: int = 20
   layers: int = 2
-  cell: str = "lstm"
+  cell: CellKind = "lstm"
   output_scale: float = 0.1
 
   @nn.nowrap
@@ -257,9 +256,4 @@ def learned_optimizer(net: LSTMOptimizerNet, apply_fn: Callable[[PyTree, Array],
                       init_fn: Callable[[Array], PyTree], **kwargs: Any) -> MetaLearner:
   """The learned LSTM optimizer's meta-training as a :class:`~metajax.core.MetaLearner`
   (``init(key, net_params)``); ``kwargs`` are :class:`LearnedOptimizerConfig` fields."""
-  config = LearnedOptimizerConfig(net, apply_fn, init_fn, **kwargs)
-  return MetaLearner(
-      init=lambda key, params: init(config, params, key),
-      meta_step=functools.partial(meta_step, config=config),
-      evaluate=functools.partial(evaluate, config=config),
-      predict=functools.partial(predict, config=config))
+  return bind(LearnedOptimizerConfig(net, apply_fn, init_fn, **kwargs), init, meta_step, evaluate, predict)

@@ -33,7 +33,7 @@ from metajax.core.protocol import MetaLearner
 from metajax.core.tasks import Task
 from metajax.core.validate import check_positive_int
 from metajax.learners.forward import LearnerConfig, check_ways, learner
-from metajax.models.recurrent import log_sign, make_cell, zero_carry
+from metajax.models.recurrent import CellKind, log_sign, make_cell, zero_carry
 
 __all__ = ["BlackBoxRNN", "MetaLSTMCell", "MetaLSTMState", "black_box_rnn", "meta_lstm", "meta_lstm_optimizer"]
 
@@ -59,7 +59,7 @@ class BlackBoxRNN(nn.Module):
 
   out: int
   hidden: int = 128
-  cell: str = "lstm"
+  cell: CellKind = "lstm"
   encoder: Optional[nn.Module] = None
 
   @nn.compact
@@ -142,7 +142,7 @@ class MetaLSTMCell(nn.Module):
   """
 
   hidden: int = 20
-  cell: str = "lstm"
+  cell: CellKind = "lstm"
 
   @nn.nowrap
   def initial_state(self, theta: Array) -> MetaLSTMState:

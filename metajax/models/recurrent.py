@@ -2,7 +2,7 @@
 the log-magnitude/sign preprocessing of gradients and losses."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax
@@ -12,6 +12,7 @@ from metajax.core.validate import check_positive_int
 
 Array = jax.Array
 
+CellKind = Literal["lstm", "optimized_lstm", "gru"]
 CELLS: dict[str, type[nn.RNNCellBase]] = {
     "lstm": nn.LSTMCell,
     "optimized_lstm": nn.OptimizedLSTMCell,
@@ -19,7 +20,7 @@ CELLS: dict[str, type[nn.RNNCellBase]] = {
 }
 
 
-def make_cell(kind: str, features: int, **kwargs: Any) -> nn.RNNCellBase:
+def make_cell(kind: CellKind, features: int, **kwargs: Any) -> nn.RNNCellBase:
   """A Flax RNN cell by name (``"lstm"``, ``"optimized_lstm"`` or ``"gru"``)."""
   if kind not in CELLS:
     raise ValueError(f"unknown cell {kind!r}; choose one of {sorted(CELLS)}")
@@ -27,7 +28,7 @@ def make_cell(kind: str, features: int, **kwargs: Any) -> nn.RNNCellBase:
   return CELLS[kind](features, **kwargs)
 
 
-def zero_carry(kind: str, features: int, batch: int, dtype: Any = jnp.float32) -> Any:
+def zero_carry(kind: CellKind, features: int, batch: int, dtype: Any = jnp.float32) -> Any:
   """The all-zero carry of a ``kind`` cell for ``batch`` rows, in ``dtype``."""
   cell = make_cell(kind, features, parent=None, param_dtype=dtype)  # a detached helper, never a submodule
   return cell.initialize_carry(jax.random.PRNGKey(0), (batch, features))
