@@ -13,7 +13,9 @@ import pytest
 
 import metajax
 from metajax import maml
+from metajax.harness import checkpoint
 from metajax.harness.cli import main
+from metajax.harness.run import load_run
 from metajax.core import adapt, mean_and_ci95
 from metajax.data import episodes, mini_imagenet, omniglot, sinusoid
 from tests.conftest import tiny_mlp
@@ -106,6 +108,9 @@ CLI_CASES = [
     (["train", "--steps", "0"], "--steps must be a positive integer"),
     (["train", "--inner-lr", "nan"], "--inner-lr must be a positive finite number"),
     (["train", "--outer-lr", "-1"], "--outer-lr must be a positive finite number"),
+    (["train", "--outer-lr", "-1e-3"], "--outer-lr must be a positive finite number, got -0.001"),
+    (["train", "--inner-lr", "-2.5E+1"], "--inner-lr must be a positive finite number"),
+    (["train", "--steps", "-3"], "--steps must be a positive integer"),
     (["train", "--shots", "-3"], "--shots must be a positive integer"),
     (["train", "--ways", "0"], "--ways must be a positive integer"),
     (["train", "--val-every", "-1"], "--val-every must be a non-negative integer"),
@@ -114,6 +119,8 @@ CLI_CASES = [
     (["train", "--algo", "protonet"], "protonet is a classifier; use it with --dataset omniglot"),
     (["train", "--dataset", "omniglot", "--data-dir", "/nonexistent/data"], "does not exist"),
     (["eval", "/nonexistent/run"], "does not exist"),
+    (["train", "--algo", "rnn", "--eval-inner-steps", "3"], "rnn evaluates without a configurable number of inner steps"),
+    (["train", "--algo", "imaml"], "invalid choice: 'imaml'"),
 ]
 
 
@@ -230,3 +237,48 @@ def test_catalogue_is_at_least_25_entries():
   others = [n for n in dir(sys.modules[__name__]) if n.startswith("test_") and n not in (
       "test_python_api_and_loaders", "test_cli_options", "test_catalogue_is_at_least_25_entries")]
   assert len(API_CASES) + len(LOADER_CASES) + len(CLI_CASES) + len(others) >= 25
+
+
+def _largest_file(step_dir: Path) -> Path:
+  return max((p for p in step_dir.rglob("*") if p.is_file() and p.name != checkpoint.RECORD),
+             key=lambda p: p.stat().st_size)
+
+
+def _overwrite_bytes(path: Path) -> None:
+  data = bytearray(path.read_bytes())
+  data[len(data) // 2: len(data) // 2 + 64] = bytes(64)
+  path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage,message", [
+    (_overwrite_bytes, "does not match its SHA-256 digest"),
+    (lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]), "does not match its SHA-256 digest"),
+    (lambda p: p.unlink(), "is missing"),
+], ids=["overwritten bytes", "truncated", "deleted file"])
+def test_damaged_checkpoint_is_named_on_eval_and_resume_falls_back(damage, message, saved_run, tmp_path, capsys):
+  run_dir = _copy(saved_run, tmp_path / "run")
+  damaged = _largest_file(run_dir / "checkpoints" / "20")
+  damage(damaged)
+  name = damaged.relative_to(run_dir / "checkpoints" / "20").as_posix()
+  _cli_error(["eval", run_dir], f"checkpoint {run_dir.resolve()}/checkpoints/20 cannot be restored: file {name} "
+             + message, capsys)
+  summary = (run_dir / "summary.json").read_bytes()
+  assert main(["train", "--steps", "30", "--chunk", "10", "--eval-tasks", "5", "--out-dir", str(run_dir),
+               "--resume"]) == 0
+  err = capsys.readouterr().err
+  assert "resuming from checkpoint 10 instead" in err and message in err
+  assert (run_dir / "checkpoints" / "20.unusable").is_dir()  # kept for inspection
+  _, _, state = load_run(run_dir)
+  assert int(state.step) == 30
+  assert summary != (run_dir / "summary.json").read_bytes()  # the resumed run wrote its own
+
+
+def test_checkpoints_swapped_between_runs_are_refused(saved_run, tmp_path, capsys):
+  other = tmp_path / "other"
+  assert main(["train", "--steps", "20", "--chunk", "10", "--eval-tasks", "5", "--seed", "1",
+               "--out-dir", str(other)]) == 0
+  run_dir = _copy(saved_run, tmp_path / "run")
+  import shutil
+  shutil.rmtree(run_dir / "checkpoints" / "20")
+  shutil.copytree(other / "checkpoints" / "20", run_dir / "checkpoints" / "20")
+  _cli_error(["eval", run_dir], "written by a run with other settings", capsys)

@@ -15,8 +15,6 @@ from PIL import Image
 
 from metajax.harness import checkpoint
 from metajax.harness.cli import main
-from metajax.harness.args import TrainArgs
-from metajax.harness.problem import build
 from metajax.harness.run import load_run
 
 TRAIN = ["train", "--steps", "6000", "--chunk", "200", "--eval-tasks", "20"]
@@ -80,8 +78,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
   bad_step = int(err.split("meta-step ")[1].split(";")[0])
   last = checkpoint.manager(run_dir / "checkpoints", create=False).latest_step()
   assert last is not None and last == bad_step - 1
-  state = checkpoint.restore(checkpoint.manager(run_dir / "checkpoints", create=False),
-                             build(TrainArgs(outer_lr=1e3)).state)
+  _, _, state = load_run(run_dir)
   assert all(np.isfinite(np.asarray(x)).all() for x in __import__("jax").tree.leaves(state.meta_params))
 
 
@@ -98,9 +95,29 @@ def test_plot_writes_pngs_of_the_requested_size(tmp_path, size):
       assert img.size == size
 
 
-def test_eval_command_reports_the_saved_run(tmp_path, capsys):
+def test_eval_command_reports_the_saved_run_beside_its_training_summary(tmp_path, capsys):
   run_dir = tmp_path / "run"
   assert main(["train", "--steps", "300", "--chunk", "100", "--eval-tasks", "10", "--out-dir", str(run_dir)]) == 0
   capsys.readouterr()
-  assert main(["eval", str(run_dir), "--eval-tasks", "30"]) == 0
-  assert "eval on 30 new sinusoid tasks" in capsys.readouterr().out
+  summary = (run_dir / "summary.json").read_text()
+  assert "train_time_s" in summary
+  assert main(["eval", str(run_dir), "--eval-tasks", "30", "--eval-inner-steps", "3"]) == 0
+  assert "eval on 30 new sinusoid tasks (10-shot, 3 inner step(s))" in capsys.readouterr().out
+  assert (run_dir / "summary.json").read_text() == summary  # the training summary is never overwritten
+  written = json.loads((run_dir / "eval-300-30tasks-100queries-3inner.json").read_text())
+  assert written["eval_tasks"] == 30 and written["eval_inner_steps"] == 3 and written["steps"] == 300
+  assert {"eval_loss", "eval_loss_ci95", "eval_loss_median", "eval_diverged_tasks"} <= set(written)
+
+
+def test_diverged_tasks_are_counted_and_the_median_reported():
+  from metajax.harness.run import DIVERGENCE_FACTOR, summarize
+  before = np.full(1000, 3.0)
+  after = np.full(1000, 0.05)
+  after[7], after[8] = 3.8e24, np.nan
+  summary = summarize({"loss": after, "loss_before": before})
+  assert summary["eval_diverged_tasks"] == 2
+  assert summary["eval_divergence_threshold"] == DIVERGENCE_FACTOR * 3.0
+  assert not np.isfinite(summary["eval_loss"]) or summary["eval_loss"] > 1e20
+  assert summary["eval_loss_before_median"] == 3.0
+  healthy = summarize({"loss": np.full(10, 0.05), "loss_before": np.full(10, 3.0)})
+  assert healthy["eval_diverged_tasks"] == 0 and healthy["eval_loss_median"] == 0.05

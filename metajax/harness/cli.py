@@ -17,7 +17,8 @@ from metajax.core.meta import TASK_STRATEGIES
 from metajax.core.xla_cpu import use_fast_cpu_convolutions
 from metajax.harness.args import DATASET_DEFAULTS, TrainArgs
 from metajax.harness.checkpoint import CheckpointError
-from metajax.harness.run import Interrupted, NonFiniteLoss, load_run, read_run_file, report, run
+from metajax.harness.run import (Interrupted, NonFiniteLoss, eval_file_name, load_run, read_run_file, report,
+                                 run)
 from metajax.learners.registry import REGISTRY
 
 HELP = {
@@ -97,8 +98,9 @@ def _main(ns: argparse.Namespace) -> None:
     run(TrainArgs(**{k: v for k, v in vars(ns).items() if k != "command"}))
   elif ns.command == "eval":
     args, problem, state = load_run(_run_dir(ns.run_dir), eval_tasks=ns.eval_tasks,
-                                    eval_inner_steps=ns.eval_inner_steps, data_dir=ns.data_dir)
-    report(args, problem, state)
+                                    eval_inner_steps=ns.eval_inner_steps, data_dir=ns.data_dir,
+                                    out_dir=ns.run_dir)
+    report(args, problem, state, out_name=eval_file_name(args, int(state.step), problem.entry.inner_steps))
   else:
     from metajax.harness import plots
     run_dir = _run_dir(ns.run_dir)
@@ -107,10 +109,33 @@ def _main(ns: argparse.Namespace) -> None:
       print("wrote", plots.sinusoid_adaptation(run_dir, ns.width, ns.height))
 
 
+def _attach_negative_numbers(argv: Sequence[str]) -> list[str]:
+  """``--opt -1e-3`` -> ``--opt=-1e-3``: argparse takes a negative number in exponent notation for an
+  option and reports ``expected one argument``; attached, the value reaches its own check."""
+  out: list[str] = []
+  for token in argv:
+    if out and out[-1].startswith("--") and "=" not in out[-1] and token.startswith("-") and _is_number(token):
+      out[-1] = f"{out[-1]}={token}"
+    else:
+      out.append(token)
+  return out
+
+
+def _is_number(token: str) -> bool:
+  try:
+    float(token)
+  except ValueError:
+    return False
+  return True
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """Entry point; returns the exit code (2 for user errors, 130 when interrupted)."""
   use_fast_cpu_convolutions(warn=False)  # before the first JAX computation of the process
-  ns = _parser().parse_args(argv)
+  try:
+    ns = _parser().parse_args(_attach_negative_numbers(sys.argv[1:] if argv is None else argv))
+  except SystemExit as done:  # argparse has printed its usage line, or --help
+    return int(done.code or 0)
   try:
     _main(ns)
   except Interrupted as stop:

@@ -4,9 +4,11 @@ and a final evaluation on new tasks with a 95% confidence interval."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -80,6 +82,12 @@ def read_run_file(run_dir: Path) -> dict:
     raise ValueError(f"{run_file} is not valid JSON ({err})") from err
 
 
+def fingerprint(args: TrainArgs) -> str:
+  """A digest of the settings a run's checkpoints depend on (all but ``RESUMABLE_CHANGES``)."""
+  fixed = {k: v for k, v in dataclasses.asdict(args).items() if k not in RESUMABLE_CHANGES}
+  return hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def _prepare_run_dir(args: TrainArgs) -> Optional[Path]:
   """Creates or checks the run directory; refuses to overwrite a run unless resuming."""
   if not args.out_dir:
@@ -134,7 +142,7 @@ def train(args: TrainArgs, problem: Optional[Problem] = None,
   if out is not None:
     mngr = checkpoint.manager(out / "checkpoints", max_to_keep=args.keep_checkpoints)
     if args.resume:
-      state = checkpoint.restore(mngr, state)
+      state = checkpoint.restore_newest_intact(mngr, state, fingerprint(args), log=lambda line: tqdm.write(line, file=sys.stderr))
       _truncate_metrics(out / "metrics.jsonl", int(state.step))
   mesh = None
   if args.devices != "1":
@@ -171,7 +179,7 @@ def train(args: TrainArgs, problem: Optional[Problem] = None,
           metrics_file.write(json.dumps(record) + "\n")
           metrics_file.flush()
         if mngr is not None and (chunks % args.checkpoint_every == 0 or done == args.steps):
-          checkpoint.save(mngr, state)
+          checkpoint.save(mngr, state, fingerprint(args))
         bar.set_postfix({k: f"{record[k]:.4f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy")
                          if k in record})
         bar.update(n)
@@ -181,7 +189,7 @@ def train(args: TrainArgs, problem: Optional[Problem] = None,
           paused += time.perf_counter() - t0
         if stop.requested:
           if mngr is not None and mngr.latest_step() != done:
-            checkpoint.save(mngr, state)
+            checkpoint.save(mngr, state, fingerprint(args))
           raise Interrupted(done)
   finally:
     stop.restore()
@@ -222,31 +230,71 @@ def load_run(run_dir: str | os.PathLike, **overrides: Any) -> tuple[TrainArgs, P
                       **{k: v for k, v in overrides.items() if v is not None}, "resume": False})
   problem = build(args)
   mngr = checkpoint.manager(Path(run_dir) / "checkpoints", create=False)
-  return args, problem, checkpoint.restore(mngr, problem.state)
+  return args, problem, checkpoint.restore(mngr, problem.state, fingerprint=fingerprint(args))
+
+
+DIVERGENCE_FACTOR = 100.0  # a task diverged when its query loss is non-finite or above this × the median reference
+
+
+def summarize(results: dict[str, np.ndarray]) -> dict:
+  """Mean, 95% CI and median of every per-task metric, and the tasks that diverged.
+
+  A task diverged when its query ``loss`` is non-finite or above
+  ``DIVERGENCE_FACTOR`` × the median of ``loss_before`` (the loss at the
+  initialisation; ``loss`` itself for learners without it). Such tasks make the mean
+  meaningless while the median stays honest, so both are reported (NaN counts as +inf there).
+  """
+  summary = {}
+  for name, values in results.items():
+    summary[f"eval_{name}"], summary[f"eval_{name}_ci95"] = mean_and_ci95(values)
+    values = np.asarray(values, np.float64)
+    summary[f"eval_{name}_median"] = float(np.median(np.where(np.isnan(values), np.inf, values)))  # NaN: worst
+  loss = np.asarray(results["loss"], np.float64)
+  reference = np.asarray(results.get("loss_before", loss), np.float64)
+  threshold = DIVERGENCE_FACTOR * float(np.median(np.abs(reference[np.isfinite(reference)]))) \
+      if np.isfinite(reference).any() else float("inf")
+  summary["eval_diverged_tasks"] = int(np.sum(~np.isfinite(loss) | (loss > threshold)))
+  summary["eval_divergence_threshold"] = threshold
+  return summary
+
+
+def eval_file_name(args: TrainArgs, step: int, inner_steps: bool) -> str:
+  """``eval-<step>-<tasks>tasks-<queries>queries[-<n>inner].json``: one file per evaluation setting."""
+  name = f"eval-{step}-{args.eval_tasks}tasks-{args.eval_queries}queries"
+  if inner_steps:
+    name += f"-{args.eval_inner_steps or args.inner_steps}inner"
+  return name + ".json"
 
 
 def report(args: TrainArgs, problem: Problem, state: MetaState, log: Callable[[str], None] = print,
-           train_time: Optional[float] = None) -> dict:
-  """Evaluates on ``args.eval_tasks`` new tasks, logs one line, writes ``summary.json``; returns it."""
+           train_time: Optional[float] = None, out_name: str = "summary.json",
+           warn: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> dict:
+  """Evaluates on ``args.eval_tasks`` new tasks, logs one line (and a warning when tasks
+  diverged, see :func:`summarize`), writes ``out_name`` in the run directory; returns the summary."""
   results = evaluate(problem, state, args.eval_tasks, args.seed + 10_000, args.eval_inner_steps)
-  summary = {"dataset": args.dataset, "algo": args.algo, "steps": int(state.step),
-             "eval_tasks": args.eval_tasks}
+  summary = {"dataset": args.dataset, "algo": args.algo, "steps": int(state.step), "eval_tasks": args.eval_tasks,
+             "eval_queries": args.eval_queries}
+  if problem.entry.inner_steps:
+    summary["eval_inner_steps"] = args.eval_inner_steps or args.inner_steps
   if train_time is not None:
     summary["train_time_s"] = round(train_time, 2)
-  for name, values in results.items():
-    summary[f"eval_{name}"], summary[f"eval_{name}_ci95"] = mean_and_ci95(values)
+  summary.update(summarize(results))
   classification = "eval_accuracy" in summary
   name, label, unit, fmt = ("accuracy", "accuracy", "%", ".2f") if classification else ("loss", "MSE", "", ".3f")
   show = lambda key: f"{(100 if classification else 1) * summary[key]:{fmt}}"
-  line = f"{label} {show(f'eval_{name}')}{unit} ± {show(f'eval_{name}_ci95')} (95% CI)"
+  line = f"{label} {show(f'eval_{name}')}{unit} ± {show(f'eval_{name}_ci95')} (95% CI), median {show(f'eval_{name}_median')}{unit}"
   if f"eval_{name}_before" in summary:
     line += f", before adaptation {show(f'eval_{name}_before')}{unit}"
   shape = f"{args.ways}-way {args.shots}-shot" if classification else f"{args.shots}-shot"
   if problem.entry.inner_steps:
-    shape += f", {args.eval_inner_steps or args.inner_steps} inner step(s)"
+    shape += f", {summary['eval_inner_steps']} inner step(s)"
   trained = f"; trained in {train_time:.1f} s" if train_time is not None else ""
   log(f"eval on {args.eval_tasks} new {args.dataset} tasks ({shape}) after "
       f"{int(state.step)} meta-steps: {line}{trained}")
+  if summary["eval_diverged_tasks"]:
+    warn(f"warning: {summary['eval_diverged_tasks']} of {args.eval_tasks} tasks diverged (query loss non-finite "
+         f"or above {summary['eval_divergence_threshold']:.3g}, {DIVERGENCE_FACTOR:g}× the median loss before "
+         f"adaptation); the mean is dominated by them, the median loss is {summary['eval_loss_median']:.4g}")
   if args.out_dir:
-    (Path(args.out_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
+    (Path(args.out_dir) / out_name).write_text(json.dumps(summary, indent=2))
   return summary
