@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import pytest
 
 import metajax
-from metajax import maml
+from metajax import learners, maml
 from metajax.harness import checkpoint
 from metajax.harness.cli import main
 from metajax.harness.run import load_run
@@ -35,7 +35,43 @@ def _step(config, batch):
   return maml.meta_step(maml.init(config, params, jax.random.PRNGKey(0)), batch, config=config)
 
 
+def _learner_state(learner):
+  params, _ = tiny_mlp(jax.random.PRNGKey(0))
+  return learner.init(jax.random.PRNGKey(0), params)
+
+
+def _net():
+  from metajax.learners import learned_opt
+  return learned_opt.LSTMOptimizerNet(hidden=4)
+
+
 API_CASES = [
+    ("MAML factory with zero inner steps", lambda tmp: learners.maml(_apply(), inner_steps=0), ValueError,
+     "MAMLConfig: inner_steps must be a positive integer, got 0"),
+    ("Reptile with a negative inner rate", lambda tmp: learners.reptile(_apply(), inner_lr=-1.0), ValueError,
+     "ReptileConfig: inner_lr must be a finite number >= 0"),
+    ("MSL annealing that is not an integer", lambda tmp: maml.MAMLConfig(_apply(), msl_anneal_steps=1.5), ValueError,
+     "msl_anneal_steps must be a non-negative integer"),
+    ("prototypical network with one way", lambda tmp: learners.prototypical(_apply(), ways=1), ValueError,
+     "prototypical: ways must be an integer >= 2"),
+    ("learned-optimizer truncation not dividing the horizon", lambda tmp: learners.learned_optimizer(
+        _net(), _apply(), lambda k: None, horizon=10, truncation=3), ValueError, "truncation 3 must divide horizon 10"),
+    ("gradient learner of a forward config", lambda tmp: learners.gradient.learner(
+        learners.LearnerConfig(lambda p, t: t.x_query)), TypeError, "expected a MAMLConfig or ReptileConfig"),
+    ("forward learner of a MAML config", lambda tmp: learners.forward.learner(maml.MAMLConfig(_apply())), TypeError,
+     "expected a LearnerConfig"),
+    ("unknown registry name", lambda tmp: learners.registry.get("imaml"), ValueError, "unknown algorithm 'imaml'"),
+    ("registering a taken name", lambda tmp: learners.register("maml", None, inner_steps=True, eval_inner_steps=True),
+     ValueError, "'maml' is already registered"),
+    ("setup with a rank-2 input", lambda tmp: learners.Setup(x_shape=(28, 28)), ValueError, "x_shape must be"),
+    ("optimizer state without an optimizer", lambda tmp: adapt(
+        {"w": jnp.ones(2)}, None, lambda p, _: jnp.sum(p["w"]), steps=1, lr=0.1, opt_state=()), ValueError,
+     "`opt_state` is the state of an `optimizer`"),
+    ("zero evaluation inner steps", lambda tmp: (lambda l: l.evaluate(_learner_state(l), _batch(), inner_steps=0))(
+        learners.maml(_apply())), ValueError, "inner_steps must be a positive integer, got 0"),
+    ("inner steps for a learner without them", lambda tmp: (lambda l: l.evaluate(
+        _learner_state(l), _batch(), inner_steps=3))(learners.black_box_rnn(lambda *a: a[-1])), ValueError,
+     "black_box_rnn adapts without inner gradient steps"),
     ("apply_fn not callable", lambda tmp: maml.MAMLConfig(None), TypeError, "apply_fn must be callable"),
     ("optimizer not optax", lambda tmp: maml.MAMLConfig(_apply(), optimizer="adam"), TypeError,
      "optax.GradientTransformation"),
@@ -233,10 +269,10 @@ def test_corrupt_run_file(saved_run, tmp_path, capsys):
   _cli_error(["eval", run_dir], "not valid JSON", capsys)
 
 
-def test_catalogue_is_at_least_25_entries():
+def test_catalogue_is_at_least_55_entries():
   others = [n for n in dir(sys.modules[__name__]) if n.startswith("test_") and n not in (
-      "test_python_api_and_loaders", "test_cli_options", "test_catalogue_is_at_least_25_entries")]
-  assert len(API_CASES) + len(LOADER_CASES) + len(CLI_CASES) + len(others) >= 25
+      "test_python_api_and_loaders", "test_cli_options", "test_catalogue_is_at_least_55_entries")]
+  assert len(API_CASES) + len(LOADER_CASES) + len(CLI_CASES) + len(others) >= 55
 
 
 def _largest_file(step_dir: Path) -> Path:

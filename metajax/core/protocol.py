@@ -65,14 +65,6 @@ def bind(config: Any, init: Callable[..., MetaState], meta_step: Callable[..., t
       predict=functools.partial(predict, config=config))
 
 
-def check_metrics(metrics: dict, who: str) -> dict:
-  """``metrics`` if every key is in :data:`METRICS`, else a ``ValueError`` naming the others."""
-  unknown = sorted(set(metrics) - set(METRICS))
-  if unknown:
-    raise ValueError(f"{who}: metric keys {unknown} are not in the vocabulary {sorted(METRICS)}")
-  return metrics
-
-
 def reject_inner_steps(inner_steps: Optional[int], who: str) -> None:
   """For learners that adapt inside one forward pass: ``inner_steps`` must be ``None``."""
   if inner_steps is not None:
