@@ -130,7 +130,16 @@ def test_rgb_and_odd_sized_images_are_converted_and_resized(tmp_path):
 def test_unequal_drawer_counts_are_named(tmp_path):
   root = _tree(tmp_path / "images_background")
   (root / "Alpha1" / "character03" / "12_04.png").unlink()
-  with pytest.raises(ValueError, match="different numbers of drawings"):
+  with pytest.raises(ValueError, match="different numbers of drawings .*Alpha1/character03 has 3 where the others "
+                     "have 4"):
+    omniglot.load("background", tmp_path, cache_dir=tmp_path / "c")
+
+
+def test_a_stray_image_file_in_a_character_folder_is_named(tmp_path):
+  root = _tree(tmp_path / "images_background")
+  _png(root / "Alpha0" / "character02" / "broken.png", value=0)
+  with pytest.raises(ValueError, match="Alpha0/character02 has 5 where the others have 4; "
+                     "files not named 01_<drawer>: broken.png"):
     omniglot.load("background", tmp_path, cache_dir=tmp_path / "c")
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+from collections import Counter
 from pathlib import Path
 from typing import Optional
 
@@ -63,14 +64,25 @@ def _character_files(source: Path) -> dict[str, list[tuple[str, bytes]]]:
   return chars
 
 
+def _odd_character(chars: dict[str, list]) -> str:
+  """Names the first character whose drawing count is not the usual one, and the files that do
+  not follow its drawers' ``<prefix>_<drawer>`` naming (the usual culprit, e.g. a stray file)."""
+  usual = Counter(len(files) for files in chars.values()).most_common(1)[0][0]
+  odd = next(n for n in sorted(chars) if len(chars[n]) != usual)
+  files = [Path(name).name for name, _ in chars[odd]]
+  prefix = Counter(f.split("_")[0] for f in files).most_common(1)[0][0]
+  strays = [f for f in files if f.split("_")[0] != prefix]
+  detail = f"; files not named {prefix}_<drawer>: {', '.join(strays)}" if strays else ""
+  return f"{odd} has {len(files)} where the others have {usual}{detail}"
+
+
 def _decode_source(source: Path, size: int) -> dict[str, np.ndarray]:
   chars = _character_files(source)
   names = sorted(chars)
   counts = {len(chars[n]) for n in names}
   if len(counts) != 1:
-    few = min(names, key=lambda n: len(chars[n]))
-    raise ValueError(f"{source}: characters have different numbers of drawings {sorted(counts)} "
-                     f"(e.g. {few} has {len(chars[few])})")
+    raise ValueError(f"{source}: characters have different numbers of drawings {sorted(counts)}; "
+                     + _odd_character(chars))
   array = np.stack([np.stack([imgs.decode(data, name, (size, size), "L")
                               for name, data in sorted(chars[n])]) for n in names])
   return {"images": array, "names": np.array(names)}
