@@ -165,12 +165,6 @@ def test_cli_options(argv, message, capsys):
   _cli_error(argv, message, capsys)
 
 
-def test_cli_unknown_algorithm(capsys):
-  with pytest.raises(SystemExit) as exc:
-    main(["train", "--algo", "maml3"])
-  assert exc.value.code == 2 and "invalid choice" in capsys.readouterr().err
-
-
 @needs_shared
 @pytest.mark.parametrize("extra,message", [
     (["--ways", "1000"], "ways=1000 exceeds the 544 classes"),
