@@ -52,3 +52,14 @@ def test_every_algorithm_trains_resumes_plots_and_evaluates(algo, tmp_path, caps
   assert "curves.png" in written and ("sinusoid.png" in written) == (not REGISTRY[algo].classification_only)
   assert main(["eval", str(run_dir), "--eval-tasks", "10"]) == 0
   assert "eval on 10 new" in capsys.readouterr().out
+
+
+def test_train_mini_imagenet_from_a_folder_tree(tmp_path, capsys, monkeypatch):
+  from tests.test_mini_imagenet import _folders
+  monkeypatch.setenv("METAJAX_CACHE", str(tmp_path / "cache"))
+  root = _folders(tmp_path / "mini-imagenet", classes=3, per_class=4)
+  assert main(["train", "--dataset", "mini-imagenet", "--data-dir", str(root), "--algo", "fomaml", "--ways", "3",
+               "--width", "4", "--steps", "2", "--chunk", "2", "--meta-batch", "2", "--queries", "1",
+               "--eval-queries", "1", "--eval-tasks", "4"]) == 0
+  assert "eval on 4 new mini-imagenet tasks (3-way 1-shot, 1 inner step(s)) after 2 meta-steps: accuracy" in \
+      capsys.readouterr().out

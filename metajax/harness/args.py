@@ -8,14 +8,19 @@ from metajax.core.meta import TASK_STRATEGIES, TaskStrategy
 from metajax.core.validate import check_finite_number, check_nonnegative_int, check_positive_int
 from metajax.learners import registry
 
-Dataset = Literal["sinusoid", "omniglot"]
+Dataset = Literal["sinusoid", "omniglot", "mini-imagenet"]
 
-# Per-dataset defaults for options left unset: the MAML paper's settings.
+# Per-dataset defaults for options left unset: the MAML paper's settings (steps cut to minutes-to-hours).
 DATASET_DEFAULTS = {
     "sinusoid": dict(steps=70_000, meta_batch=25, shots=10, queries=10, inner_lr=0.01,
-                     eval_tasks=1000, eval_queries=100, chunk=1000),
+                     eval_tasks=1000, eval_queries=100, chunk=1000, width=64, train_split="trainval",
+                     eval_split="test"),
     "omniglot": dict(steps=2000, meta_batch=32, shots=1, queries=15, inner_lr=0.4,
-                     eval_tasks=600, eval_queries=15, chunk=10),
+                     eval_tasks=600, eval_queries=15, chunk=10, width=64, train_split="trainval",
+                     eval_split="test"),
+    "mini-imagenet": dict(steps=2000, meta_batch=4, shots=1, queries=15, inner_lr=0.01,
+                          eval_tasks=600, eval_queries=15, chunk=10, width=32, train_split="train",
+                          eval_split="test"),
 }
 
 
@@ -35,12 +40,12 @@ class TrainArgs:
   inner_lr: Optional[float] = None
   outer_lr: float = 1e-3
   clip_grad_norm: Optional[float] = None
-  width: int = 64
+  width: Optional[int] = None
   eval_tasks: Optional[int] = None
   eval_queries: Optional[int] = None
   eval_inner_steps: Optional[int] = None
-  train_split: str = "trainval"
-  eval_split: str = "test"
+  train_split: Optional[str] = None
+  eval_split: Optional[str] = None
   seed: int = 0
   chunk: Optional[int] = None
   task_strategy: TaskStrategy = "auto"

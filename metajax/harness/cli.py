@@ -22,27 +22,27 @@ from metajax.harness.run import (Interrupted, NonFiniteLoss, eval_file_name, loa
 from metajax.learners.registry import REGISTRY
 
 HELP = {
-    "dataset": "task family: sinusoid (generated) or omniglot (needs --data-dir)",
+    "dataset": "task family: sinusoid (generated), omniglot or mini-imagenet (need --data-dir)",
     "data_dir": "folder with the dataset files (default: $METAJAX_DATA)",
     "algo": "meta-learning algorithm (protonet, matching and relation need an image dataset)",
-    "steps": "outer (meta) steps (default per dataset: 70000 sinusoid, 2000 omniglot)",
-    "meta_batch": "tasks per meta-step (default: 25 sinusoid, 32 omniglot)",
+    "steps": "outer (meta) steps",
+    "meta_batch": "tasks per meta-step",
     "ways": "classes per task (N), classification datasets",
-    "shots": "support examples per task, per class for classification (default: 10 / 1)",
-    "queries": "query examples per task (per class) during training (default: 10 / 15)",
+    "shots": "support examples per task, per class for classification",
+    "queries": "query examples per task (per class) during training",
     "inner_steps": "inner gradient steps during meta-training",
-    "inner_lr": "inner learning rate, initial value when learned (default: 0.01 / 0.4)",
+    "inner_lr": "inner learning rate, initial value when learned",
     "outer_lr": "Adam learning rate of the outer optimizer",
     "clip_grad_norm": "clip the outer gradient to this global norm (default: no clipping)",
-    "width": "channels of the Conv4 blocks (image datasets)",
-    "eval_tasks": "new tasks in the final evaluation (default: 1000 / 600)",
-    "eval_queries": "query examples per evaluation task (per class) (default: 100 / 15)",
+    "width": "channels of the Conv4 blocks (image datasets; hidden size of the sinusoid rnn)",
+    "eval_tasks": "new tasks in the final evaluation",
+    "eval_queries": "query examples per evaluation task (per class)",
     "eval_inner_steps": "inner steps at evaluation (default: same as --inner-steps)",
-    "train_split": "Omniglot split meta-trained on (Vinyals: train, val, trainval, test; Lake: "
-                   "background, evaluation, background_small1, background_small2)",
-    "eval_split": "Omniglot split evaluated (and validated) on",
+    "train_split": "split meta-trained on (Omniglot, Vinyals: train, val, trainval, test; Lake: background, "
+                   "evaluation, background_small1, background_small2; mini-ImageNet: train, val, test)",
+    "eval_split": "split evaluated (and validated) on",
     "seed": "PRNG seed (initialisation, task sampling)",
-    "chunk": "meta-steps fused into one compiled call (default: 1000 / 10)",
+    "chunk": "meta-steps fused into one compiled call",
     "task_strategy": "how the task axis runs: auto, vmap, map or unroll",
     "devices": "shard each task batch over this many devices, or 'all' (data parallel; "
                "--meta-batch must divide evenly)",
@@ -64,7 +64,10 @@ def _parser() -> argparse.ArgumentParser:
   for field in dataclasses.fields(TrainArgs):
     flag = "--" + field.name.replace("_", "-")
     kind = TYPES.get(str(field.type).removeprefix("Optional[").rstrip("]"), str)
-    shown = "" if field.default is None or "default" in HELP[field.name] else f" (default: {field.default})"
+    if field.name in DATASET_DEFAULTS["sinusoid"]:
+      shown = " (default: " + ", ".join(f"{v[field.name]} {k}" for k, v in DATASET_DEFAULTS.items()) + ")"
+    else:
+      shown = "" if field.default is None or "default" in HELP[field.name] else f" (default: {field.default})"
     if kind is bool:
       train.add_argument(flag, action="store_true", help=HELP[field.name])
       continue

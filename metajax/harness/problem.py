@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from metajax.core import MetaLearner, MetaState, Task
-from metajax.data import episodes, omniglot, sinusoid
+from metajax.data import episodes, mini_imagenet, omniglot, sinusoid
 from metajax.harness.args import TrainArgs
 from metajax.learners import registry
 
@@ -64,8 +64,9 @@ def build(args: TrainArgs) -> Problem:
                                   queries=args.queries)
     eval_tasks = lambda key, n: sinusoid.sample(key, n, args.shots, args.eval_queries)
     return _problem(args, (1,), None, sample_fn, None, eval_tasks)
-  train = omniglot.load(args.train_split, args.data_dir)
-  test = omniglot.load(args.eval_split, args.data_dir)
+  loader = {"omniglot": omniglot.load, "mini-imagenet": mini_imagenet.load}[args.dataset]
+  train = loader(args.train_split, args.data_dir)
+  test = loader(args.eval_split, args.data_dir)
   episodes.check_episode_shape(*train.images.shape[:2], args.ways, args.shots, args.queries)
   episodes.check_episode_shape(*test.images.shape[:2], args.ways, args.shots, args.eval_queries)
   sample_fn = functools.partial(episodes.sample, num_tasks=args.meta_batch, ways=args.ways,
@@ -73,5 +74,5 @@ def build(args: TrainArgs) -> Problem:
   test_images = jnp.asarray(test.images)
   eval_tasks = lambda key, n: episodes.sample(key, test_images, num_tasks=n, ways=args.ways,
                                               shots=args.shots, queries=args.eval_queries)
-  return _problem(args, train.images.shape[2:] + (1,), args.ways, sample_fn, jnp.asarray(train.images),
-                  eval_tasks)
+  x_shape = train.images.shape[2:] + ((1,) if train.images.ndim == 4 else ())  # grey images gain a channel
+  return _problem(args, x_shape, args.ways, sample_fn, jnp.asarray(train.images), eval_tasks)
