@@ -44,3 +44,12 @@ def test_protocol_section_runs(registry_restored):
   state, metrics = jax.jit(learner.meta_step)(learner.init(jax.random.PRNGKey(3), params), batch)
   assert int(state.step) == 1 and set(metrics) == {"loss", "accuracy", "objective"}
   assert float(learner.evaluate(state, batch)["accuracy"][0]) == 1.0
+
+
+def test_api_screen_runs():
+  (block,) = _blocks("The API in one screen")
+  scope: dict = {}
+  exec(compile(block, "README:api", "exec"), scope)
+  assert set(scope["per_task"]) == {"loss", "loss_before", "support_loss"}
+  assert scope["per_task"]["loss"].shape == (1000,)
+  assert float(scope["per_task"]["loss"].mean()) < float(scope["per_task"]["loss_before"].mean())
