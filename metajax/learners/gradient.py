@@ -108,6 +108,11 @@ class InnerLoopConfig:
     del meta_params, steps
     return 1.0 if self.inner_optimizer is not None else self.inner_lr
 
+  @property
+  def per_step_lr(self) -> bool:
+    """Whether :meth:`inner_rates` carry a leading steps axis."""
+    return False
+
 
 @dataclasses.dataclass(frozen=True)
 class MAMLConfig(InnerLoopConfig):
@@ -147,6 +152,10 @@ class MAMLConfig(InnerLoopConfig):
     if self.inner_lr_mode == "per_step":
       return jax.tree.map(lambda p: jnp.full((self.inner_steps,), lr, jnp.result_type(p)), params)
     return None
+
+  @property
+  def per_step_lr(self) -> bool:
+    return self.inner_lr_mode == "per_step"
 
   def inner_rates(self, meta_params: PyTree, steps: int) -> PyTree:
     """Learned rates; per-step rates are cut or padded with their last value to ``steps``."""
@@ -210,7 +219,7 @@ def adapt_task(config: InnerLoopConfig, meta_params: PyTree, task: Task, steps: 
   return adapt(
       params, (task.x_support, task.y_support), support_loss,
       steps=steps, lr=config.inner_rates(meta_params, steps),
-      per_step_lr=getattr(config, "inner_lr_mode", "fixed") == "per_step", first_order=first_order,
+      per_step_lr=config.per_step_lr, first_order=first_order,
       mask=mask, remat=config.remat, unroll=config.inner_unroll,
       trace_fn=trace_fn, optimizer=config.inner_optimizer)
 
