@@ -23,10 +23,21 @@ DATASET_DEFAULTS = {
                           eval_split="test"),
 }
 
+# Per-algorithm defaults on image datasets, ahead of DATASET_DEFAULTS: each paper's training
+# episodes (Snell et al. 2017: one 60-way episode of 5 queries per class on Omniglot, 30-way
+# of 15 on mini-ImageNet; Sung et al. 2018: one episode per step).
+ALGO_DEFAULTS = {
+    ("protonet", "omniglot"): dict(meta_batch=1, train_ways=60, queries=5),
+    ("protonet", "mini-imagenet"): dict(meta_batch=1, train_ways=30, queries=15),
+    ("relation", "omniglot"): dict(meta_batch=1, queries=19),
+    ("relation", "mini-imagenet"): dict(meta_batch=1, queries=15),
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainArgs:
-  """What ``metajax train`` runs. ``None`` fields take ``DATASET_DEFAULTS``."""
+  """What ``metajax train`` runs. ``None`` fields take ``ALGO_DEFAULTS``, then
+  ``DATASET_DEFAULTS``; ``train_ways`` defaults to ``ways``."""
 
   dataset: Dataset = "sinusoid"
   data_dir: Optional[str] = None
@@ -34,6 +45,7 @@ class TrainArgs:
   steps: Optional[int] = None
   meta_batch: Optional[int] = None
   ways: int = 5
+  train_ways: Optional[int] = None
   shots: Optional[int] = None
   queries: Optional[int] = None
   inner_steps: int = 1
@@ -67,10 +79,17 @@ class TrainArgs:
       raise ValueError(f"--eval-inner-steps: {self.algo} evaluates without a configurable number of inner steps")
     if self.task_strategy not in TASK_STRATEGIES:
       raise ValueError(f"unknown task strategy {self.task_strategy!r}; choose one of {TASK_STRATEGIES}")
-    for name, value in DATASET_DEFAULTS[self.dataset].items():
+    defaults = {**DATASET_DEFAULTS[self.dataset], **ALGO_DEFAULTS.get((self.algo, self.dataset), {})}
+    for name, value in defaults.items():
       if getattr(self, name) is None:
         object.__setattr__(self, name, value)
-    for name in ("steps", "meta_batch", "ways", "shots", "queries", "inner_steps", "eval_tasks",
+    if self.train_ways is None:
+      object.__setattr__(self, "train_ways", self.ways)
+    if self.train_ways != self.ways and not entry.ways_free:
+      raise ValueError(f"--train-ways {self.train_ways} differs from --ways {self.ways}, but {self.algo}'s "
+                       f"parameters depend on the number of classes; only "
+                       f"{', '.join(n for n, e in sorted(registry.REGISTRY.items()) if e.ways_free)} train with other ways")
+    for name in ("steps", "meta_batch", "ways", "train_ways", "shots", "queries", "inner_steps", "eval_tasks",
                  "eval_queries", "chunk", "width", "checkpoint_every", "keep_checkpoints", "val_tasks") + \
         (("eval_inner_steps",) if self.eval_inner_steps is not None else ()):
       check_positive_int(getattr(self, name), f"--{name.replace('_', '-')}")

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 from metajax.core.meta import TASK_STRATEGIES
 from metajax.core.xla_cpu import use_fast_cpu_convolutions
-from metajax.harness.args import DATASET_DEFAULTS, TrainArgs
+from metajax.harness.args import ALGO_DEFAULTS, DATASET_DEFAULTS, TrainArgs
 from metajax.harness.checkpoint import CheckpointError
 from metajax.harness.run import (Interrupted, NonFiniteLoss, eval_file_name, load_run, read_run_file, report,
                                  run)
@@ -28,6 +28,7 @@ HELP = {
     "steps": "outer (meta) steps",
     "meta_batch": "tasks per meta-step",
     "ways": "classes per task (N), classification datasets",
+    "train_ways": "classes per training task (protonet, matching and relation only)",
     "shots": "support examples per task, per class for classification",
     "queries": "query examples per task (per class) during training",
     "inner_steps": "inner gradient steps during meta-training",
@@ -64,10 +65,7 @@ def _parser() -> argparse.ArgumentParser:
   for field in dataclasses.fields(TrainArgs):
     flag = "--" + field.name.replace("_", "-")
     kind = TYPES.get(str(field.type).removeprefix("Optional[").rstrip("]"), str)
-    if field.name in DATASET_DEFAULTS["sinusoid"]:
-      shown = " (default: " + ", ".join(f"{v[field.name]} {k}" for k, v in DATASET_DEFAULTS.items()) + ")"
-    else:
-      shown = "" if field.default is None or "default" in HELP[field.name] else f" (default: {field.default})"
+    shown = _defaults_shown(field)
     if kind is bool:
       train.add_argument(flag, action="store_true", help=HELP[field.name])
       continue
@@ -87,6 +85,20 @@ def _parser() -> argparse.ArgumentParser:
   plot.add_argument("--width", type=int, default=900, help="image width in pixels (default: 900)")
   plot.add_argument("--height", type=int, default=400, help="image height in pixels (default: 400)")
   return parser
+
+
+def _defaults_shown(field: dataclasses.Field) -> str:
+  """`` (default: ...)`` for ``--help``: the field's default, per dataset and per algorithm."""
+  if field.name in DATASET_DEFAULTS["sinusoid"]:
+    notes = [f"{v[field.name]} {k}" for k, v in DATASET_DEFAULTS.items()]
+  elif field.name == "train_ways":
+    notes = ["--ways"]
+  elif field.default is None or "default" in HELP[field.name]:
+    return ""
+  else:
+    notes = [str(field.default)]
+  notes += [f"{v[field.name]} {algo} on {data}" for (algo, data), v in ALGO_DEFAULTS.items() if field.name in v]
+  return " (default: " + "; ".join(notes) + ")"
 
 
 def _run_dir(path: str) -> Path:

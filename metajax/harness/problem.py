@@ -45,16 +45,23 @@ def outer_optimizer(args: TrainArgs) -> optax.GradientTransformation:
   return optimizer
 
 
-def _problem(args: TrainArgs, x_shape: tuple, ways: Optional[int], sample_fn: Callable[..., Task],
+def _problem(args: TrainArgs, x_shape: tuple, classes: bool, sample_fn: Callable[..., Task],
              train_data: Optional[jax.Array], eval_tasks: Callable[[jax.Array, int], Task]) -> Problem:
+  """Builds the learner for ``--train-ways`` classes, and for ``--ways`` (evaluation) when
+  they differ; the registry's ``ways_free`` learners share one state between the two."""
   entry = registry.get(args.algo)
-  setup = registry.Setup(x_shape=x_shape, ways=ways, width=args.width, inner_steps=args.inner_steps,
-                         inner_lr=args.inner_lr, eval_inner_steps=args.eval_inner_steps,
-                         optimizer=outer_optimizer(args), task_strategy=args.task_strategy)
   k_init, k_state = jax.random.split(jax.random.PRNGKey(args.seed))
-  learner, params = entry.build(setup, k_init)
+
+  def make(ways):
+    setup = registry.Setup(x_shape=x_shape, ways=ways, width=args.width, inner_steps=args.inner_steps,
+                           inner_lr=args.inner_lr, eval_inner_steps=args.eval_inner_steps,
+                           optimizer=outer_optimizer(args), task_strategy=args.task_strategy)
+    return entry.build(setup, k_init)
+
+  learner, params = make(args.train_ways if classes else None)
+  tester = make(args.ways)[0] if classes and args.train_ways != args.ways else learner
   return Problem(learner, entry, learner.init(k_state, params), sample_fn, train_data, eval_tasks,
-                 jax.jit(learner.evaluate, static_argnames="inner_steps"))
+                 jax.jit(tester.evaluate, static_argnames="inner_steps"))
 
 
 def build(args: TrainArgs) -> Problem:
@@ -63,16 +70,16 @@ def build(args: TrainArgs) -> Problem:
     sample_fn = functools.partial(sinusoid.sample, num_tasks=args.meta_batch, shots=args.shots,
                                   queries=args.queries)
     eval_tasks = lambda key, n: sinusoid.sample(key, n, args.shots, args.eval_queries)
-    return _problem(args, (1,), None, sample_fn, None, eval_tasks)
+    return _problem(args, (1,), False, sample_fn, None, eval_tasks)
   loader = {"omniglot": omniglot.load, "mini-imagenet": mini_imagenet.load}[args.dataset]
   train = loader(args.train_split, args.data_dir)
   test = loader(args.eval_split, args.data_dir)
-  episodes.check_episode_shape(*train.images.shape[:2], args.ways, args.shots, args.queries)
+  episodes.check_episode_shape(*train.images.shape[:2], args.train_ways, args.shots, args.queries)
   episodes.check_episode_shape(*test.images.shape[:2], args.ways, args.shots, args.eval_queries)
-  sample_fn = functools.partial(episodes.sample, num_tasks=args.meta_batch, ways=args.ways,
+  sample_fn = functools.partial(episodes.sample, num_tasks=args.meta_batch, ways=args.train_ways,
                                 shots=args.shots, queries=args.queries)
   test_images = jnp.asarray(test.images)
   eval_tasks = lambda key, n: episodes.sample(key, test_images, num_tasks=n, ways=args.ways,
                                               shots=args.shots, queries=args.eval_queries)
   x_shape = train.images.shape[2:] + ((1,) if train.images.ndim == 4 else ())  # grey images gain a channel
-  return _problem(args, x_shape, args.ways, sample_fn, jnp.asarray(train.images), eval_tasks)
+  return _problem(args, x_shape, True, sample_fn, jnp.asarray(train.images), eval_tasks)

@@ -112,11 +112,21 @@ def _prepare_run_dir(args: TrainArgs) -> Optional[Path]:
   return out
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-  """Drops records after ``step`` (written after the checkpoint a resumed run restarts from)."""
-  if path.exists():
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in kept))
+def _truncate_metrics(path: Path, step: int) -> float:
+  """Drops records after ``step`` (written after the checkpoint a resumed run restarts from)
+  and a line torn by a kill; returns the training time the last kept record had reached."""
+  if not path.exists():
+    return 0.0
+  kept = []
+  for line in path.read_text().splitlines():
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:  # the process died while writing it
+      break
+    if record["step"] <= step:
+      kept.append(record)
+  path.write_text("".join(json.dumps(record) + "\n" for record in kept))
+  return float(kept[-1]["time_s"]) if kept else 0.0
 
 
 def train(args: TrainArgs, problem: Optional[Problem] = None,
@@ -128,7 +138,9 @@ def train(args: TrainArgs, problem: Optional[Problem] = None,
   and at the end; ``args.resume`` restores the latest checkpoint and continues
   with the same chunks, ending bit-identical to an uninterrupted run.
   ``problem`` defaults to ``build(args)``; ``on_chunk(steps_done, state,
-  train_seconds)`` runs after every chunk (its time is not counted).
+  train_seconds)`` runs after every chunk (its time is not counted). Training
+  time (``time_s`` in ``metrics.jsonl``, ``Trained.train_time_s``) accumulates
+  across resumptions.
 
   Raises:
     NonFiniteLoss: naming the first meta-step whose loss is NaN or infinite;
@@ -139,11 +151,12 @@ def train(args: TrainArgs, problem: Optional[Problem] = None,
   problem = build(args) if problem is None else problem
   state = problem.state
   mngr = None
+  earlier = 0.0  # training seconds before this resumption
   if out is not None:
     mngr = checkpoint.manager(out / "checkpoints", max_to_keep=args.keep_checkpoints)
     if args.resume:
       state = checkpoint.restore_newest_intact(mngr, state, fingerprint(args), log=lambda line: tqdm.write(line, file=sys.stderr))
-      _truncate_metrics(out / "metrics.jsonl", int(state.step))
+      earlier = _truncate_metrics(out / "metrics.jsonl", int(state.step))
   mesh = None
   if args.devices != "1":
     mesh = distributed.task_mesh("all" if args.devices == "all" else int(args.devices))
@@ -153,7 +166,7 @@ def train(args: TrainArgs, problem: Optional[Problem] = None,
   if done > args.steps:
     raise ValueError(f"the checkpoint is at step {done}, beyond --steps {args.steps}")
   metrics_file = open(out / "metrics.jsonl", "a") if out is not None else None
-  start = time.perf_counter()
+  start = time.perf_counter() - earlier
   paused = 0.0
   chunks = 0
   stop = _DeferredInterrupt()

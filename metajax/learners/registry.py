@@ -23,7 +23,7 @@ from metajax.core.meta import TaskStrategy
 from metajax.core.protocol import MetaLearner
 from metajax.learners import gradient, learned_opt, metric, recurrent
 from metajax.learners.forward import accuracy_metrics
-from metajax.models import MLP, Conv4, functional
+from metajax.models import MLP, Conv4, RelationModule, functional
 
 PyTree = Any
 Build = Callable[["Setup", jax.Array], tuple[MetaLearner, PyTree]]
@@ -94,6 +94,9 @@ class Entry(NamedTuple):
     classification_only: needs ``Setup.ways``.
     mean_of_task_grads: ``meta_step`` is one optimizer step on the mean of
       independent per-task gradients (so a batch equals its tasks one by one under SGD).
+    ways_free: the parameters do not depend on ``Setup.ways``, so a learner built for
+      one number of classes shares its state with one built for another (ProtoNet
+      trains 60-way and tests 5-way).
   """
 
   build: Build
@@ -101,6 +104,7 @@ class Entry(NamedTuple):
   eval_inner_steps: bool
   classification_only: bool = False
   mean_of_task_grads: bool = True
+  ways_free: bool = False
 
 
 REGISTRY: dict[str, Entry] = {}
@@ -131,20 +135,27 @@ def _gradient(factory: Callable[..., MetaLearner]) -> Build:
 
 
 def _metric(factory: Callable[..., MetaLearner]) -> Build:
-  """A Conv4 embedding (no head); Relation networks add an MLP relation module over
-  concatenated (class, query) embeddings."""
+  """A Conv4 embedding (no head). Relation networks on images embed with Conv4 pooled in
+  its first two blocks only and score with the paper's conv :class:`RelationModule`
+  (Sung et al., 2018); on vectors, with an MLP over concatenated embeddings."""
 
   def build(setup: Setup, key: jax.Array) -> tuple[MetaLearner, PyTree]:
-    embed = setup.embedding()
+    common = dict(optimizer=setup.optimizer, task_strategy=setup.task_strategy)
     k_embed, k_rel = jax.random.split(key)
     x0 = setup.example()
-    params, embed_fn = functional(embed, embed.init(k_embed, x0))
-    common = dict(optimizer=setup.optimizer, task_strategy=setup.task_strategy)
     if factory is not metric.relation:
+      embed = setup.embedding()
+      params, embed_fn = functional(embed, embed.init(k_embed, x0))
       return factory(embed_fn, setup.ways, **common), params
-    dim = embed_fn(params, x0).shape[-1]
-    relation = MLP(hidden=(8,), out=1)
-    rel_params, rel_fn = functional(relation, relation.init(k_rel, jnp.zeros((1, 2 * dim))))
+    if setup.images:
+      embed = Conv4(num_classes=None, width=setup.width, pooled_blocks=2, flatten=False)
+      relation = RelationModule(width=setup.width)
+    else:
+      embed, relation = setup.embedding(), MLP(hidden=(8,), out=1)
+    params, embed_fn = functional(embed, embed.init(k_embed, x0))
+    feature = embed_fn(params, x0)
+    pair = jnp.zeros(feature.shape[:-1] + (2 * feature.shape[-1],))
+    rel_params, rel_fn = functional(relation, relation.init(k_rel, pair))
     return factory(embed_fn, rel_fn, setup.ways, **common), {"embed": params, "relation": rel_params}
 
   return build
@@ -188,7 +199,8 @@ for _name, _factory in (("maml", gradient.maml), ("fomaml", gradient.fomaml), ("
   register(_name, _gradient(_factory), inner_steps=True, eval_inner_steps=True)
 for _name, _factory in (("protonet", metric.prototypical), ("matching", metric.matching),
                         ("relation", metric.relation)):
-  register(_name, _metric(_factory), inner_steps=False, eval_inner_steps=False, classification_only=True)
+  register(_name, _metric(_factory), inner_steps=False, eval_inner_steps=False, classification_only=True,
+           ways_free=True)
 register("rnn", _black_box_rnn, inner_steps=False, eval_inner_steps=False)
 register("meta-lstm", _meta_lstm, inner_steps=True, eval_inner_steps=False)
 register("learned-opt", _learned_optimizer, inner_steps=True, eval_inner_steps=True, mean_of_task_grads=False)

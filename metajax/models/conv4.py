@@ -1,4 +1,5 @@
-"""Conv4, the four-block few-shot backbone of the MAML / ProtoNet papers."""
+"""Conv4, the four-block few-shot backbone of the MAML / ProtoNet papers, and the
+Relation network's convolutional relation module."""
 from __future__ import annotations
 
 from typing import Optional
@@ -20,8 +21,12 @@ class Conv4(nn.Module):
   :func:`metajax.models.functional` to get a pure ``apply(params, x)``.
 
   Attributes:
-    num_classes: output logits; ``None`` returns the flattened features.
+    num_classes: output logits; ``None`` returns the features.
     width: channels of every conv block (64 for Omniglot, 32 for mini-ImageNet).
+    pooled_blocks: how many of the blocks (the first ones) end in max-pooling; the
+      Relation network's embedding pools only in the first two (Sung et al., 2018).
+    flatten: features as ``(n, d)`` vectors, or the ``(n, h', w', width)`` maps
+      (``num_classes=None`` only).
     conv_impl: see :class:`metajax.models.Conv` (``"auto"``: fast custom-VJP convolution on
       CPU, XLA's on GPU/TPU; pass ``"xla"`` for forward-mode ``jax.jvp``/``jax.jacfwd``).
   """
@@ -29,14 +34,58 @@ class Conv4(nn.Module):
   num_classes: Optional[int] = 5
   width: int = 64
   conv_impl: ConvImpl = "auto"
+  pooled_blocks: int = 4
+  flatten: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    if not 0 <= self.pooled_blocks <= 4:
+      raise ValueError(f"Conv4: pooled_blocks must be in [0, 4], got {self.pooled_blocks}")
+    if self.num_classes is not None and not self.flatten:
+      raise ValueError("Conv4: flatten=False returns feature maps and needs num_classes=None")
     for i in range(4):
-      x = Conv(self.width, impl=self.conv_impl, use_bias=False, name=f"conv_{i}")(x)
-      x = nn.BatchNorm(use_running_average=False, momentum=0.0, name=f"norm_{i}")(x)
-      x = max_pool_2x2(nn.relu(x))
+      x = conv_block(x, self.width, self.conv_impl, pool=i < self.pooled_blocks, index=i)
+    if not self.flatten:
+      return x
     x = x.reshape(x.shape[0], -1)
     if self.num_classes is None:
       return x
     return nn.Dense(self.num_classes, name="head")(x)
+
+
+def conv_block(x: jax.Array, width: int, impl: ConvImpl, *, pool: bool, index: int) -> jax.Array:
+  """3×3 conv (no bias) → BatchNorm (batch statistics) → ReLU [→ 2×2 max-pool], inside a
+  compact module, with parameters named ``conv_<index>`` and ``norm_<index>``."""
+  x = Conv(width, impl=impl, use_bias=False, name=f"conv_{index}")(x)
+  x = nn.BatchNorm(use_running_average=False, momentum=0.0, name=f"norm_{index}")(x)
+  x = nn.relu(x)
+  return max_pool_2x2(x) if pool else x
+
+
+class RelationModule(nn.Module):
+  """The Relation network's relation module (Sung et al., 2018, fig. 2):
+  ``(m, h, w, 2c)`` concatenated feature-map pairs -> ``(m,)`` pre-sigmoid scores.
+
+  Two conv blocks (``width`` channels, BatchNorm, ReLU, 2×2 max-pool), then
+  ``hidden``-unit ReLU and one linear output. Maps smaller than 2×2 skip the pooling
+  (Omniglot's 7×7 maps become 3×3, then 1×1).
+
+  Attributes:
+    width: channels of the two conv blocks (64 in the paper).
+    hidden: units of the fully connected layer (8 in the paper).
+    conv_impl: see :class:`metajax.models.Conv`.
+  """
+
+  width: int = 64
+  hidden: int = 8
+  conv_impl: ConvImpl = "auto"
+
+  @nn.compact
+  def __call__(self, pairs: jax.Array) -> jax.Array:
+    if pairs.ndim != 4:
+      raise ValueError(f"RelationModule: expected (m, h, w, 2c) feature-map pairs, got shape {pairs.shape}")
+    x = pairs
+    for i in range(2):
+      x = conv_block(x, self.width, self.conv_impl, pool=min(x.shape[1:3]) >= 2, index=i)
+    x = nn.relu(nn.Dense(self.hidden, name="hidden")(x.reshape(x.shape[0], -1)))
+    return nn.Dense(1, name="out")(x)[:, 0]

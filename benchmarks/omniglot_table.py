@@ -1,0 +1,217 @@
+"""The Omniglot few-shot table: each learner at 5w1s / 5w5s / 20w1s / 20w5s beside its paper.
+
+  python benchmarks/omniglot_table.py run --algo protonet --ways 5 --shots 1 --budget-minutes 30
+  python benchmarks/omniglot_table.py run --algo maml --ways 20 --shots 1 --split lake
+  python benchmarks/omniglot_table.py render      # table -> stdout and omniglot_table.png
+
+``run`` trains one cell with its paper's protocol (:func:`protocol`; differences are
+stored with the cell) in a run directory ``--runs-dir/<split>_<algo>_<W>w<S>s`` that
+holds Orbax checkpoints: run the same command again (in another session, under
+``nohup``) and it resumes where it stopped, exactly. Training stops at ``--steps``
+or at the first curve point past ``--budget-minutes`` of training time in all
+(evaluation excluded); then 600 test tasks give the cell's accuracy and 95% CI,
+written into ``benchmarks/results/omniglot_table.json`` (replacing that cell).
+
+Splits: ``vinyals`` (meta-train on trainval, test on the test characters, 28×28
+with rotations as classes) and ``lake`` (Lake et al. 2015: meta-train on
+images_background with rotations, test on images_evaluation without rotations,
+each task's classes drawn from one alphabet).
+
+The data folder is --data-dir or $METAJAX_DATA (default ../shared/data).
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import RESULTS, machine  # noqa: E402
+
+from metajax.core import mean_and_ci95  # noqa: E402
+from metajax.data import episodes, omniglot  # noqa: E402
+from metajax.harness.args import TrainArgs  # noqa: E402
+from metajax.harness.problem import Problem, build  # noqa: E402
+from metajax.harness.run import evaluate, train  # noqa: E402
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+TABLE = RESULTS / "omniglot_table.json"
+CELLS = ((5, 1), (5, 5), (20, 1), (20, 5))
+# Each paper's Omniglot accuracy (%), Vinyals split, at CELLS. Reptile: its transductive
+# numbers (Nichol et al. 2018, table 1), since BatchNorm here uses the test batch's statistics.
+PAPER = {
+    "maml": (98.7, 99.9, 95.8, 98.9), "fomaml": (98.3, 99.2, 89.4, 97.9),
+    "reptile": (97.68, 99.48, 89.43, 97.12), "protonet": (98.8, 99.7, 96.0, 98.9),
+    "matching": (98.1, 98.9, 93.8, 98.5), "relation": (99.6, 99.8, 97.6, 99.1),
+}
+SPLITS = {"vinyals": ("trainval", "test"), "lake": ("background", "evaluation")}
+
+
+def protocol(algo: str, ways: int, shots: int) -> tuple[dict, list[str]]:
+  """``TrainArgs`` settings of ``algo``'s paper for a cell, and how this run differs from it."""
+  if algo in ("maml", "fomaml"):  # Finn et al. 2017, section 5.2 and their code
+    five = ways == 5
+    return (dict(meta_batch=32 if five else 16, inner_steps=1 if five else 5, inner_lr=0.4 if five else 0.1,
+                 eval_inner_steps=3 if five else 5, queries=shots, steps=60_000), [])
+  if algo == "reptile":  # Nichol et al. 2018, appendix A (Omniglot, transductive)
+    return (dict(meta_batch=5, inner_steps=5, inner_lr=0.1, eval_inner_steps=50, queries=shots, steps=100_000),
+            ["inner optimizer SGD (lr 0.1) instead of Adam (lr 1e-3, beta1 0)",
+             "outer update Adam 1e-3 on the Reptile direction instead of SGD with step 1 annealed to 0",
+             f"trains with {shots} shots (the paper trains with 10 and a 10-example inner batch)"])
+  if algo == "protonet":  # Snell et al. 2017, section 3.1
+    return (dict(meta_batch=1, train_ways=60, queries=5, steps=40_000),
+            ["constant Adam 1e-3 (the paper halves it every 2,000 episodes)"])
+  if algo == "matching":  # Vinyals et al. 2016
+    return (dict(meta_batch=8, queries=15, steps=40_000),
+            ["no full-context embeddings (the paper reports FCE as no help on Omniglot)",
+             "8 episodes per meta-step"])
+  if algo == "relation":  # Sung et al. 2018, section 4.1
+    queries = {(5, 1): 19, (5, 5): 15, (20, 1): 10, (20, 5): 5}[(ways, shots)]
+    return (dict(meta_batch=1, queries=queries, steps=1_000_000),
+            ["SAME padding in every conv (the paper's embedding has two VALID convs: 5x5 maps, here 7x7)",
+             "constant Adam 1e-3 (the paper halves it every 100,000 episodes)"])
+  raise ValueError(f"no Omniglot protocol for {algo!r}; choose one of {sorted(PAPER)}")
+
+
+def lake_eval_tasks(data_dir: str, ways: int, shots: int, queries: int):
+  """``(key, n) -> Task`` batch from images_evaluation without rotations, each task's
+  classes from one alphabet (Lake et al.'s within-alphabet one-shot setting)."""
+  test = omniglot.load("evaluation", data_dir, rotations=False)
+  alphabets = np.array([name.split("/")[0] for name in test.names])
+  _, group = np.unique(alphabets, return_inverse=True)
+  images = jnp.asarray(test.images)
+  return lambda key, n: episodes.sample(key, images, num_tasks=n, ways=ways, shots=shots, queries=queries,
+                                        groups=jnp.asarray(group))
+
+
+def run_cell(ns: argparse.Namespace) -> dict:
+  settings, differences = protocol(ns.algo, ns.ways, ns.shots)
+  if ns.steps is not None:
+    settings["steps"] = ns.steps
+  train_split, eval_split = SPLITS[ns.split]
+  cell = f"{ns.split}_{ns.algo}_{ns.ways}w{ns.shots}s"
+  out_dir = Path(ns.runs_dir) / cell
+  resume = (out_dir / "checkpoints").is_dir() and any((out_dir / "checkpoints").iterdir())
+  args = TrainArgs(dataset="omniglot", data_dir=ns.data_dir, algo=ns.algo, ways=ns.ways, shots=ns.shots,
+                   eval_queries=15, eval_tasks=ns.test_tasks, train_split=train_split, eval_split=eval_split,
+                   chunk=ns.curve_every, seed=ns.seed, out_dir=str(out_dir), resume=resume, **settings)
+  problem = build(args)
+  if ns.split == "lake":
+    problem = problem._replace(eval_tasks=lake_eval_tasks(ns.data_dir, ns.ways, ns.shots, 15))
+  curve_file = out_dir / "curve.jsonl"
+  curve = _read_curve(curve_file)
+  reached = {"steps": 0, "state": problem.state, "train_time_s": 0.0}
+
+  class BudgetSpent(Exception):
+    pass
+
+  def on_chunk(step, state, seconds):
+    mean, ci = mean_and_ci95(evaluate(problem, state, ns.curve_tasks, seed=123, chunk=ns.eval_chunk)["accuracy"])
+    point = {"step": step, "train_time_s": round(seconds, 1), "accuracy": mean, "ci95": ci}
+    curve[:] = [p for p in curve if p["step"] < step] + [point]
+    curve_file.write_text("".join(json.dumps(p) + "\n" for p in curve))
+    print(f"  {cell} step {step:7d} {seconds:8.0f} s  accuracy {100 * mean:.2f} ± {100 * ci:.2f}", flush=True)
+    reached.update(steps=step, state=state, train_time_s=seconds)
+    if ns.budget_minutes is not None and seconds >= 60 * ns.budget_minutes:
+      raise BudgetSpent
+
+  try:
+    trained = train(args, problem, on_chunk=on_chunk)
+    reached.update(steps=args.steps, state=trained.state, train_time_s=trained.train_time_s)
+  except BudgetSpent:
+    pass
+  final = evaluate(problem, reached["state"], ns.test_tasks, seed=10_000 + ns.seed,
+                   inner_steps=args.eval_inner_steps if problem.entry.eval_inner_steps else None,
+                   chunk=ns.eval_chunk)
+  mean, ci = mean_and_ci95(final["accuracy"])
+  paper = PAPER[ns.algo][CELLS.index((ns.ways, ns.shots))] if ns.split == "vinyals" else None
+  row = {"algo": ns.algo, "ways": ns.ways, "shots": ns.shots, "accuracy": round(100 * mean, 2),
+         "ci95": round(100 * ci, 2), "meta_steps": reached["steps"], "train_seconds": round(reached["train_time_s"], 1),
+         "paper": paper, "split": ns.split, "planned_steps": args.steps, "test_tasks": ns.test_tasks,
+         "protocol": {k: v for k, v in vars(args).items() if k in settings or k in ("train_ways", "eval_inner_steps")},
+         "differences": differences, "curve": curve, "machine": machine()}
+  print(f"{cell}: {row['accuracy']:.2f} ± {row['ci95']:.2f} % over {ns.test_tasks} test tasks after "
+        f"{row['meta_steps']} meta-steps ({row['train_seconds']:.0f} s of training); paper {paper}")
+  _store(row)
+  return row
+
+
+def _read_curve(path: Path) -> list[dict]:
+  if not path.exists():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _store(row: dict) -> None:
+  """Writes ``row`` into the table, replacing the cell it measures (cells may run in parallel:
+  the read-modify-write holds a lock)."""
+  TABLE.parent.mkdir(parents=True, exist_ok=True)
+  with open(TABLE.with_suffix(".lock"), "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    rows = json.loads(TABLE.read_text()) if TABLE.exists() else []
+    key = lambda r: (r["split"], r["algo"], r["ways"], r["shots"])
+    rows = sorted([r for r in rows if key(r) != key(row)] + [row], key=lambda r: (
+        r["split"] != "vinyals", list(PAPER).index(r["algo"]), CELLS.index((r["ways"], r["shots"]))))
+    TABLE.write_text(json.dumps(rows, indent=1))
+
+
+def render(_: argparse.Namespace) -> None:
+  """Prints the table as Markdown (for RESULTS.md) and plots accuracy against training time."""
+  rows = json.loads(TABLE.read_text())
+  print("| split | algo | cell | accuracy (600 tasks, 95% CI) | paper | meta-steps (planned) | training | device |")
+  print("|---|---|---|---|---|---|---|---|")
+  for r in rows:
+    paper = "—" if r["paper"] is None else f"{r['paper']:.1f}"
+    print(f"| {r['split']} | {r['algo']} | {r['ways']}w{r['shots']}s | {r['accuracy']:.2f} ± {r['ci95']:.2f} | "
+          f"{paper} | {r['meta_steps']:,} ({r['planned_steps']:,}) | {r['train_seconds'] / 60:.1f} min | "
+          f"{r['machine']['device']} |")
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, len(CELLS), figsize=(4 * len(CELLS), 3.5), sharey=True)
+  for ax, (ways, shots) in zip(axes, CELLS):
+    for r in rows:
+      if (r["ways"], r["shots"]) == (ways, shots) and r["curve"]:
+        ax.plot([p["train_time_s"] / 60 for p in r["curve"]], [100 * p["accuracy"] for p in r["curve"]],
+                label=f"{r['algo']} ({r['split']})")
+    ax.set(title=f"{ways}-way {shots}-shot", xlabel="training minutes", ylim=(20, 100))
+    ax.grid(alpha=0.3)
+  axes[0].set_ylabel("test-task accuracy (%)")
+  axes[-1].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(RESULTS / "omniglot_table.png", dpi=110)
+  print(f"wrote {RESULTS / 'omniglot_table.png'}")
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = parser.add_subparsers(dest="command", required=True)
+  cell = sub.add_parser("run", help="train and test one cell (resumes its run directory)")
+  cell.add_argument("--algo", required=True, choices=sorted(PAPER))
+  cell.add_argument("--ways", type=int, required=True, choices=(5, 20))
+  cell.add_argument("--shots", type=int, required=True, choices=(1, 5))
+  cell.add_argument("--split", default="vinyals", choices=sorted(SPLITS))
+  cell.add_argument("--steps", type=int, help="meta-steps (default: the paper's)")
+  cell.add_argument("--budget-minutes", type=float, help="stop after this much training time in all")
+  cell.add_argument("--curve-every", type=int, default=500, help="meta-steps between curve points")
+  cell.add_argument("--curve-tasks", type=int, default=100)
+  cell.add_argument("--test-tasks", type=int, default=600)
+  cell.add_argument("--eval-chunk", type=int, default=20, help="test tasks evaluated at once (memory)")
+  cell.add_argument("--runs-dir", default=str(Path(__file__).parent / "runs"))
+  cell.add_argument("--data-dir", default=os.environ.get("METAJAX_DATA", str(DEFAULT_DATA)))
+  cell.add_argument("--seed", type=int, default=0)
+  cell.set_defaults(fn=run_cell)
+  sub.add_parser("render", help="print the Markdown table, plot the curves").set_defaults(fn=render)
+  ns = parser.parse_args()
+  ns.fn(ns)
+
+
+if __name__ == "__main__":
+  main()
