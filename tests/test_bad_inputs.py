@@ -157,6 +157,11 @@ CLI_CASES = [
     (["eval", "/nonexistent/run"], "does not exist"),
     (["train", "--algo", "rnn", "--eval-inner-steps", "3"], "rnn evaluates without a configurable number of inner steps"),
     (["train", "--algo", "imaml"], "invalid choice: 'imaml'"),
+    (["train", "--dataset", "omniglot", "--train-ways", "10"],
+     "--train-ways 10 differs from --ways 5, but maml's parameters depend on the number of classes; "
+     "only matching, protonet, relation train with other ways"),
+    (["train", "--dataset", "omniglot", "--algo", "protonet", "--train-ways", "0"],
+     "--train-ways must be a positive integer"),
 ]
 
 
@@ -169,6 +174,7 @@ def test_cli_options(argv, message, capsys):
 @pytest.mark.parametrize("extra,message", [
     (["--ways", "1000"], "ways=1000 exceeds the 544 classes"),
     (["--shots", "10", "--queries", "15"], "exceeds the 20 examples per class"),
+    (["--algo", "protonet", "--train-ways", "1000"], "ways=1000 exceeds the 544 classes"),
 ])
 def test_cli_impossible_episodes(extra, message, capsys, tmp_path, monkeypatch):
   monkeypatch.setenv("METAJAX_CACHE", str(tmp_path))

@@ -197,3 +197,28 @@ def test_episodes_are_deterministic_and_labels_permuted():
 def test_impossible_episodes_are_named(kw, match):
   with pytest.raises(ValueError, match=match):
     episodes.sample(jax.random.PRNGKey(0), _fake_classes(), num_tasks=2, **kw)
+
+
+def test_grouped_episodes_draw_every_task_from_one_group():
+  images = _fake_classes()
+  groups = jnp.asarray([0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 2])  # group 0 is too small for 4 ways
+  tasks = jax.jit(lambda k: episodes.sample(k, images, num_tasks=40, ways=4, shots=1, queries=1,
+                                            groups=groups))(jax.random.PRNGKey(0))
+  seen = set()
+  for t in range(40):
+    classes = np.rint(np.asarray(tasks.x_support[t, :, 0, 0, 0]) * 255).astype(int) // 10
+    assert len(set(classes)) == 4
+    assert len({int(groups[c]) for c in classes}) == 1
+    seen.add(int(groups[classes[0]]))
+  assert seen == {1, 2}
+
+
+@pytest.mark.parametrize("groups,match", [
+    (np.zeros(11, int), r"groups must be \(12,\) integers"),
+    (np.zeros(12, float), r"groups must be \(12,\) integers"),
+    (np.arange(12) % 4, "no group has ways=5 classes"),
+])
+def test_bad_groups_are_named(groups, match):
+  with pytest.raises(ValueError, match=match):
+    episodes.sample(jax.random.PRNGKey(0), _fake_classes(), num_tasks=2, ways=5, shots=1, queries=1,
+                    groups=jnp.asarray(groups))

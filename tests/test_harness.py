@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import chex
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -121,3 +122,49 @@ def test_diverged_tasks_are_counted_and_the_median_reported():
   assert summary["eval_loss_before_median"] == 3.0
   healthy = summarize({"loss": np.full(10, 0.05), "loss_before": np.full(10, 3.0)})
   assert healthy["eval_diverged_tasks"] == 0 and healthy["eval_loss_median"] == 0.05
+
+
+def test_algorithm_defaults_fill_only_unset_options():
+  from metajax.harness.args import TrainArgs
+  proto = TrainArgs(dataset="omniglot", algo="protonet")
+  assert (proto.meta_batch, proto.train_ways, proto.ways, proto.queries, proto.eval_queries) == (1, 60, 5, 5, 15)
+  mine = TrainArgs(dataset="omniglot", algo="protonet", meta_batch=4, train_ways=10, queries=3)
+  assert (mine.meta_batch, mine.train_ways, mine.queries) == (4, 10, 3)
+  maml = TrainArgs(dataset="omniglot", algo="maml", ways=20)
+  assert (maml.meta_batch, maml.train_ways, maml.queries) == (32, 20, 15)
+
+
+def test_training_time_accumulates_across_resumes_and_a_torn_metrics_line_is_dropped(tmp_path, capsys):
+  run_dir = tmp_path / "run"
+  base = ["train", "--chunk", "100", "--eval-tasks", "5", "--out-dir", str(run_dir)]
+  assert main(base + ["--steps", "200"]) == 0
+  first = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["time_s"]
+  with open(run_dir / "metrics.jsonl", "a") as f:
+    f.write('{"step": 300, "los')  # a kill while writing
+  assert main(base + ["--steps", "400", "--resume"]) == 0
+  records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in records] == [100, 200, 300, 400]
+  times = [r["time_s"] for r in records]
+  assert times[1] == first and times == sorted(times) and times[2] > first
+  summary = json.loads((run_dir / "summary.json").read_text())
+  assert summary["train_time_s"] >= times[-1]
+
+
+def test_protonet_trains_on_train_ways_and_evaluates_on_ways(tmp_path, monkeypatch):
+  from metajax.harness.args import TrainArgs
+  from metajax.harness.problem import build
+  from metajax.harness.run import evaluate, train
+  from tests.test_data import SHARED
+  if not (SHARED / "omniglot").is_dir():
+    pytest.skip(f"needs Omniglot under {SHARED} (set METAJAX_TEST_DATA)")
+  monkeypatch.setenv("METAJAX_CACHE", str(tmp_path))
+  args = TrainArgs(dataset="omniglot", data_dir=str(SHARED), algo="protonet", train_ways=10, ways=5, width=8,
+                   meta_batch=2, steps=2, chunk=2, train_split="background_small1", eval_split="background_small2")
+  problem = build(args)
+  batch = problem.sample_fn(jax.random.PRNGKey(0), problem.train_data)
+  assert batch.x_support.shape[1] == 10 and int(batch.y_query.max()) == 9
+  assert problem.eval_tasks(jax.random.PRNGKey(0), 3).x_support.shape[1] == 5
+  trained = train(args, problem)
+  scores = evaluate(problem, trained.state, 6, seed=0)
+  assert scores["accuracy"].shape == (6,) and np.all((scores["accuracy"] >= 0) & (scores["accuracy"] <= 1))
+  assert set(np.unique(np.round(scores["accuracy"] * 75))) <= set(range(76))  # 5 ways x 15 queries each

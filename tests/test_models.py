@@ -191,3 +191,22 @@ def test_auto_strategy_runs_image_tasks_as_a_loop_on_one_cpu_device(key):
   task_grad = lambda task: (jnp.sum(task.x_query), {})
   loops = lambda b: "scan" in str(jax.make_jaxpr(lambda b: metajax.core.mean_task_grads(task_grad, b, "auto"))(b))
   assert loops(images) and not loops(vectors)
+
+
+def test_relation_embedding_keeps_maps_and_relation_module_scores_pairs(key):
+  embed = metajax.models.Conv4(num_classes=None, width=8, pooled_blocks=2, flatten=False)
+  x = jnp.zeros((3, 28, 28, 1))
+  params, embed_fn = metajax.models.functional(embed, embed.init(key, x))
+  maps = embed_fn(params, x)
+  assert maps.shape == (3, 7, 7, 8)  # pooled twice: 28 -> 14 -> 7
+  module = metajax.models.RelationModule(width=8, hidden=4)
+  pairs = jnp.concatenate([maps, maps], axis=-1)
+  rel_params, rel_fn = metajax.models.functional(module, module.init(key, pairs))
+  assert rel_fn(rel_params, pairs).shape == (3,)
+  assert rel_params["hidden"]["kernel"].shape == (8, 4)  # 7 -> 3 -> 1 spatially, 8 channels
+  with pytest.raises(ValueError, match="pooled_blocks must be in"):
+    metajax.models.Conv4(num_classes=None, pooled_blocks=5).init(key, x)
+  with pytest.raises(ValueError, match="flatten=False returns feature maps and needs num_classes=None"):
+    metajax.models.Conv4(num_classes=5, flatten=False).init(key, x)
+  with pytest.raises(ValueError, match=r"expected \(m, h, w, 2c\)"):
+    module.init(key, jnp.zeros((3, 16)))
