@@ -138,6 +138,10 @@ def _cli_error(argv, message, capsys):
   assert code == 2, err
   assert message in err, err
   assert "Traceback" not in err
+  line = next(x for x in err.splitlines() if ": error: " in x)
+  if " (details in " in line:  # the run directory's log holds the traceback
+    log = Path(line.rsplit(" (details in ", 1)[1].rstrip(")"))
+    assert log.name == "errors.log" and "Traceback" in log.read_text().split("--- ")[-1]
 
 
 CLI_CASES = [
@@ -205,13 +209,17 @@ def saved_run(tmp_path_factory):
 
 
 def _snapshot(run_dir: Path) -> dict:
-  return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+  """Every file of the run but its error log."""
+  return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*"))
+          if p.is_file() and p.name != "errors.log"}
 
 
 def test_existing_run_is_not_overwritten(saved_run, capsys):
   before = _snapshot(saved_run)
   _cli_error(["train", "--steps", "20", "--out-dir", saved_run], "already holds a run", capsys)
   assert _snapshot(saved_run) == before
+  log = (Path(saved_run) / "errors.log").read_text()
+  assert f"metajax train --steps 20 --out-dir {saved_run}" in log and "already holds a run" in log
 
 
 def test_resume_with_changed_settings_is_refused_and_loses_nothing(saved_run, capsys):

@@ -53,3 +53,33 @@ def test_api_screen_runs():
   assert set(scope["per_task"]) == {"loss", "loss_before", "support_loss"}
   assert scope["per_task"]["loss"].shape == (1000,)
   assert float(scope["per_task"]["loss"].mean()) < float(scope["per_task"]["loss_before"].mean())
+
+
+def test_many_devices_section_runs():
+  (block,) = _blocks("Many devices and many hosts")
+  scope: dict = {}
+  exec(compile(block, "README:distributed", "exec"), scope)
+  assert int(scope["state"].step) == 101
+  assert scope["metrics"]["loss"].shape == (100,) and np.isfinite(scope["metrics"]["loss"]).all()
+
+
+def test_image_data_section_runs(tmp_path, monkeypatch):
+  from tests.test_data import SHARED
+  if not (SHARED / "omniglot").is_dir():
+    pytest.skip(f"needs Omniglot under {SHARED} (set METAJAX_TEST_DATA)")
+  monkeypatch.setenv("METAJAX_CACHE", str(tmp_path))
+  (block,) = _blocks("Few-shot image data")
+  assert '"/path/to/data"' in block
+  scope: dict = {}
+  exec(compile(block.replace('"/path/to/data"', repr(str(SHARED))), "README:data", "exec"), scope)
+  assert scope["train"].images.shape == (4800, 20, 28, 28) and scope["test"].images.shape == (1692, 20, 28, 28)
+  assert scope["lake"].images.shape == (659, 20, 28, 28)
+  assert scope["tasks"].x_support.shape == (32, 5, 28, 28, 1) and scope["tasks"].x_query.shape == (32, 75, 28, 28, 1)
+  assert scope["lake_tasks"].x_support.shape == (8, 20, 28, 28, 1)
+
+
+def test_every_python_block_of_the_readme_is_executed_above():
+  executed = {"The API in one screen": 1, "One protocol for every learner": 2, "Many devices and many hosts": 1,
+              "Few-shot image data": 1}
+  assert all(len(_blocks(section)) == n for section, n in executed.items())
+  assert README.read_text().count("```python") == sum(executed.values())
