@@ -46,6 +46,14 @@ def _net():
 
 
 API_CASES = [
+    ("iMAML with no proximal term", lambda tmp: learners.imaml(_apply(), lam=0.0), ValueError,
+     "IMAMLConfig: lam must be a positive finite number, got 0.0"),
+    ("iMAML with zero CG steps", lambda tmp: learners.imaml(_apply(), cg_steps=0), ValueError,
+     "IMAMLConfig: cg_steps must be a positive integer, got 0"),
+    ("iMAML with an unknown HVP mode", lambda tmp: learners.imaml(_apply(), hvp="jacfwd"), ValueError,
+     "IMAMLConfig: unknown hvp 'jacfwd'; choose one of ('reverse', 'forward')"),
+    ("iMAML adapting only a head", lambda tmp: learners.imaml(_apply(), adapt_filter=lambda path: True), ValueError,
+     "IMAMLConfig: adapt_filter is not supported"),
     ("MAML factory with zero inner steps", lambda tmp: learners.maml(_apply(), inner_steps=0), ValueError,
      "MAMLConfig: inner_steps must be a positive integer, got 0"),
     ("Reptile with a negative inner rate", lambda tmp: learners.reptile(_apply(), inner_lr=-1.0), ValueError,
@@ -160,7 +168,7 @@ CLI_CASES = [
     (["train", "--dataset", "omniglot", "--data-dir", "/nonexistent/data"], "does not exist"),
     (["eval", "/nonexistent/run"], "does not exist"),
     (["train", "--algo", "rnn", "--eval-inner-steps", "3"], "rnn evaluates without a configurable number of inner steps"),
-    (["train", "--algo", "imaml"], "invalid choice: 'imaml'"),
+    (["train", "--algo", "maml3"], "invalid choice: 'maml3'"),
     (["train", "--dataset", "omniglot", "--train-ways", "10"],
      "--train-ways 10 differs from --ways 5, but maml's parameters depend on the number of classes; "
      "only matching, protonet, relation train with other ways"),

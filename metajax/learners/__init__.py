@@ -3,6 +3,7 @@
 =================  =========================================================
 ``maml``           :func:`metajax.learners.gradient.maml` (and ``fomaml``,
                    ``meta_sgd``, ``anil``, ``maml_plus_plus``, ``reptile``)
+``imaml``          :func:`metajax.learners.implicit.imaml`
 ``protonet``       :func:`metajax.learners.metric.prototypical` (and
                    ``matching``, ``relation``)
 ``rnn``            :func:`metajax.learners.recurrent.black_box_rnn`
@@ -14,6 +15,7 @@
 """
 from metajax.learners import forward
 from metajax.learners import gradient
+from metajax.learners import implicit
 from metajax.learners import learned_opt
 from metajax.learners import metric
 from metajax.learners import recurrent
@@ -27,6 +29,8 @@ from metajax.learners.gradient import maml
 from metajax.learners.gradient import maml_plus_plus
 from metajax.learners.gradient import meta_sgd
 from metajax.learners.gradient import reptile
+from metajax.learners.implicit import IMAMLConfig
+from metajax.learners.implicit import imaml
 from metajax.learners.learned_opt import LearnedOptimizerConfig
 from metajax.learners.learned_opt import learned_optimizer
 from metajax.learners.learned_opt import lstm_optimizer
@@ -41,8 +45,8 @@ from metajax.learners.registry import Setup
 from metajax.learners.registry import register
 
 __all__ = [
-    "LearnedOptimizerConfig", "LearnerConfig", "MAMLConfig", "REGISTRY", "ReptileConfig", "Setup", "anil",
-    "black_box_rnn", "fomaml", "forward", "gradient", "learned_opt", "learned_optimizer", "lstm_optimizer", "maml",
+    "IMAMLConfig", "LearnedOptimizerConfig", "LearnerConfig", "MAMLConfig", "REGISTRY", "ReptileConfig", "Setup", "anil",
+    "black_box_rnn", "fomaml", "forward", "gradient", "imaml", "implicit", "learned_opt", "learned_optimizer", "lstm_optimizer", "maml",
     "maml_plus_plus", "matching", "meta_lstm", "meta_lstm_optimizer", "meta_sgd", "metric", "prototypical",
     "recurrent", "register", "registry", "relation", "reptile",
 ]

@@ -113,6 +113,12 @@ class InnerLoopConfig:
     """Whether :meth:`inner_rates` carry a leading steps axis."""
     return False
 
+  def inner_loss(self, init_params: PyTree, params: PyTree, support: tuple[Array, Array]) -> Array:
+    """The loss the inner loop minimises, starting from ``init_params``: the support loss
+    (iMAML adds a proximal term around ``init_params``)."""
+    del init_params
+    return self.loss_fn(self.apply_fn(params, support[0]), support[1])
+
 
 @dataclasses.dataclass(frozen=True)
 class MAMLConfig(InnerLoopConfig):
@@ -208,10 +214,7 @@ def adapt_task(config: InnerLoopConfig, meta_params: PyTree, task: Task, steps: 
   """``meta_params["params"]`` adapted to one task's support set by ``steps`` inner steps;
   ``trace_query`` records the query loss after every step. Returns ``(params, AdaptInfo)``."""
   params = meta_params["params"]
-
-  def support_loss(p, data):
-    return config.loss_fn(config.apply_fn(p, data[0]), data[1])
-
+  support_loss = functools.partial(config.inner_loss, params)
   trace_fn = None
   if trace_query:
     trace_fn = lambda p: config.loss_fn(config.apply_fn(p, task.x_query), task.y_query)

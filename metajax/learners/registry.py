@@ -21,7 +21,7 @@ from jax.flatten_util import ravel_pytree
 from metajax.core import losses
 from metajax.core.meta import TaskStrategy
 from metajax.core.protocol import MetaLearner
-from metajax.learners import gradient, learned_opt, metric, recurrent
+from metajax.learners import gradient, implicit, learned_opt, metric, recurrent
 from metajax.learners.forward import accuracy_metrics
 from metajax.models import MLP, Conv4, RelationModule, functional
 
@@ -195,7 +195,8 @@ def _learned_optimizer(setup: Setup, key: jax.Array) -> tuple[MetaLearner, PyTre
 
 
 for _name, _factory in (("maml", gradient.maml), ("fomaml", gradient.fomaml), ("meta-sgd", gradient.meta_sgd),
-                        ("anil", gradient.anil), ("maml++", gradient.maml_plus_plus), ("reptile", gradient.reptile)):
+                        ("anil", gradient.anil), ("maml++", gradient.maml_plus_plus), ("reptile", gradient.reptile),
+                        ("imaml", implicit.imaml)):
   register(_name, _gradient(_factory), inner_steps=True, eval_inner_steps=True)
 for _name, _factory in (("protonet", metric.prototypical), ("matching", metric.matching),
                         ("relation", metric.relation)):
