@@ -7,6 +7,7 @@ import platform
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable, Optional
 
 import jax
 
@@ -54,3 +55,41 @@ def save(name: str, payload: dict) -> Path:
   path = RESULTS / f"{name}.json"
   path.write_text(json.dumps(payload, indent=2))
   return path
+
+
+class _BudgetSpent(Exception):
+  """Raised at a curve point once the training-time budget is spent."""
+
+
+def train_with_curve(args, problem, *, curve_tasks: int, budget_minutes: Optional[float] = None,
+                     eval_chunk: int = 100, curve: Optional[list] = None,
+                     on_point: Optional[Callable[[list], None]] = None, label: str = ""):
+  """Trains ``problem`` as ``metajax.harness.run.train`` does, with a learning curve: after every
+  chunk, the accuracy on ``curve_tasks`` test tasks (appended to ``curve``, then ``on_point(curve)``).
+  Stops at the first chunk past ``budget_minutes`` of training time (all resumptions counted).
+
+  Returns ``(state, meta_steps, train_time_s, curve)`` of where training stopped.
+  """
+  from metajax.core import mean_and_ci95
+  from metajax.harness.run import evaluate, train
+  curve = [] if curve is None else curve
+  reached = {"steps": int(problem.state.step), "state": problem.state, "train_time_s": 0.0}
+
+  def on_chunk(step, state, seconds):
+    mean, ci = mean_and_ci95(evaluate(problem, state, curve_tasks, seed=123, chunk=eval_chunk)["accuracy"])
+    curve[:] = [p for p in curve if p["step"] < step] + [
+        {"step": step, "train_time_s": round(seconds, 1), "accuracy": mean, "ci95": ci}]
+    if on_point is not None:
+      on_point(curve)
+    print(f"  {label} step {step:7d} {seconds:8.0f} s  test-task accuracy {100 * mean:.2f} ± {100 * ci:.2f}",
+          flush=True)
+    reached.update(steps=step, state=state, train_time_s=seconds)
+    if budget_minutes is not None and seconds >= 60 * budget_minutes:
+      raise _BudgetSpent
+
+  try:
+    trained = train(args, problem, on_chunk=on_chunk)
+    reached.update(steps=args.steps, state=trained.state, train_time_s=trained.train_time_s)
+  except _BudgetSpent:
+    pass
+  return reached["state"], reached["steps"], reached["train_time_s"], curve

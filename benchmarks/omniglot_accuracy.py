@@ -19,19 +19,15 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine, save  # noqa: E402
+from _common import machine, save, train_with_curve  # noqa: E402
 
 from metajax.core import mean_and_ci95  # noqa: E402
 from metajax.harness.args import TrainArgs  # noqa: E402
 from metajax.harness.problem import build  # noqa: E402
-from metajax.harness.run import evaluate, train  # noqa: E402
+from metajax.harness.run import evaluate  # noqa: E402
 from metajax.learners import REGISTRY  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-class _BudgetSpent(Exception):
-  """Raised at a curve point once --budget-minutes of training time are spent."""
 
 
 def main() -> None:
@@ -59,32 +55,16 @@ def main() -> None:
                    inner_steps=ns.inner_steps, inner_lr=ns.inner_lr, outer_lr=ns.outer_lr,
                    eval_inner_steps=ns.eval_inner_steps, eval_queries=ns.queries,
                    chunk=ns.curve_every, seed=ns.seed)
-  curve = []
   problem = build(args)
-  reached = {}
-
-  def on_chunk(step, state, seconds):
-    acc = evaluate(problem, state, ns.curve_tasks, seed=123)["accuracy"]
-    mean, ci = mean_and_ci95(acc)
-    curve.append({"step": step, "train_time_s": round(seconds, 1), "accuracy": mean, "ci95": ci})
-    print(f"  step {step:6d}  {seconds:7.0f} s  test-task accuracy {100 * mean:.2f} ± {100 * ci:.2f}",
-          flush=True)
-    reached.update(steps=step, state=state, train_time_s=seconds)
-    if ns.budget_minutes is not None and seconds >= 60 * ns.budget_minutes:
-      raise _BudgetSpent
-
-  try:
-    trained = train(args, problem, on_chunk=on_chunk)
-    reached.update(steps=ns.steps, state=trained.state, train_time_s=trained.train_time_s)
-  except _BudgetSpent:
-    pass
-  final = evaluate(problem, reached["state"], ns.test_tasks, seed=10_000 + ns.seed)
+  state, steps, train_time_s, curve = train_with_curve(args, problem, curve_tasks=ns.curve_tasks,
+                                                       budget_minutes=ns.budget_minutes, label=ns.algo)
+  final = evaluate(problem, state, ns.test_tasks, seed=10_000 + ns.seed)
   mean, ci = mean_and_ci95(final["accuracy"])
   name = ns.out or f"omniglot_{ns.algo}_{ns.ways}w{ns.shots}s"
   print(f"{name}: {100 * mean:.2f} ± {100 * ci:.2f} % over {ns.test_tasks} test tasks after "
-        f"{reached['steps']} meta-steps ({reached['train_time_s']:.0f} s of training)")
-  save(name, {"machine": machine(), "args": vars(ns), "meta_steps": reached["steps"],
-              "train_time_s": reached["train_time_s"], "accuracy": mean, "ci95": ci, "curve": curve})
+        f"{steps} meta-steps ({train_time_s:.0f} s of training)")
+  save(name, {"machine": machine(), "args": vars(ns), "meta_steps": steps,
+              "train_time_s": train_time_s, "accuracy": mean, "ci95": ci, "curve": curve})
 
 
 if __name__ == "__main__":

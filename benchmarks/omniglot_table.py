@@ -28,18 +28,17 @@ import os
 import sys
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import RESULTS, machine  # noqa: E402
+from _common import RESULTS, machine, train_with_curve  # noqa: E402
 
 from metajax.core import mean_and_ci95  # noqa: E402
 from metajax.data import episodes, omniglot  # noqa: E402
 from metajax.harness.args import TrainArgs  # noqa: E402
-from metajax.harness.problem import Problem, build  # noqa: E402
-from metajax.harness.run import evaluate, train  # noqa: E402
+from metajax.harness.problem import build  # noqa: E402
+from metajax.harness.run import evaluate  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TABLE = RESULTS / "omniglot_table.json"
@@ -106,34 +105,15 @@ def run_cell(ns: argparse.Namespace) -> dict:
   if ns.split == "lake":
     problem = problem._replace(eval_tasks=lake_eval_tasks(ns.data_dir, ns.ways, ns.shots, 15))
   curve_file = out_dir / "curve.jsonl"
-  curve = _read_curve(curve_file)
-  reached = {"steps": 0, "state": problem.state, "train_time_s": 0.0}
-
-  class BudgetSpent(Exception):
-    pass
-
-  def on_chunk(step, state, seconds):
-    mean, ci = mean_and_ci95(evaluate(problem, state, ns.curve_tasks, seed=123, chunk=ns.eval_chunk)["accuracy"])
-    point = {"step": step, "train_time_s": round(seconds, 1), "accuracy": mean, "ci95": ci}
-    curve[:] = [p for p in curve if p["step"] < step] + [point]
-    curve_file.write_text("".join(json.dumps(p) + "\n" for p in curve))
-    print(f"  {cell} step {step:7d} {seconds:8.0f} s  accuracy {100 * mean:.2f} ± {100 * ci:.2f}", flush=True)
-    reached.update(steps=step, state=state, train_time_s=seconds)
-    if ns.budget_minutes is not None and seconds >= 60 * ns.budget_minutes:
-      raise BudgetSpent
-
-  try:
-    trained = train(args, problem, on_chunk=on_chunk)
-    reached.update(steps=args.steps, state=trained.state, train_time_s=trained.train_time_s)
-  except BudgetSpent:
-    pass
-  final = evaluate(problem, reached["state"], ns.test_tasks, seed=10_000 + ns.seed,
-                   inner_steps=args.eval_inner_steps if problem.entry.eval_inner_steps else None,
-                   chunk=ns.eval_chunk)
+  state, steps, train_time_s, curve = train_with_curve(
+      args, problem, curve_tasks=ns.curve_tasks, budget_minutes=ns.budget_minutes, eval_chunk=ns.eval_chunk,
+      curve=_read_curve(curve_file), label=cell,
+      on_point=lambda points: curve_file.write_text("".join(json.dumps(p) + "\n" for p in points)))
+  final = evaluate(problem, state, ns.test_tasks, seed=10_000 + ns.seed, chunk=ns.eval_chunk)
   mean, ci = mean_and_ci95(final["accuracy"])
   paper = PAPER[ns.algo][CELLS.index((ns.ways, ns.shots))] if ns.split == "vinyals" else None
   row = {"algo": ns.algo, "ways": ns.ways, "shots": ns.shots, "accuracy": round(100 * mean, 2),
-         "ci95": round(100 * ci, 2), "meta_steps": reached["steps"], "train_seconds": round(reached["train_time_s"], 1),
+         "ci95": round(100 * ci, 2), "meta_steps": steps, "train_seconds": round(train_time_s, 1),
          "paper": paper, "split": ns.split, "planned_steps": args.steps, "test_tasks": ns.test_tasks,
          "protocol": {k: v for k, v in vars(args).items() if k in settings or k in ("train_ways", "eval_inner_steps")},
          "differences": differences, "curve": curve, "machine": machine()}
