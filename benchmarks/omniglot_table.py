@@ -60,10 +60,11 @@ def protocol(algo: str, ways: int, shots: int) -> tuple[dict, list[str]]:
     return (dict(meta_batch=32 if five else 16, inner_steps=1 if five else 5, inner_lr=0.4 if five else 0.1,
                  eval_inner_steps=3 if five else 5, queries=shots, steps=60_000), [])
   if algo == "reptile":  # Nichol et al. 2018, appendix A (Omniglot, transductive)
-    return (dict(meta_batch=5, inner_steps=5, inner_lr=0.1, eval_inner_steps=50, queries=shots, steps=100_000),
+    return (dict(meta_batch=5, inner_steps=5, inner_lr=0.1, eval_inner_steps=50, train_shots=10, queries=5,
+                 steps=100_000),
             ["inner optimizer SGD (lr 0.1) instead of Adam (lr 1e-3, beta1 0)",
              "outer update Adam 1e-3 on the Reptile direction instead of SGD with step 1 annealed to 0",
-             f"trains with {shots} shots (the paper trains with 10 and a 10-example inner batch)"])
+             "full-batch inner steps on the 10 training shots (the paper: mini-batches of 10)"])
   if algo == "protonet":  # Snell et al. 2017, section 3.1
     return (dict(meta_batch=1, train_ways=60, queries=5, steps=40_000),
             ["constant Adam 1e-3 (the paper halves it every 2,000 episodes)"])
@@ -115,7 +116,8 @@ def run_cell(ns: argparse.Namespace) -> dict:
   row = {"algo": ns.algo, "ways": ns.ways, "shots": ns.shots, "accuracy": round(100 * mean, 2),
          "ci95": round(100 * ci, 2), "meta_steps": steps, "train_seconds": round(train_time_s, 1),
          "paper": paper, "split": ns.split, "planned_steps": args.steps, "test_tasks": ns.test_tasks,
-         "protocol": {k: v for k, v in vars(args).items() if k in settings or k in ("train_ways", "eval_inner_steps")},
+         "protocol": {k: v for k, v in vars(args).items()
+                      if k in settings or k in ("train_ways", "train_shots", "eval_inner_steps")},
          "differences": differences, "curve": curve, "machine": machine()}
   print(f"{cell}: {row['accuracy']:.2f} ± {row['ci95']:.2f} % over {ns.test_tasks} test tasks after "
         f"{row['meta_steps']} meta-steps ({row['train_seconds']:.0f} s of training); paper {paper}")

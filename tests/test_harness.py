@@ -130,8 +130,8 @@ def test_algorithm_defaults_fill_only_unset_options():
   assert (proto.meta_batch, proto.train_ways, proto.ways, proto.queries, proto.eval_queries) == (1, 60, 5, 5, 15)
   mine = TrainArgs(dataset="omniglot", algo="protonet", meta_batch=4, train_ways=10, queries=3)
   assert (mine.meta_batch, mine.train_ways, mine.queries) == (4, 10, 3)
-  maml = TrainArgs(dataset="omniglot", algo="maml", ways=20)
-  assert (maml.meta_batch, maml.train_ways, maml.queries) == (32, 20, 15)
+  maml = TrainArgs(dataset="omniglot", algo="maml", ways=20, shots=5)
+  assert (maml.meta_batch, maml.train_ways, maml.train_shots, maml.queries) == (32, 20, 5, 15)
 
 
 def test_training_time_accumulates_across_resumes_and_a_torn_metrics_line_is_dropped(tmp_path, capsys):
@@ -150,7 +150,7 @@ def test_training_time_accumulates_across_resumes_and_a_torn_metrics_line_is_dro
   assert summary["train_time_s"] >= times[-1]
 
 
-def test_protonet_trains_on_train_ways_and_evaluates_on_ways(tmp_path, monkeypatch):
+def test_protonet_trains_on_train_ways_and_shots_and_evaluates_on_ways(tmp_path, monkeypatch):
   from metajax.harness.args import TrainArgs
   from metajax.harness.problem import build
   from metajax.harness.run import evaluate, train
@@ -159,10 +159,11 @@ def test_protonet_trains_on_train_ways_and_evaluates_on_ways(tmp_path, monkeypat
     pytest.skip(f"needs Omniglot under {SHARED} (set METAJAX_TEST_DATA)")
   monkeypatch.setenv("METAJAX_CACHE", str(tmp_path))
   args = TrainArgs(dataset="omniglot", data_dir=str(SHARED), algo="protonet", train_ways=10, ways=5, width=8,
-                   meta_batch=2, steps=2, chunk=2, train_split="background_small1", eval_split="background_small2")
+                   train_shots=2, meta_batch=2, steps=2, chunk=2, train_split="background_small1",
+                   eval_split="background_small2")
   problem = build(args)
   batch = problem.sample_fn(jax.random.PRNGKey(0), problem.train_data)
-  assert batch.x_support.shape[1] == 10 and int(batch.y_query.max()) == 9
+  assert batch.x_support.shape[1] == 10 * 2 and int(batch.y_query.max()) == 9
   assert problem.eval_tasks(jax.random.PRNGKey(0), 3).x_support.shape[1] == 5
   trained = train(args, problem)
   scores = evaluate(problem, trained.state, 6, seed=0)

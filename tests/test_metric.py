@@ -47,6 +47,17 @@ def test_matching_attention_sums_to_one_and_predicts_neighbours():
   assert probs[0, 0] > probs[0, 1] and probs[1, 1] > probs[1, 0]
 
 
+def test_matching_attention_without_query_normalisation_sharpens_with_the_query_norm():
+  query, support = jax.random.normal(jax.random.PRNGKey(0), (3, 5)), jax.random.normal(jax.random.PRNGKey(1), (4, 5))
+  cosine = metric.matching_attention(query, support)
+  unit = query / jnp.linalg.norm(query, axis=-1, keepdims=True)
+  np.testing.assert_allclose(metric.matching_attention(unit, support, normalize_query=False), cosine, rtol=1e-5)
+  sharp = metric.matching_attention(10 * unit, support, normalize_query=False)
+  np.testing.assert_array_equal(sharp.argmax(-1), cosine.argmax(-1))
+  assert (sharp.max(-1) > cosine.max(-1)).all()
+  np.testing.assert_allclose(sharp.sum(-1), np.ones(3), rtol=1e-6)
+
+
 def _learners(key, ways=3):
   """Each learner over an MLP embedding of flattened 16×16 images (plumbing tests; Conv4 is
   exercised on real Omniglot below)."""

@@ -38,7 +38,7 @@ ALGO_DEFAULTS = {
 @dataclasses.dataclass(frozen=True)
 class TrainArgs:
   """What ``metajax train`` runs. ``None`` fields take ``ALGO_DEFAULTS``, then
-  ``DATASET_DEFAULTS``; ``train_ways`` defaults to ``ways``."""
+  ``DATASET_DEFAULTS``; ``train_ways`` and ``train_shots`` default to ``ways`` and ``shots``."""
 
   dataset: Dataset = "sinusoid"
   data_dir: Optional[str] = None
@@ -48,6 +48,7 @@ class TrainArgs:
   ways: int = 5
   train_ways: Optional[int] = None
   shots: Optional[int] = None
+  train_shots: Optional[int] = None
   queries: Optional[int] = None
   inner_steps: int = 1
   inner_lr: Optional[float] = None
@@ -86,11 +87,13 @@ class TrainArgs:
         object.__setattr__(self, name, value)
     if self.train_ways is None:
       object.__setattr__(self, "train_ways", self.ways)
+    if self.train_shots is None:
+      object.__setattr__(self, "train_shots", self.shots)
     if self.train_ways != self.ways and not entry.ways_free:
       raise ValueError(f"--train-ways {self.train_ways} differs from --ways {self.ways}, but {self.algo}'s "
                        f"parameters depend on the number of classes; only "
                        f"{', '.join(n for n, e in sorted(registry.REGISTRY.items()) if e.ways_free)} train with other ways")
-    for name in ("steps", "meta_batch", "ways", "train_ways", "shots", "queries", "inner_steps", "eval_tasks",
+    for name in ("steps", "meta_batch", "ways", "train_ways", "shots", "train_shots", "queries", "inner_steps", "eval_tasks",
                  "eval_queries", "chunk", "width", "checkpoint_every", "keep_checkpoints", "val_tasks") + \
         (("eval_inner_steps",) if self.eval_inner_steps is not None else ()):
       check_positive_int(getattr(self, name), f"--{name.replace('_', '-')}")

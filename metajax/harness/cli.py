@@ -32,6 +32,7 @@ HELP = {
     "ways": "classes per task (N), classification datasets",
     "train_ways": "classes per training task (protonet, matching and relation only)",
     "shots": "support examples per task, per class for classification",
+    "train_shots": "support examples per training task (per class)",
     "queries": "query examples per task (per class) during training",
     "inner_steps": "inner gradient steps during meta-training",
     "inner_lr": "inner learning rate, initial value when learned",
@@ -96,8 +97,8 @@ def _defaults_shown(field: dataclasses.Field) -> str:
   """`` (default: ...)`` for ``--help``: the field's default, per dataset and per algorithm."""
   if field.name in DATASET_DEFAULTS["sinusoid"]:
     notes = [f"{v[field.name]} {k}" for k, v in DATASET_DEFAULTS.items()]
-  elif field.name == "train_ways":
-    notes = ["--ways"]
+  elif field.name in ("train_ways", "train_shots"):
+    notes = ["--" + field.name.removeprefix("train_")]
   elif field.default is None or "default" in HELP[field.name]:
     return ""
   else:

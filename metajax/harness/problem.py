@@ -67,17 +67,17 @@ def _problem(args: TrainArgs, x_shape: tuple, classes: bool, sample_fn: Callable
 def build(args: TrainArgs) -> Problem:
   """The learner, its initial state and its task samplers for ``args.dataset``."""
   if args.dataset == "sinusoid":
-    sample_fn = functools.partial(sinusoid.sample, num_tasks=args.meta_batch, shots=args.shots,
+    sample_fn = functools.partial(sinusoid.sample, num_tasks=args.meta_batch, shots=args.train_shots,
                                   queries=args.queries)
     eval_tasks = lambda key, n: sinusoid.sample(key, n, args.shots, args.eval_queries)
     return _problem(args, (1,), False, sample_fn, None, eval_tasks)
   loader = {"omniglot": omniglot.load, "mini-imagenet": mini_imagenet.load}[args.dataset]
   train = loader(args.train_split, args.data_dir)
   test = loader(args.eval_split, args.data_dir)
-  episodes.check_episode_shape(*train.images.shape[:2], args.train_ways, args.shots, args.queries)
+  episodes.check_episode_shape(*train.images.shape[:2], args.train_ways, args.train_shots, args.queries)
   episodes.check_episode_shape(*test.images.shape[:2], args.ways, args.shots, args.eval_queries)
   sample_fn = functools.partial(episodes.sample, num_tasks=args.meta_batch, ways=args.train_ways,
-                                shots=args.shots, queries=args.queries)
+                                shots=args.train_shots, queries=args.queries)
   test_images = jnp.asarray(test.images)
   eval_tasks = lambda key, n: episodes.sample(key, test_images, num_tasks=n, ways=args.ways,
                                               shots=args.shots, queries=args.eval_queries)

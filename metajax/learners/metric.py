@@ -56,11 +56,17 @@ def prototypical(embed_fn: EmbedFn, ways: int, **kwargs: Any) -> MetaLearner:
   return learner(LearnerConfig(scores, name="prototypical", **kwargs))
 
 
-def matching_attention(query: Array, support: Array, eps: float = 1e-8) -> Array:
-  """Softmax over cosine similarities: ``(q, d), (s, d) -> (q, s)``, rows summing to one."""
-  qn = query / (jnp.linalg.norm(query, axis=-1, keepdims=True) + eps)
+def matching_attention(query: Array, support: Array, eps: float = 1e-8, normalize_query: bool = True) -> Array:
+  """Softmax over cosine similarities: ``(q, d), (s, d) -> (q, s)``, rows summing to one.
+
+  ``normalize_query=False`` normalises the support embeddings only (as common Matching
+  network implementations do): each query's similarities then scale with its norm, a
+  learned temperature; the ranking of the support set is unchanged.
+  """
+  if normalize_query:
+    query = query / (jnp.linalg.norm(query, axis=-1, keepdims=True) + eps)
   sn = support / (jnp.linalg.norm(support, axis=-1, keepdims=True) + eps)
-  return jax.nn.softmax(qn @ sn.T, axis=-1)
+  return jax.nn.softmax(query @ sn.T, axis=-1)
 
 
 class FullContextEmbedding(nn.Module):
@@ -94,13 +100,14 @@ class FullContextEmbedding(nn.Module):
 
 
 def matching(embed_fn: EmbedFn, ways: int, fce_fn: Optional[Callable[[PyTree, Array, Array], tuple]] = None,
-             **kwargs: Any) -> MetaLearner:
+             normalize_query: bool = True, **kwargs: Any) -> MetaLearner:
   """Matching networks: cosine attention over the support set.
 
   ``embed_fn(params, x (n, ...)) -> (n, d)``. With ``fce_fn`` (full-context
   embeddings, e.g. ``functional``-wrapped :class:`FullContextEmbedding` called as
   ``fce_fn(params, support, query)``) the parameters are ``{"embed": ...,
   "fce": ...}`` and the embeddings are refined before the attention.
+  ``normalize_query``: see :func:`matching_attention`.
   """
   check_ways(ways, "matching")
 
@@ -110,7 +117,7 @@ def matching(embed_fn: EmbedFn, ways: int, fce_fn: Optional[Callable[[PyTree, Ar
     query = embed_fn(embed_params, task.x_query)
     if fce_fn is not None:
       support, query = fce_fn(params["fce"], support, query)
-    attention = matching_attention(query, support)
+    attention = matching_attention(query, support, normalize_query=normalize_query)
     probs = attention @ jax.nn.one_hot(task.y_support, ways, dtype=attention.dtype)
     return jnp.log(probs + 1e-8)
 
