@@ -53,7 +53,8 @@ def main() -> None:
   args = TrainArgs(dataset="omniglot", data_dir=ns.data_dir, algo=ns.algo, steps=ns.steps,
                    meta_batch=ns.meta_batch, ways=ns.ways, shots=ns.shots, queries=ns.queries,
                    inner_steps=ns.inner_steps, inner_lr=ns.inner_lr, outer_lr=ns.outer_lr,
-                   eval_inner_steps=ns.eval_inner_steps, eval_queries=ns.queries,
+                   eval_inner_steps=ns.eval_inner_steps if REGISTRY[ns.algo].eval_inner_steps else None,
+                   eval_queries=ns.queries,
                    chunk=ns.curve_every, seed=ns.seed)
   problem = build(args)
   state, steps, train_time_s, curve = train_with_curve(args, problem, curve_tasks=ns.curve_tasks,
