@@ -10,6 +10,7 @@ from pathlib import Path
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -169,3 +170,25 @@ def test_protonet_trains_on_train_ways_and_shots_and_evaluates_on_ways(tmp_path,
   scores = evaluate(problem, trained.state, 6, seed=0)
   assert scores["accuracy"].shape == (6,) and np.all((scores["accuracy"] >= 0) & (scores["accuracy"] <= 1))
   assert set(np.unique(np.round(scores["accuracy"] * 75))) <= set(range(76))  # 5 ways x 15 queries each
+
+
+def test_outer_learning_rate_cosine_annealing_shrinks_the_updates():
+  import optax
+  from metajax.harness.args import TrainArgs
+  from metajax.harness.problem import outer_optimizer
+  params, grads = {"w": jnp.zeros(3)}, {"w": jnp.array([1.0, -2.0, 0.5])}
+
+  def update_norm(args, step):
+    opt = outer_optimizer(args)
+    state = opt.init(params)
+    for _ in range(step):
+      _, state = opt.update(grads, state, params)
+    updates, _ = opt.update(grads, state, params)
+    return float(optax.tree.norm(updates))
+
+  constant, cosine = TrainArgs(), TrainArgs(outer_lr_decay_steps=100)
+  assert update_norm(cosine, 0) == pytest.approx(update_norm(constant, 0))
+  assert update_norm(cosine, 50) == pytest.approx(0.5 * update_norm(constant, 50), rel=1e-3)
+  assert update_norm(cosine, 100) == pytest.approx(0.0, abs=1e-12)
+  with pytest.raises(ValueError, match="--outer-lr-decay-steps must be a non-negative integer"):
+    TrainArgs(outer_lr_decay_steps=-1)

@@ -219,3 +219,19 @@ def test_learned_inner_rates_take_the_parameters_dtype(mode, key):
     params, apply_fn = tiny_mlp(key, dtype=jnp.float64)
     state = maml.init(maml.MAMLConfig(apply_fn, inner_lr_mode=mode), params, key)
     assert {leaf.dtype for leaf in jax.tree.leaves(state.meta_params["inner_lr"])} == {jnp.dtype("float64")}
+
+
+def test_derivative_order_annealing_is_first_order_before_the_switch_and_second_after(mlp, batch, key):
+  params, apply_fn = mlp
+  anneal = maml.MAMLConfig(apply_fn, inner_steps=2, first_order_until=3)
+  second = maml.MAMLConfig(apply_fn, inner_steps=2)
+  first = maml.MAMLConfig(apply_fn, inner_steps=2, first_order=True)
+  state = maml.init(anneal, params, key)
+  grad = lambda config, s: maml.meta_grad(s, batch, config=config)[0]
+  chex.assert_trees_all_close(grad(anneal, state), grad(first, state), rtol=1e-5, atol=1e-7)
+  later = state._replace(step=state.step + 3)
+  chex.assert_trees_all_close(grad(anneal, later), grad(second, later), rtol=1e-5, atol=1e-7)
+  differ = jax.tree.map(lambda a, b: np.abs(a - b).max(), grad(first, later), grad(second, later))
+  assert max(jax.tree.leaves(differ)) > 1e-4
+  with pytest.raises(ValueError, match="first_order_until anneals to second order"):
+    maml.MAMLConfig(apply_fn, first_order=True, first_order_until=3)

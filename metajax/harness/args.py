@@ -53,6 +53,7 @@ class TrainArgs:
   inner_steps: int = 1
   inner_lr: Optional[float] = None
   outer_lr: float = 1e-3
+  outer_lr_decay_steps: int = 0
   clip_grad_norm: Optional[float] = None
   width: Optional[int] = None
   eval_tasks: Optional[int] = None
@@ -98,6 +99,7 @@ class TrainArgs:
         (("eval_inner_steps",) if self.eval_inner_steps is not None else ()):
       check_positive_int(getattr(self, name), f"--{name.replace('_', '-')}")
     check_nonnegative_int(self.val_every, "--val-every")
+    check_nonnegative_int(self.outer_lr_decay_steps, "--outer-lr-decay-steps")
     if self.devices != "all" and not (self.devices.isdigit() and int(self.devices) >= 1):
       raise ValueError(f"--devices must be 'all' or a positive integer, got {self.devices!r}")
     if self.resume and not self.out_dir:

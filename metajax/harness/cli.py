@@ -37,6 +37,8 @@ HELP = {
     "inner_steps": "inner gradient steps during meta-training",
     "inner_lr": "inner learning rate, initial value when learned",
     "outer_lr": "Adam learning rate of the outer optimizer",
+    "outer_lr_decay_steps": "cosine-anneal the outer learning rate to 0 over this many meta-steps "
+                            "(MAML++; 0: constant)",
     "clip_grad_norm": "clip the outer gradient to this global norm (default: no clipping)",
     "width": "channels of the Conv4 blocks (image datasets; hidden size of the sinusoid rnn)",
     "eval_tasks": "new tasks in the final evaluation",

@@ -38,8 +38,12 @@ class Problem(NamedTuple):
 
 
 def outer_optimizer(args: TrainArgs) -> optax.GradientTransformation:
-  """Adam at ``--outer-lr``, after global-norm clipping when ``--clip-grad-norm`` is set."""
-  optimizer = optax.adam(args.outer_lr)
+  """Adam at ``--outer-lr`` (cosine-annealed to 0 over ``--outer-lr-decay-steps`` meta-steps
+  when set, as in MAML++), after global-norm clipping when ``--clip-grad-norm`` is set."""
+  lr = args.outer_lr
+  if args.outer_lr_decay_steps:
+    lr = optax.cosine_decay_schedule(args.outer_lr, args.outer_lr_decay_steps)
+  optimizer = optax.adam(lr)
   if args.clip_grad_norm is not None:
     optimizer = optax.chain(optax.clip_by_global_norm(args.clip_grad_norm), optimizer)
   return optimizer

@@ -133,12 +133,15 @@ class MAMLConfig(InnerLoopConfig):
       query loss after every inner step.
     msl_anneal_steps: outer steps over which the multi-step weights anneal from
       uniform to the last step only (MAML++); 0 keeps them uniform.
+    first_order_until: derivative-order annealing (MAML++): outer steps ``< first_order_until``
+      use first-order gradients, later ones second order; 0 (default) never switches.
   """
 
   inner_lr_mode: InnerLRMode = "fixed"
   first_order: bool = False
   multi_step_loss: bool = False
   msl_anneal_steps: int = 0
+  first_order_until: int = 0
 
   def __post_init__(self):
     super().__post_init__()
@@ -146,6 +149,9 @@ class MAMLConfig(InnerLoopConfig):
       raise ValueError(
           f"MAMLConfig: unknown inner_lr_mode {self.inner_lr_mode!r}; choose one of {INNER_LR_MODES}")
     check_nonnegative_int(self.msl_anneal_steps, "MAMLConfig: msl_anneal_steps")
+    check_nonnegative_int(self.first_order_until, "MAMLConfig: first_order_until")
+    if self.first_order and self.first_order_until:
+      raise ValueError("MAMLConfig: first_order_until anneals to second order; it needs first_order=False")
     if self.inner_optimizer is not None and self.inner_lr_mode != "fixed":
       raise ValueError("MAMLConfig: inner_optimizer sets the inner step; it needs inner_lr_mode='fixed'")
 
@@ -237,10 +243,11 @@ def query_metrics(config: InnerLoopConfig, params: PyTree, task: Task, suffix: s
 
 
 def task_objective(config: MAMLConfig, meta_params: PyTree, task: Task,
-                   weights: Optional[Array] = None) -> tuple[Array, dict]:
+                   weights: Optional[Array] = None, first_order: Optional[bool] = None) -> tuple[Array, dict]:
   """Outer objective of one task: query loss after adapting on its support set.
 
   With ``multi_step_loss`` the objective is ``Σ_t weights[t] · query_loss(θ_t)``.
+  ``first_order`` overrides ``config.first_order``.
 
   Returns:
     ``(objective, metrics)`` with scalar metrics ``loss`` (query loss after
@@ -248,7 +255,7 @@ def task_objective(config: MAMLConfig, meta_params: PyTree, task: Task,
     ``objective``.
   """
   adapted, info = adapt_task(config, meta_params, task, config.inner_steps,
-                              config.first_order, config.multi_step_loss)
+                              config.first_order if first_order is None else first_order, config.multi_step_loss)
   metrics = query_metrics(config, adapted, task)
   metrics["support_loss"] = info.support_loss[0]
   objective = metrics["loss"]
@@ -269,17 +276,22 @@ def meta_grad(state: MetaState, task_batch: Task, *, config: MAMLConfig) -> tupl
   Returns:
     ``(grads, metrics)``: ``grads`` has the structure of ``state.meta_params`` and is
     the task-batch mean of ``∂ objective / ∂ meta_params`` (:func:`task_objective`);
-    metrics are task-batch means of its scalars.
+    metrics are task-batch means of its scalars. With ``first_order_until`` the order
+    is chosen by ``state.step`` inside the compiled program (both orders are compiled).
   """
   check_task(task_batch, batched=True)
   weights = msl_weights(config, state.step) if config.multi_step_loss else None
 
-  def task_grad(task):
-    (_, metrics), grads = jax.value_and_grad(task_objective, argnums=1, has_aux=True)(
-        config, state.meta_params, task, weights)
-    return grads, metrics
+  def batch_grad(first_order):
+    def task_grad(task):
+      (_, metrics), grads = jax.value_and_grad(task_objective, argnums=1, has_aux=True)(
+          config, state.meta_params, task, weights, first_order)
+      return grads, metrics
+    return mean_task_grads(task_grad, task_batch, config.task_strategy)
 
-  return mean_task_grads(task_grad, task_batch, config.task_strategy)
+  if not config.first_order_until:
+    return batch_grad(config.first_order)
+  return jax.lax.cond(state.step < config.first_order_until, lambda: batch_grad(True), lambda: batch_grad(False))
 
 
 def meta_step(state: MetaState, task_batch: Task, *, config: MAMLConfig) -> tuple[MetaState, dict]:
@@ -395,7 +407,13 @@ def _under(module: str, path: str) -> bool:
 
 
 def maml_plus_plus(apply_fn: ApplyFn, **kwargs: Any) -> MetaLearner:
-  """MAML++: per-step per-tensor learned inner rates and the multi-step loss (Antoniou et al. 2019)."""
+  """MAML++: per-step per-tensor learned inner rates and the multi-step loss (Antoniou et al. 2019).
+
+  Its other parts are options: derivative-order annealing (``first_order_until=N``) and
+  cosine annealing of the meta-learning rate (``optimizer=optax.adam(optax.cosine_decay_schedule(...))``;
+  ``metajax train --outer-lr-decay-steps N``). Per-step BatchNorm statistics and weights
+  are not implemented yet.
+  """
   return learner(MAMLConfig(apply_fn, inner_lr_mode="per_step", multi_step_loss=True, **kwargs))
 
 
