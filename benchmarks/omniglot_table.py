@@ -71,6 +71,7 @@ def protocol(algo: str, ways: int, shots: int) -> tuple[dict, list[str]]:
   if algo == "matching":  # Vinyals et al. 2016
     return (dict(meta_batch=8, queries=15, steps=40_000),
             ["no full-context embeddings (the paper reports FCE as no help on Omniglot)",
+             "attention normalises only the support embeddings (the paper: cosine of both)",
              "8 episodes per meta-step"])
   if algo == "relation":  # Sung et al. 2018, section 4.1
     queries = {(5, 1): 19, (5, 5): 15, (20, 1): 10, (20, 5): 5}[(ways, shots)]
