@@ -70,7 +70,7 @@ def protocol(algo: str, ways: int, shots: int) -> tuple[dict, list[str]]:
             ["constant Adam 1e-3 (the paper halves it every 2,000 episodes)"])
   if algo == "matching":  # Vinyals et al. 2016
     return (dict(meta_batch=8, queries=15, steps=40_000),
-            ["no full-context embeddings (the paper reports FCE as no help on Omniglot)",
+            ["no full-context embeddings (available as matching(fce_fn=...), not in the registry yet)",
              "attention normalises only the support embeddings (the paper: cosine of both)",
              "8 episodes per meta-step"])
   if algo == "relation":  # Sung et al. 2018, section 4.1
