@@ -22,7 +22,7 @@ import dataclasses
 from typing import Any, Literal
 
 import jax
-import jax.numpy as jnp
+import optax
 from jax.scipy.sparse.linalg import cg
 
 from metajax.core.meta import MetaState, apply_outer_update, mean_task_grads
@@ -72,24 +72,16 @@ class IMAMLConfig(gradient.InnerLoopConfig):
 
   def inner_loss(self, init_params: PyTree, params: PyTree, support: tuple[Array, Array]) -> Array:
     """``L_support(params) + λ/2 ‖params − init_params‖²``."""
-    sq = sum(jnp.sum(jnp.square(p - q)) for p, q in zip(jax.tree.leaves(params), jax.tree.leaves(init_params)))
-    return super().inner_loss(init_params, params, support) + 0.5 * self.lam * sq
+    distance = optax.tree.norm(optax.tree.sub(params, init_params), squared=True)
+    return super().inner_loss(init_params, params, support) + 0.5 * self.lam * distance
 
 
-def _tree_vdot(a: PyTree, b: PyTree) -> Array:
-  return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-
-
-def _support_loss(config: IMAMLConfig, task: Task):
-  return lambda p: config.loss_fn(config.apply_fn(p, task.x_support), task.y_support)
-
-
-def _hvp(config: IMAMLConfig, task: Task, phi: PyTree, v: PyTree) -> PyTree:
-  """``∇²L_support(phi) v``."""
-  grad = jax.grad(_support_loss(config, task))
+def _hvp(config: IMAMLConfig, theta: PyTree, task: Task, phi: PyTree, v: PyTree) -> PyTree:
+  """``(H + λI) v``: the Hessian of the proximal inner loss at ``phi`` times ``v``."""
+  grad = jax.grad(lambda p: config.inner_loss(theta, p, (task.x_support, task.y_support)))
   if config.hvp == "forward":
     return jax.jvp(grad, (phi,), (v,))[1]
-  return jax.grad(lambda p: _tree_vdot(grad(p), v))(phi)
+  return jax.grad(lambda p: optax.tree.vdot(grad(p), v))(phi)
 
 
 def proximal_solve(config: IMAMLConfig, theta: PyTree, task: Task, steps: int) -> tuple[PyTree, Array]:
@@ -112,12 +104,12 @@ def _implicit(config: IMAMLConfig, steps: int):
 
   def solve_fwd(theta, task):
     phi, losses = forward(theta, task)
-    return (phi, losses), (phi, task)
+    return (phi, losses), (phi, theta, task)
 
   def solve_bwd(residuals, cotangents):
-    phi, task = residuals
+    phi, theta, task = residuals
     v = cotangents[0]  # the support losses are reported, not differentiated
-    operator = lambda u: jax.tree.map(lambda a, h: a + h / config.lam, u, _hvp(config, task, phi, u))
+    operator = lambda u: optax.tree.scale(1.0 / config.lam, _hvp(config, theta, task, phi, u))  # (I + H/λ) u
     u, _ = cg(operator, v, tol=config.cg_tol, maxiter=config.cg_steps)
     return u, None
 
