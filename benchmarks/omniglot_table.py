@@ -29,7 +29,6 @@ import sys
 from pathlib import Path
 
 import jax.numpy as jnp
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import RESULTS, machine, train_with_curve  # noqa: E402
@@ -85,11 +84,9 @@ def lake_eval_tasks(data_dir: str, ways: int, shots: int, queries: int):
   """``(key, n) -> Task`` batch from images_evaluation without rotations, each task's
   classes from one alphabet (Lake et al.'s within-alphabet one-shot setting)."""
   test = omniglot.load("evaluation", data_dir, rotations=False)
-  alphabets = np.array([name.split("/")[0] for name in test.names])
-  _, group = np.unique(alphabets, return_inverse=True)
-  images = jnp.asarray(test.images)
+  images, groups = jnp.asarray(test.images), jnp.asarray(omniglot.alphabet_ids(test))
   return lambda key, n: episodes.sample(key, images, num_tasks=n, ways=ways, shots=shots, queries=queries,
-                                        groups=jnp.asarray(group))
+                                        groups=groups)
 
 
 def run_cell(ns: argparse.Namespace) -> dict:

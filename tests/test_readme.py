@@ -76,6 +76,8 @@ def test_image_data_section_runs(tmp_path, monkeypatch):
   assert scope["lake"].images.shape == (659, 20, 28, 28)
   assert scope["tasks"].x_support.shape == (32, 5, 28, 28, 1) and scope["tasks"].x_query.shape == (32, 75, 28, 28, 1)
   assert scope["lake_tasks"].x_support.shape == (8, 20, 28, 28, 1)
+  alphabet = scope["omniglot"].alphabet_ids(scope["lake"])
+  assert alphabet.shape == (659,) and len(np.unique(alphabet)) == 20
 
 
 def test_every_python_block_of_the_readme_is_executed_above():

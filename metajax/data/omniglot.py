@@ -114,6 +114,12 @@ def rotate(images: np.ndarray, degrees: int) -> np.ndarray:
   return np.rot90(images, k=degrees // 90, axes=(-2, -1))
 
 
+def alphabet_ids(classes: ImageClasses) -> np.ndarray:
+  """``(classes,)`` int32 index of each class's alphabet (names are ``<alphabet>/<character>[/rot…]``),
+  for ``episodes.sample(groups=...)``: Lake et al.'s within-alphabet tasks."""
+  return np.unique([name.split("/")[0] for name in classes.names], return_inverse=True)[1].astype(np.int32)
+
+
 def load(split: str = "trainval", data_dir: Optional[str | os.PathLike] = None, *,
          image_size: int = 28, rotations: bool = True,
          cache_dir: Optional[str | os.PathLike] = None) -> ImageClasses:
