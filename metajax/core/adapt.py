@@ -10,6 +10,8 @@
   ``per_step_lr=True``, either of those with a leading ``steps`` axis (MAML++);
 * ``mask`` picks which leaves adapt (ANIL adapts only the head); frozen leaves
   are not differentiated in the inner loop at all;
+* ``per_step`` picks frozen leaves held once per step (MAML++'s per-step BatchNorm
+  weights and statistics): step ``t`` sees copy ``t``;
 * ``optimizer`` swaps gradient descent for any Optax transformation, whose
   state is carried through the loop (and differentiated through): learned
   optimizers (Andrychowicz et al. 2016; the Meta-LSTM of Ravi & Larochelle 2017)
@@ -42,11 +44,20 @@ class AdaptInfo(NamedTuple):
       leading ``steps`` axis; ``None`` when no ``trace_fn`` was given.
     opt_state: the inner ``optimizer``'s state after the last step (``None``
       without an optimizer); pass it back as ``opt_state`` to continue.
+    aux: with ``has_aux``, the auxiliary output of ``loss_fn`` at every step,
+      stacked on a leading ``steps`` axis (``None`` otherwise).
   """
 
   support_loss: Array
   trace: Optional[PyTree]
   opt_state: Optional[PyTree] = None
+  aux: Optional[PyTree] = None
+
+
+def at_step(tree: PyTree, step: Array | int) -> PyTree:
+  """Copy ``step`` of every leaf of a per-step ``tree`` (leading axis: steps), the last copy
+  for steps beyond it (so a model trained with n steps evaluates with more)."""
+  return jax.tree.map(lambda a: a[jnp.minimum(step, a.shape[0] - 1)], tree)
 
 
 def _rates(lr: PyTree, params: PyTree) -> PyTree:
@@ -76,6 +87,8 @@ def adapt(
     trace_fn: Optional[Callable[[PyTree], PyTree]] = None,
     optimizer: Optional[optax.GradientTransformation] = None,
     opt_state: Optional[PyTree] = None,
+    per_step: Optional[PyTree] = None,
+    has_aux: bool = False,
 ) -> tuple[PyTree, AdaptInfo]:
   """Adapts ``params`` to ``support`` by ``steps`` steps of gradient descent.
 
@@ -85,7 +98,7 @@ def adapt(
   Args:
     params: the initial (meta-learned) parameters, any pytree of arrays.
     support: the data ``loss_fn`` is evaluated on, any pytree (e.g. ``(x, y)``).
-    loss_fn: ``(params, support) -> scalar`` loss.
+    loss_fn: ``(params, support) -> scalar`` loss (``(loss, aux)`` with ``has_aux``).
     steps: number of inner updates, a positive Python int.
     lr: a scalar; or a pytree shaped like ``params`` whose leaves broadcast
       against the parameter leaves (per-parameter rates, Meta-SGD). With
@@ -111,14 +124,32 @@ def adapt(
       support loss. ``lr`` must then stay 1.0 (the transformation sets the step size).
     opt_state: the optimizer's state to start from (default: ``optimizer.init``
       of the adapting parameters), e.g. ``AdaptInfo.opt_state`` of a previous call.
+    per_step: optional pytree of Python bools with the structure of ``params``;
+      ``True`` leaves do not adapt and carry a leading per-step axis: step ``t``'s
+      loss sees copy ``t``, ``trace_fn`` after step ``t`` copy ``t + 1``, and the
+      returned parameters copy ``steps`` (:func:`at_step`: the last copy beyond
+      the axis). Antoniou et al. 2019's per-step BatchNorm weights (MAML++).
+    has_aux: ``loss_fn`` returns ``(loss, aux)``; ``aux`` is not differentiated
+      through and comes back stacked in ``AdaptInfo.aux``.
 
   Returns:
-    ``(adapted_params, AdaptInfo)``.
+    ``(adapted_params, AdaptInfo)``; with ``per_step``, the per-step leaves of the
+    adapted parameters are their copy ``steps``, shaped like one copy.
   """
   check_positive_int(steps, "adapt: `steps`")
+  stepped = None
+  if per_step is not None:
+    if mask is not None and any(jax.tree.leaves(jax.tree.map(lambda m, s: m and s, mask, per_step))):
+      raise ValueError("adapt: a `per_step` leaf is also selected by `mask`; per-step leaves do not adapt")
+    stepped, _ = partition(params, per_step)
+    mask = jax.tree.map(lambda m, s: m and not s, jax.tree.map(lambda _: True, params) if mask is None else mask,
+                        per_step)
   trainable, frozen = partition(params, mask)
   if not jax.tree.leaves(trainable):
     raise ValueError("adapt: `mask` selects no parameter to adapt")
+  if stepped is not None:
+    frozen = jax.tree.map(lambda f, s: None if s else f, frozen, per_step, is_leaf=lambda x: x is None)
+  fixed = lambda t: frozen if stepped is None else combine(at_step(stepped, t), frozen)
   if optimizer is None and opt_state is not None:
     raise ValueError("adapt: `opt_state` is the state of an `optimizer`; none was given")
   if optimizer is not None and not (
@@ -133,9 +164,11 @@ def adapt(
             f"length steps={steps}; got shape {jnp.shape(r)}")
   extra_args = isinstance(optimizer, optax.GradientTransformationExtraArgs)
 
-  def step(carry: tuple, step_rates: PyTree) -> tuple[tuple, tuple]:
-    current, state = carry
-    loss, grads = jax.value_and_grad(lambda t: loss_fn(combine(t, frozen), support))(current)
+  def step(carry: tuple, xs: tuple) -> tuple[tuple, tuple]:
+    (current, state), (t, step_rates) = carry, xs
+    step_rates = step_rates if per_step_lr else rates
+    (loss, aux), grads = jax.value_and_grad(
+        lambda p: _with_aux(loss_fn(combine(p, fixed(t)), support), has_aux), has_aux=True)(current)
     if first_order:
       loss_in, grads = jax.lax.stop_gradient((loss, grads))
     else:
@@ -146,17 +179,17 @@ def adapt(
       updates, state = (optimizer.update(grads, state, current, value=loss_in) if extra_args
                         else optimizer.update(grads, state, current))
       new = optax.apply_updates(current, updates)
-    traced = None if trace_fn is None else trace_fn(combine(new, frozen))
-    return (new, state), (loss, traced)
+    traced = None if trace_fn is None else trace_fn(combine(new, fixed(t + 1)))
+    return (new, state), (loss, traced, jax.lax.stop_gradient(aux))
 
   if remat:
     step = jax.checkpoint(step)
   if optimizer is not None and opt_state is None:
     opt_state = optimizer.init(trainable)
-  if per_step_lr:
-    (trainable, opt_state), (losses, traced) = jax.lax.scan(
-        step, (trainable, opt_state), rates, unroll=unroll)
-  else:
-    (trainable, opt_state), (losses, traced) = jax.lax.scan(
-        lambda c, _: step(c, rates), (trainable, opt_state), None, length=steps, unroll=unroll)
-  return combine(trainable, frozen), AdaptInfo(losses, traced, opt_state)
+  (trainable, opt_state), (losses, traced, aux) = jax.lax.scan(
+      step, (trainable, opt_state), (jnp.arange(steps), rates if per_step_lr else None), unroll=unroll)
+  return combine(trainable, fixed(steps)), AdaptInfo(losses, traced, opt_state, aux if has_aux else None)
+
+
+def _with_aux(out: Any, has_aux: bool) -> tuple[Array, Any]:
+  return out if has_aux else (out, None)

@@ -23,8 +23,10 @@ from metajax.learners import registry
 from metajax.learners.forward import LearnerConfig
 from metajax.learners.gradient import MAMLConfig
 from metajax.learners.gradient import ReptileConfig
+from metajax.learners.gradient import RunningStats
 from metajax.learners.gradient import anil
 from metajax.learners.gradient import fomaml
+from metajax.learners.gradient import is_batch_norm
 from metajax.learners.gradient import maml
 from metajax.learners.gradient import maml_plus_plus
 from metajax.learners.gradient import meta_sgd
@@ -45,8 +47,8 @@ from metajax.learners.registry import Setup
 from metajax.learners.registry import register
 
 __all__ = [
-    "IMAMLConfig", "LearnedOptimizerConfig", "LearnerConfig", "MAMLConfig", "REGISTRY", "ReptileConfig", "Setup", "anil",
-    "black_box_rnn", "fomaml", "forward", "gradient", "imaml", "implicit", "learned_opt", "learned_optimizer", "lstm_optimizer", "maml",
+    "IMAMLConfig", "LearnedOptimizerConfig", "LearnerConfig", "MAMLConfig", "REGISTRY", "ReptileConfig", "RunningStats", "Setup",
+    "anil", "black_box_rnn", "fomaml", "forward", "gradient", "imaml", "implicit", "is_batch_norm", "learned_opt", "learned_optimizer", "lstm_optimizer", "maml",
     "maml_plus_plus", "matching", "meta_lstm", "meta_lstm_optimizer", "meta_sgd", "metric", "prototypical",
     "recurrent", "register", "registry", "relation", "reptile",
 ]

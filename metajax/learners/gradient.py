@@ -28,13 +28,13 @@ import jax.numpy as jnp
 import optax
 
 from metajax.core import losses
-from metajax.core.adapt import AdaptInfo, adapt
+from metajax.core.adapt import AdaptInfo, adapt, at_step
 from metajax.core.meta import MetaState, TaskStrategy, apply_outer_update, initial_state, map_tasks
 from metajax.core.meta import mean_task_grads
 from metajax.core.meta import resolve_strategy
 from metajax.core.protocol import MetaLearner, bind
 from metajax.core.tasks import Task, check_task
-from metajax.core.tree import mask_from_filter
+from metajax.core.tree import combine, mask_from_filter, partition
 from metajax.core.validate import check_finite_number, check_nonnegative_int, check_positive_int
 
 PyTree = Any
@@ -113,11 +113,59 @@ class InnerLoopConfig:
     """Whether :meth:`inner_rates` carry a leading steps axis."""
     return False
 
+  def forward(self, params: PyTree, x: Array) -> tuple[Array, Optional[PyTree]]:
+    """Predictions ``(n, *outputs)`` of one step's parameters, and the batch statistics of the
+    pass (``None`` unless MAML++ running statistics are kept)."""
+    return self.apply_fn(params, x), None
+
+  def per_step_mask(self, params: PyTree) -> Optional[PyTree]:
+    """Which parameter leaves are held once per inner step (``None``: none)."""
+    del params
+    return None
+
+  def initial_stats(self) -> Optional[PyTree]:
+    """One inner step's initial running statistics (``None``: none are kept)."""
+    return None
+
   def inner_loss(self, init_params: PyTree, params: PyTree, support: tuple[Array, Array]) -> Array:
     """The loss the inner loop minimises, starting from ``init_params``: the support loss
     (iMAML adds a proximal term around ``init_params``)."""
     del init_params
-    return self.loss_fn(self.apply_fn(params, support[0]), support[1])
+    return self.loss_fn(self.forward(params, support[0])[0], support[1])
+
+
+@dataclasses.dataclass(frozen=True)
+class RunningStats:
+  """MAML++ per-step BatchNorm running statistics (Antoniou et al. 2019, §4 "BNRS").
+
+  Meta-training normalises with each batch's statistics, as MAML does, and keeps an
+  exponential moving average of them per inner step (the query pass after ``t``
+  updates is step ``t``); ``evaluate`` and ``predict`` normalise step ``t`` with
+  average ``t``, so a query example's prediction no longer depends on the other
+  query examples. The config's ``apply_fn`` is then ``(params, x, stats) -> (predictions,
+  batch statistics)``, normalising with the batch's own statistics when ``stats`` is
+  ``None``; :func:`metajax.models.functional_with_stats` makes it from a Flax module.
+
+  Attributes:
+    initial: ``() -> stats``, one step's statistics before training (e.g. mean 0, variance 1).
+    momentum: weight of the old average in every update, ``[0, 1)`` (Flax's convention:
+      PyTorch's ``momentum=0.1`` is 0.9 here).
+  """
+
+  initial: Callable[[], PyTree]
+  momentum: float = 0.9
+
+  def __post_init__(self):
+    if not callable(self.initial):
+      raise TypeError("RunningStats: initial must be callable () -> statistics")
+    if not 0.0 <= self.momentum < 1.0:
+      raise ValueError(f"RunningStats: momentum must be in [0, 1), got {self.momentum}")
+
+
+def is_batch_norm(path: str) -> bool:
+  """Whether a parameter path is a BatchNorm scale or bias (a Flax ``BatchNorm`` module, or
+  one named ``norm…``/``…_norm``, as in :class:`~metajax.models.Conv4` and ResNet-12)."""
+  return any(p.startswith(("norm", "BatchNorm")) or p.endswith("_norm") for p in path.split("/")[:-1])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +183,13 @@ class MAMLConfig(InnerLoopConfig):
       uniform to the last step only (MAML++); 0 keeps them uniform.
     first_order_until: derivative-order annealing (MAML++): outer steps ``< first_order_until``
       use first-order gradients, later ones second order; 0 (default) never switches.
+    per_step_filter: optional ``path -> bool``: the parameters held once per inner step
+      plus one for the query pass, meta-learned and not adapted (MAML++'s per-step
+      BatchNorm weights and biases: :func:`is_batch_norm`). Step ``t`` uses copy ``t``;
+      evaluating with more steps reuses the last copy.
+    running_stats: optional :class:`RunningStats` (MAML++'s per-step BatchNorm running
+      statistics), kept in ``meta_params["bn_stats"]`` with a leading
+      ``inner_steps + 1`` axis; ``apply_fn`` then takes and returns statistics.
   """
 
   inner_lr_mode: InnerLRMode = "fixed"
@@ -142,6 +197,8 @@ class MAMLConfig(InnerLoopConfig):
   multi_step_loss: bool = False
   msl_anneal_steps: int = 0
   first_order_until: int = 0
+  per_step_filter: Optional[Callable[[str], bool]] = None
+  running_stats: Optional[RunningStats] = None
 
   def __post_init__(self):
     super().__post_init__()
@@ -154,6 +211,19 @@ class MAMLConfig(InnerLoopConfig):
       raise ValueError("MAMLConfig: first_order_until anneals to second order; it needs first_order=False")
     if self.inner_optimizer is not None and self.inner_lr_mode != "fixed":
       raise ValueError("MAMLConfig: inner_optimizer sets the inner step; it needs inner_lr_mode='fixed'")
+    if self.running_stats is not None and not isinstance(self.running_stats, RunningStats):
+      raise TypeError("MAMLConfig: running_stats must be a RunningStats")
+
+  def forward(self, params: PyTree, x: Array) -> tuple[Array, Optional[PyTree]]:
+    if self.running_stats is None:
+      return super().forward(params, x)
+    return self.apply_fn(params["params"], x, params["stats"])
+
+  def per_step_mask(self, params: PyTree) -> Optional[PyTree]:
+    return None if self.per_step_filter is None else mask_from_filter(self.per_step_filter, params)
+
+  def initial_stats(self) -> Optional[PyTree]:
+    return None if self.running_stats is None else self.running_stats.initial()
 
   def initial_inner_lr(self, params: PyTree) -> Optional[PyTree]:
     lr = self.inner_lr
@@ -191,12 +261,20 @@ class ReptileConfig(InnerLoopConfig):
 
 
 def init(config: InnerLoopConfig, params: PyTree, key: Array) -> MetaState:
-  """The initial :class:`MetaState`: ``{"params": params}`` (plus ``"inner_lr"`` when
-  learned), optimizer state, step 0, ``key``."""
+  """The initial :class:`MetaState`: ``{"params": params}`` (per-step leaves copied
+  ``inner_steps + 1`` times), plus ``"inner_lr"`` when learned and ``"bn_stats"`` when
+  running statistics are kept; optimizer state, step 0, ``key``."""
+  copies = lambda a: jnp.stack([a] * (config.inner_steps + 1))
   meta_params = {"params": params}
   inner_lr = config.initial_inner_lr(params)
   if inner_lr is not None:
     meta_params["inner_lr"] = inner_lr
+  per_step = config.per_step_mask(params)
+  if per_step is not None:
+    meta_params["params"] = jax.tree.map(lambda a, s: copies(a) if s else a, params, per_step)
+  stats = config.initial_stats()
+  if stats is not None:
+    meta_params["bn_stats"] = jax.tree.map(copies, stats)
   return initial_state(config.optimizer, meta_params, key)
 
 
@@ -215,31 +293,73 @@ def msl_weights(config: MAMLConfig, step: Array) -> Array:
   return (1.0 - frac) * uniform + frac * last
 
 
-def adapt_task(config: InnerLoopConfig, meta_params: PyTree, task: Task, steps: int,
-               first_order: bool, trace_query: bool) -> tuple[PyTree, AdaptInfo]:
-  """``meta_params["params"]`` adapted to one task's support set by ``steps`` inner steps;
-  ``trace_query`` records the query loss after every step. Returns ``(params, AdaptInfo)``."""
+def _model(config: InnerLoopConfig, meta_params: PyTree, steps: int, running: bool) -> dict:
+  """:func:`~metajax.core.adapt` arguments that depend on what is adapted: ``params``
+  (``meta_params["params"]``, or, where running statistics are kept, ``{"params": …,
+  "stats": …}`` with the running averages when ``running``, else ``None``), ``mask``,
+  ``per_step`` and ``lr`` (statistics are held per step and never adapt)."""
   params = meta_params["params"]
-  support_loss = functools.partial(config.inner_loss, params)
+  mask = None if config.adapt_filter is None else mask_from_filter(config.adapt_filter, params)
+  per_step = config.per_step_mask(params)
+  lr = config.inner_rates(meta_params, steps)
+  if "bn_stats" not in meta_params:
+    return dict(params=params, mask=mask, per_step=per_step, lr=lr)
+  stats = meta_params["bn_stats"] if running else None
+  like = lambda tree, value: jax.tree.map(lambda _: value, tree)
+  scalar_lr = len(jax.tree.leaves(lr)) == 1 and jax.tree.structure(lr).num_nodes == 1
+  return dict(params={"params": params, "stats": stats},
+              mask=None if mask is None else {"params": mask, "stats": like(stats, False)},
+              per_step={"params": like(params, False) if per_step is None else per_step, "stats": like(stats, True)},
+              lr=lr if scalar_lr else {"params": lr, "stats": like(stats, jnp.zeros((steps,)) if config.per_step_lr else 0.0)})
+
+
+def adapt_task(config: InnerLoopConfig, meta_params: PyTree, task: Task, steps: int,
+               first_order: bool, trace_query: bool, running: bool = False) -> tuple[PyTree, AdaptInfo]:
+  """``meta_params["params"]`` adapted to one task's support set by ``steps`` inner steps;
+  ``trace_query`` records the query loss after every step. Where running statistics are
+  kept, ``running`` normalises with them (evaluation); otherwise ``AdaptInfo.aux`` holds
+  each step's batch statistics. Returns ``(params, AdaptInfo)``: the parameters as
+  :meth:`InnerLoopConfig.forward` takes them, per-step leaves at copy ``steps``."""
+  model = _model(config, meta_params, steps, running)
+  init_params = model.pop("params")
+  collect = "bn_stats" in meta_params and not running
+
+  def support_loss(params, support):
+    if not collect:
+      return config.inner_loss(init_params, params, support)
+    pred, stats = config.forward(params, support[0])
+    return config.loss_fn(pred, support[1]), stats
+
   trace_fn = None
   if trace_query:
-    trace_fn = lambda p: config.loss_fn(config.apply_fn(p, task.x_query), task.y_query)
-  mask = None if config.adapt_filter is None else mask_from_filter(config.adapt_filter, params)
+    trace_fn = lambda p: config.loss_fn(config.forward(p, task.x_query)[0], task.y_query)
   return adapt(
-      params, (task.x_support, task.y_support), support_loss,
-      steps=steps, lr=config.inner_rates(meta_params, steps),
-      per_step_lr=config.per_step_lr, first_order=first_order,
-      mask=mask, remat=config.remat, unroll=config.inner_unroll,
-      trace_fn=trace_fn, optimizer=config.inner_optimizer)
+      init_params, (task.x_support, task.y_support), support_loss, steps=steps,
+      per_step_lr=config.per_step_lr, first_order=first_order, remat=config.remat, unroll=config.inner_unroll,
+      trace_fn=trace_fn, optimizer=config.inner_optimizer, has_aux=collect, **model)
+
+
+def initial_params(config: InnerLoopConfig, meta_params: PyTree, running: bool = False) -> PyTree:
+  """The unadapted parameters as :meth:`InnerLoopConfig.forward` takes them (per-step
+  leaves at copy 0)."""
+  model = _model(config, meta_params, 1, running)
+  if model["per_step"] is None:
+    return model["params"]
+  stepped, rest = partition(model["params"], model["per_step"])
+  return combine(at_step(stepped, 0), rest)
+
+
+def prediction_metrics(config: InnerLoopConfig, pred: Array, targets: Array, suffix: str = "") -> dict:
+  """``{"loss" + suffix, *metrics_fn + suffix}`` of one task's predictions (scalars)."""
+  metrics = {"loss": config.loss_fn(pred, targets)}
+  if config.metrics_fn is not None:
+    metrics.update(config.metrics_fn(pred, targets))
+  return {k + suffix: v for k, v in metrics.items()}
 
 
 def query_metrics(config: InnerLoopConfig, params: PyTree, task: Task, suffix: str = "") -> dict:
-  """``{"loss" + suffix, *metrics_fn + suffix}`` of ``params`` on one task's query set (scalars)."""
-  pred = config.apply_fn(params, task.x_query)
-  metrics = {"loss": config.loss_fn(pred, task.y_query)}
-  if config.metrics_fn is not None:
-    metrics.update(config.metrics_fn(pred, task.y_query))
-  return {k + suffix: v for k, v in metrics.items()}
+  """:func:`prediction_metrics` of ``params`` on one task's query set."""
+  return prediction_metrics(config, config.forward(params, task.x_query)[0], task.y_query, suffix)
 
 
 def task_objective(config: MAMLConfig, meta_params: PyTree, task: Task,
@@ -252,16 +372,21 @@ def task_objective(config: MAMLConfig, meta_params: PyTree, task: Task,
   Returns:
     ``(objective, metrics)`` with scalar metrics ``loss`` (query loss after
     adaptation), ``support_loss`` (before adaptation), those of ``metrics_fn`` and
-    ``objective``.
+    ``objective``; with running statistics also ``batch_stats``, the batch statistics
+    of every inner step and of the query pass (leading axis ``inner_steps + 1``).
   """
   adapted, info = adapt_task(config, meta_params, task, config.inner_steps,
                               config.first_order if first_order is None else first_order, config.multi_step_loss)
-  metrics = query_metrics(config, adapted, task)
+  pred, stats = config.forward(adapted, task.x_query)
+  metrics = prediction_metrics(config, pred, task.y_query)
   metrics["support_loss"] = info.support_loss[0]
   objective = metrics["loss"]
   if config.multi_step_loss:
     w = msl_weights(config, jnp.zeros(())) if weights is None else weights
     objective = jnp.dot(w, info.trace)
+  if info.aux is not None:
+    metrics["batch_stats"] = jax.tree.map(lambda a, q: jnp.concatenate([a, q[None]]), info.aux,
+                                          jax.lax.stop_gradient(stats))
   return objective, {**metrics, "objective": objective}
 
 
@@ -295,12 +420,18 @@ def meta_grad(state: MetaState, task_batch: Task, *, config: MAMLConfig) -> tupl
 
 
 def meta_step(state: MetaState, task_batch: Task, *, config: MAMLConfig) -> tuple[MetaState, dict]:
-  """One outer step on a task batch: :func:`meta_grad`, then the outer optimizer.
+  """One outer step on a task batch: :func:`meta_grad`, then the outer optimizer (and, with
+  ``running_stats``, the moving average of the step's ``batch_stats``).
 
-  Returns ``(new_state, metrics)`` (as :func:`meta_grad`'s).
+  Returns ``(new_state, metrics)`` (as :func:`meta_grad`'s, less ``batch_stats``).
   """
   grads, metrics = meta_grad(state, task_batch, config=config)
-  return apply_outer_update(config.optimizer, state, grads), metrics
+  new = apply_outer_update(config.optimizer, state, grads)
+  if config.running_stats is None:
+    return new, metrics
+  m, batch = config.running_stats.momentum, metrics.pop("batch_stats")
+  stats = jax.tree.map(lambda old, b: m * old + (1.0 - m) * b, state.meta_params["bn_stats"], batch)
+  return new._replace(meta_params={**new.meta_params, "bn_stats": stats}), metrics
 
 
 def reptile_grad(state: MetaState, task_batch: Task, *, config: ReptileConfig) -> tuple[PyTree, dict]:
@@ -335,17 +466,18 @@ def _eval_steps(config: InnerLoopConfig, inner_steps: Optional[int]) -> int:
 
 def adapt_params(config: InnerLoopConfig, state: MetaState, task: Task, inner_steps: Optional[int] = None) -> PyTree:
   """The parameters after adapting ``state``'s meta-parameters to one task's support set
-  (``inner_steps``, default ``eval_inner_steps`` or ``inner_steps``; first order)."""
+  (``inner_steps``, default ``eval_inner_steps`` or ``inner_steps``; first order), as
+  :meth:`InnerLoopConfig.forward` takes them (normalising with running statistics where kept)."""
   check_task(task, batched=False)
-  return adapt_task(config, state.meta_params, task, _eval_steps(config, inner_steps), True, False)[0]
+  return adapt_task(config, state.meta_params, task, _eval_steps(config, inner_steps), True, False, True)[0]
 
 
 def predict(state: MetaState, task: Task, inner_steps: Optional[int] = None, *,
             config: InnerLoopConfig) -> Array:
   """Query predictions ``(n_query, ...)`` of one task after adaptation (0 steps: none)."""
-  if inner_steps == 0:
-    return config.apply_fn(state.meta_params["params"], task.x_query)
-  return config.apply_fn(adapt_params(config, state, task, inner_steps), task.x_query)
+  params = (initial_params(config, state.meta_params, True) if inner_steps == 0
+            else adapt_params(config, state, task, inner_steps))
+  return config.forward(params, task.x_query)[0]
 
 
 def evaluate(state: MetaState, task_batch: Task, inner_steps: Optional[int] = None, *,
@@ -362,13 +494,14 @@ def evaluate(state: MetaState, task_batch: Task, inner_steps: Optional[int] = No
   Returns:
     ``{name: (tasks,)}``: ``loss``, ``support_loss`` and ``metrics_fn`` entries after
     adaptation, ``loss_before`` (and e.g. ``accuracy_before``) for the initialisation.
+    Where running statistics are kept, every pass normalises with them.
   """
   check_task(task_batch, batched=True)
   steps = _eval_steps(config, inner_steps)
 
   def one(task):
-    adapted, info = adapt_task(config, state.meta_params, task, steps, True, False)
-    return {**query_metrics(config, state.meta_params["params"], task, "_before"),
+    adapted, info = adapt_task(config, state.meta_params, task, steps, True, False, True)
+    return {**query_metrics(config, initial_params(config, state.meta_params, True), task, "_before"),
             **query_metrics(config, adapted, task), "support_loss": info.support_loss[0]}
 
   return map_tasks(one, task_batch, config.task_strategy)
@@ -411,8 +544,10 @@ def maml_plus_plus(apply_fn: ApplyFn, **kwargs: Any) -> MetaLearner:
 
   Its other parts are options: derivative-order annealing (``first_order_until=N``) and
   cosine annealing of the meta-learning rate (``optimizer=optax.adam(optax.cosine_decay_schedule(...))``;
-  ``metajax train --outer-lr-decay-steps N``). Per-step BatchNorm statistics and weights
-  are not implemented yet.
+  ``metajax train --outer-lr-decay-steps N``), per-step BatchNorm weights and biases
+  (``per_step_filter=is_batch_norm``) and per-step BatchNorm running statistics
+  (``running_stats=RunningStats(initial)`` with a statistics-aware ``apply_fn``, e.g. from
+  :func:`metajax.models.functional_with_stats`).
   """
   return learner(MAMLConfig(apply_fn, inner_lr_mode="per_step", multi_step_loss=True, **kwargs))
 

@@ -24,7 +24,7 @@ from metajax.core.meta import TaskStrategy
 from metajax.core.protocol import MetaLearner
 from metajax.learners import gradient, implicit, learned_opt, metric, recurrent
 from metajax.learners.forward import accuracy_metrics
-from metajax.models import MLP, Conv4, RelationModule, functional
+from metajax.models import MLP, Conv4, RelationModule, functional, functional_with_stats
 
 PyTree = Any
 Build = Callable[["Setup", jax.Array], tuple[MetaLearner, PyTree]]
@@ -125,13 +125,21 @@ def get(name: str) -> Entry:
   return REGISTRY[name]
 
 
-def _gradient(factory: Callable[..., MetaLearner]) -> Build:
+def _gradient(factory: Callable[..., MetaLearner], per_step_batch_norm: bool = False) -> Build:
+  """The backbone, adapted by ``factory``; ``per_step_batch_norm``: on images, MAML++'s
+  per-step BatchNorm weights, biases and running statistics."""
   def build(setup: Setup, key: jax.Array) -> tuple[MetaLearner, PyTree]:
     model = setup.backbone()
-    params, apply_fn = functional(model, model.init(key, setup.example()))
+    variables = model.init(key, setup.example())
+    options = {}
+    if per_step_batch_norm and setup.images:
+      params, stats, apply_fn = functional_with_stats(model, variables)
+      options = dict(per_step_filter=gradient.is_batch_norm, running_stats=gradient.RunningStats(lambda: stats))
+    else:
+      params, apply_fn = functional(model, variables)
     return factory(apply_fn, optimizer=setup.optimizer, inner_steps=setup.inner_steps, inner_lr=setup.inner_lr,
                    eval_inner_steps=setup.eval_inner_steps, task_strategy=setup.task_strategy,
-                   **setup.task_loss()), params
+                   **setup.task_loss(), **options), params
   return build
 
 
@@ -196,9 +204,10 @@ def _learned_optimizer(setup: Setup, key: jax.Array) -> tuple[MetaLearner, PyTre
 
 
 for _name, _factory in (("maml", gradient.maml), ("fomaml", gradient.fomaml), ("meta-sgd", gradient.meta_sgd),
-                        ("anil", gradient.anil), ("maml++", gradient.maml_plus_plus), ("reptile", gradient.reptile),
-                        ("imaml", implicit.imaml)):
+                        ("anil", gradient.anil), ("reptile", gradient.reptile), ("imaml", implicit.imaml)):
   register(_name, _gradient(_factory), inner_steps=True, eval_inner_steps=True)
+register("maml++", _gradient(gradient.maml_plus_plus, per_step_batch_norm=True), inner_steps=True,
+         eval_inner_steps=True)
 # Matching networks normalise only the support embeddings: with post-ReLU features the plain cosine
 # softmax is nearly flat and 20-way training stalls (RESULTS.md: 59.6 % vs 88.3 % after 200 steps).
 for _name, _factory in (("protonet", metric.prototypical),

@@ -15,10 +15,12 @@ class Conv4(nn.Module):
 
   Four blocks of 3×3 conv (``width`` channels, no bias: BatchNorm's shift
   replaces it) → BatchNorm → ReLU → 2×2 max-pool.
-  BatchNorm always normalises with the statistics of the batch it is given
-  (``use_running_average=False``), as MAML does: inside the inner loop that is the
-  support set of one task, at the query step the query set. Use
-  :func:`metajax.models.functional` to get a pure ``apply(params, x)``.
+  BatchNorm normalises with the statistics of the batch it is given, as MAML does:
+  inside the inner loop that is the support set of one task, at the query step the
+  query set; ``use_running_average=True`` normalises with the ``batch_stats``
+  collection instead (MAML++'s running statistics). Use
+  :func:`metajax.models.functional` to get a pure ``apply(params, x)``, or
+  :func:`metajax.models.functional_with_stats` for running statistics.
 
   Attributes:
     num_classes: output logits; ``None`` returns the features.
@@ -38,13 +40,14 @@ class Conv4(nn.Module):
   flatten: bool = True
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, use_running_average: bool = False) -> jax.Array:
     if not 0 <= self.pooled_blocks <= 4:
       raise ValueError(f"Conv4: pooled_blocks must be in [0, 4], got {self.pooled_blocks}")
     if self.num_classes is not None and not self.flatten:
       raise ValueError("Conv4: flatten=False returns feature maps and needs num_classes=None")
     for i in range(4):
-      x = conv_block(x, self.width, self.conv_impl, pool=i < self.pooled_blocks, index=i)
+      x = conv_block(x, self.width, self.conv_impl, pool=i < self.pooled_blocks, index=i,
+                     use_running_average=use_running_average)
     if not self.flatten:
       return x
     x = x.reshape(x.shape[0], -1)
@@ -53,11 +56,14 @@ class Conv4(nn.Module):
     return nn.Dense(self.num_classes, name="head")(x)
 
 
-def conv_block(x: jax.Array, width: int, impl: ConvImpl, *, pool: bool, index: int) -> jax.Array:
-  """3×3 conv (no bias) → BatchNorm (batch statistics) → ReLU [→ 2×2 max-pool], inside a
-  compact module, with parameters named ``conv_<index>`` and ``norm_<index>``."""
+def conv_block(x: jax.Array, width: int, impl: ConvImpl, *, pool: bool, index: int,
+               use_running_average: bool = False) -> jax.Array:
+  """3×3 conv (no bias) → BatchNorm → ReLU [→ 2×2 max-pool], inside a compact module, with
+  parameters named ``conv_<index>`` and ``norm_<index>``. BatchNorm uses the batch's statistics
+  (and, with ``momentum=0``, leaves them as its updated ``batch_stats``), or with
+  ``use_running_average`` the stored ones."""
   x = Conv(width, impl=impl, use_bias=False, name=f"conv_{index}")(x)
-  x = nn.BatchNorm(use_running_average=False, momentum=0.0, name=f"norm_{index}")(x)
+  x = nn.BatchNorm(momentum=0.0, name=f"norm_{index}")(x, use_running_average=use_running_average)
   x = nn.relu(x)
   return max_pool_2x2(x) if pool else x
 

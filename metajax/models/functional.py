@@ -39,3 +39,31 @@ def functional(module: nn.Module, variables: PyTree) -> tuple[PyTree, Callable[.
       out, _ = module.apply({"params": p, **scratch}, *args, mutable=mutable)
       return out
   return params, apply
+
+
+def functional_with_stats(module: nn.Module, variables: PyTree) -> tuple[PyTree, PyTree, Callable[..., Any]]:
+  """Splits Flax ``variables`` into ``params``, BatchNorm ``stats`` and a pure
+  ``apply(params, x, stats) -> (output, batch statistics)`` (MAML++ running statistics,
+  :class:`metajax.learners.RunningStats`).
+
+  With ``stats=None`` the module normalises with the batch's statistics and ``apply``
+  returns them (the module's ``BatchNorm`` layers need ``momentum=0``, so that their
+  updated ``batch_stats`` are exactly the batch's); otherwise it normalises with
+  ``stats`` and returns them unchanged. The module's ``__call__`` must accept
+  ``use_running_average``, as :class:`~metajax.models.Conv4`'s does.
+
+  Returns:
+    ``(params, stats, apply)``; ``stats`` is the initial ``"batch_stats"`` collection.
+  """
+  if "batch_stats" not in variables:
+    raise ValueError("functional_with_stats: variables have no 'batch_stats' collection (no BatchNorm layer)")
+  params, stats = variables["params"], variables["batch_stats"]
+
+  def apply(p: PyTree, x: Any, running: PyTree = None) -> tuple[Any, PyTree]:
+    if running is None:
+      out, updated = module.apply({"params": p, "batch_stats": stats}, x, use_running_average=False,
+                                  mutable=["batch_stats"])
+      return out, updated["batch_stats"]
+    return module.apply({"params": p, "batch_stats": running}, x, use_running_average=True), running
+
+  return params, stats, apply
