@@ -36,7 +36,13 @@ def _tiny_run(algo: str, tmp_path, monkeypatch) -> list[str]:
           "--queries", "2", "--eval-queries", "2", "--eval-tasks", "6"]
 
 
-@pytest.mark.parametrize("algo", sorted(REGISTRY))
+# Matching and Relation go through the CLI as ProtoNet does (the conformance suite covers them
+# as learners); their Conv4 compiles cost ~25 s each, so they run with -m slow.
+SLOW_CLI = ("matching", "relation")
+
+
+@pytest.mark.parametrize("algo", [pytest.param(a, marks=pytest.mark.slow) if a in SLOW_CLI else a
+                                  for a in sorted(REGISTRY)])
 def test_every_algorithm_trains_resumes_plots_and_evaluates(algo, tmp_path, capsys, monkeypatch):
   run_dir = tmp_path / "run"
   common = ["train", *_tiny_run(algo, tmp_path, monkeypatch), "--out-dir", str(run_dir)]

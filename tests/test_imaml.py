@@ -84,6 +84,7 @@ def test_at_the_inner_optimum_the_implicit_gradient_equals_maml_through_a_long_i
     assert _rel_err(_implicit_grad(short, params, task), _unrolled_grad(short, params, task)) > 1e-2
 
 
+@pytest.mark.slow  # three Conv4 compiles (~25 s); the closed-form test checks both modes on every run
 def test_forward_and_reverse_hessian_vector_products_agree_on_conv4():
   model = Conv4(num_classes=3, width=4, conv_impl="xla")
   x = jax.random.uniform(jax.random.PRNGKey(0), (6, 16, 16, 1))
