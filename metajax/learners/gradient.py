@@ -1,5 +1,6 @@
 """The gradient-based family on one code path: MAML (second and first order), Meta-SGD,
-ANIL, MAML++ (per-step learned inner rates, multi-step loss) and Reptile.
+ANIL, MAML++ (per-step learned inner rates, multi-step loss,
+per-step BatchNorm) and Reptile.
 
 Each task adapts the meta-learned initialisation to its support set with
 :func:`metajax.core.adapt`; the algorithms differ in the outer "gradient":

@@ -16,12 +16,12 @@ class ResidualBlock(nn.Module):
   conv_impl: ConvImpl = "auto"
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    norm = lambda name: nn.BatchNorm(use_running_average=False, momentum=0.0, name=name)
-    shortcut = norm("shortcut_norm")(Conv(self.width, size=1, impl=self.conv_impl, use_bias=False,
+  def __call__(self, x: jax.Array, use_running_average: bool = False) -> jax.Array:
+    norm = lambda name, h: nn.BatchNorm(momentum=0.0, name=name)(h, use_running_average=use_running_average)
+    shortcut = norm("shortcut_norm", Conv(self.width, size=1, impl=self.conv_impl, use_bias=False,
                                           name="shortcut")(x))
     for i in range(3):
-      x = norm(f"norm_{i}")(Conv(self.width, impl=self.conv_impl, use_bias=False, name=f"conv_{i}")(x))
+      x = norm(f"norm_{i}", Conv(self.width, impl=self.conv_impl, use_bias=False, name=f"conv_{i}")(x))
       if i < 2:
         x = nn.leaky_relu(x, 0.1)
     return max_pool_2x2(nn.leaky_relu(x + shortcut, 0.1))
@@ -31,7 +31,8 @@ class ResNet12(nn.Module):
   """``(n, h, w, c) -> (n, num_classes)``, or ``(n, widths[-1])`` features when ``num_classes`` is None.
 
   Four residual blocks (default widths 64-160-320-640), global average pooling,
-  optional linear head. BatchNorm uses batch statistics, as in :class:`Conv4`.
+  optional linear head. BatchNorm uses batch statistics, or with ``use_running_average``
+  the stored ones, as in :class:`Conv4`.
   """
 
   num_classes: Optional[int] = 5
@@ -39,9 +40,9 @@ class ResNet12(nn.Module):
   conv_impl: ConvImpl = "auto"
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, use_running_average: bool = False) -> jax.Array:
     for i, width in enumerate(self.widths):
-      x = ResidualBlock(width, self.conv_impl, name=f"block_{i}")(x)
+      x = ResidualBlock(width, self.conv_impl, name=f"block_{i}")(x, use_running_average)
     x = x.mean(axis=(1, 2))
     if self.num_classes is None:
       return x
