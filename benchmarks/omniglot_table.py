@@ -47,7 +47,8 @@ CELLS = ((5, 1), (5, 5), (20, 1), (20, 5))
 PAPER = {
     "maml": (98.7, 99.9, 95.8, 98.9), "fomaml": (98.3, 99.2, 89.4, 97.9),
     "reptile": (97.68, 99.48, 89.43, 97.12), "protonet": (98.8, 99.7, 96.0, 98.9),
-    "matching": (98.1, 98.9, 93.8, 98.5), "relation": (99.6, 99.8, 97.6, 99.1),
+    "matching": (98.1, 98.9, 93.8, 98.5), "matching-fce": (98.1, 98.9, 93.8, 98.5),
+    "relation": (99.6, 99.8, 97.6, 99.1),
 }
 SPLITS = {"vinyals": ("trainval", "test"), "lake": ("background", "evaluation")}
 
@@ -67,10 +68,10 @@ def protocol(algo: str, ways: int, shots: int) -> tuple[dict, list[str]]:
   if algo == "protonet":  # Snell et al. 2017, section 3.1
     return (dict(meta_batch=1, train_ways=60, queries=5, steps=40_000),
             ["constant Adam 1e-3 (the paper halves it every 2,000 episodes)"])
-  if algo == "matching":  # Vinyals et al. 2016
+  if algo in ("matching", "matching-fce"):  # Vinyals et al. 2016
     return (dict(meta_batch=8, queries=15, steps=40_000),
-            ["no full-context embeddings (available as matching(fce_fn=...), not in the registry yet)",
-             "attention normalises only the support embeddings (the paper: cosine of both)",
+            (["no full-context embeddings (the matching-fce row has them)"] if algo == "matching" else []) +
+            ["attention normalises only the support embeddings (the paper: cosine of both)",
              "8 episodes per meta-step"])
   if algo == "relation":  # Sung et al. 2018, section 4.1
     queries = {(5, 1): 19, (5, 5): 15, (20, 1): 10, (20, 5): 5}[(ways, shots)]

@@ -38,7 +38,7 @@ def _tiny_run(algo: str, tmp_path, monkeypatch) -> list[str]:
 
 # Matching and Relation go through the CLI as ProtoNet does (the conformance suite covers them
 # as learners); their Conv4 compiles cost ~25 s each, so they run with -m slow.
-SLOW_CLI = ("matching", "relation")
+SLOW_CLI = ("matching", "matching-fce", "relation")
 
 
 @pytest.mark.parametrize("algo", [pytest.param(a, marks=pytest.mark.slow) if a in SLOW_CLI else a

@@ -86,8 +86,8 @@ class FullContextEmbedding(nn.Module):
   @nn.compact
   def __call__(self, support: Array, query: Array) -> tuple[Array, Array]:
     d = support.shape[-1]
-    bi = nn.Bidirectional(nn.RNN(nn.LSTMCell(d)), nn.RNN(nn.LSTMCell(d)),
-                          merge_fn=lambda a, b: a + b)
+    cell = lambda: nn.LSTMCell(d, param_dtype=support.dtype)  # its carry takes param_dtype (float64 under x64)
+    bi = nn.Bidirectional(nn.RNN(cell()), nn.RNN(cell()), merge_fn=lambda a, b: a + b)
     g = support + bi(support[None])[0]
     cell = nn.LSTMCell(d, name="attention_lstm")
     carry = (jnp.zeros_like(query), jnp.zeros_like(query))

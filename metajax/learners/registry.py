@@ -24,7 +24,7 @@ from metajax.core.meta import TaskStrategy
 from metajax.core.protocol import MetaLearner
 from metajax.learners import gradient, implicit, learned_opt, metric, recurrent
 from metajax.learners.forward import accuracy_metrics
-from metajax.models import MLP, Conv4, RelationModule, functional, functional_with_stats
+from metajax.models import MLP, Conv4, RelationModule, functional
 
 PyTree = Any
 Build = Callable[["Setup", jax.Array], tuple[MetaLearner, PyTree]]
@@ -127,35 +127,36 @@ def get(name: str) -> Entry:
 
 def _gradient(factory: Callable[..., MetaLearner], per_step_batch_norm: bool = False) -> Build:
   """The backbone, adapted by ``factory``; ``per_step_batch_norm``: on images, MAML++'s
-  per-step BatchNorm weights, biases and running statistics."""
+  per-step BatchNorm weights and biases. (Not its running statistics: evaluating with them
+  instead of each batch's statistics leaves Omniglot MAML++ at chance, RESULTS.md.)"""
   def build(setup: Setup, key: jax.Array) -> tuple[MetaLearner, PyTree]:
     model = setup.backbone()
-    variables = model.init(key, setup.example())
-    options = {}
-    if per_step_batch_norm and setup.images:
-      params, stats, apply_fn = functional_with_stats(model, variables)
-      options = dict(per_step_filter=gradient.is_batch_norm, running_stats=gradient.RunningStats(lambda: stats))
-    else:
-      params, apply_fn = functional(model, variables)
+    params, apply_fn = functional(model, model.init(key, setup.example()))
+    options = dict(per_step_filter=gradient.is_batch_norm) if per_step_batch_norm and setup.images else {}
     return factory(apply_fn, optimizer=setup.optimizer, inner_steps=setup.inner_steps, inner_lr=setup.inner_lr,
                    eval_inner_steps=setup.eval_inner_steps, task_strategy=setup.task_strategy,
                    **setup.task_loss(), **options), params
   return build
 
 
-def _metric(factory: Callable[..., MetaLearner]) -> Build:
-  """A Conv4 embedding (no head). Relation networks on images embed with Conv4 pooled in
-  its first two blocks only and score with the paper's conv :class:`RelationModule`
-  (Sung et al., 2018); on vectors, with an MLP over concatenated embeddings."""
+def _metric(factory: Callable[..., MetaLearner], fce: bool = False) -> Build:
+  """A Conv4 embedding (no head); ``fce``: refined by Matching networks' full-context
+  embeddings. Relation networks on images embed with Conv4 pooled in its first two
+  blocks only and score with the paper's conv :class:`RelationModule` (Sung et al.,
+  2018); on vectors, with an MLP over concatenated embeddings."""
 
   def build(setup: Setup, key: jax.Array) -> tuple[MetaLearner, PyTree]:
     common = dict(optimizer=setup.optimizer, task_strategy=setup.task_strategy)
-    k_embed, k_rel = jax.random.split(key)
+    k_embed, k_head = jax.random.split(key)
     x0 = setup.example()
     if factory is not metric.relation:
       embed = setup.embedding()
       params, embed_fn = functional(embed, embed.init(k_embed, x0))
-      return factory(embed_fn, setup.ways, **common), params
+      if not fce:
+        return factory(embed_fn, setup.ways, **common), params
+      feature, context = embed_fn(params, x0), metric.FullContextEmbedding()
+      fce_params, fce_fn = functional(context, context.init(k_head, feature, feature))
+      return factory(embed_fn, setup.ways, fce_fn=fce_fn, **common), {"embed": params, "fce": fce_params}
     if setup.images:
       embed = Conv4(num_classes=None, width=setup.width, pooled_blocks=2, flatten=False)
       relation = RelationModule(width=setup.width)
@@ -164,7 +165,7 @@ def _metric(factory: Callable[..., MetaLearner]) -> Build:
     params, embed_fn = functional(embed, embed.init(k_embed, x0))
     feature = embed_fn(params, x0)
     pair = jnp.zeros(feature.shape[:-1] + (2 * feature.shape[-1],))
-    rel_params, rel_fn = functional(relation, relation.init(k_rel, pair))
+    rel_params, rel_fn = functional(relation, relation.init(k_head, pair))
     return factory(embed_fn, rel_fn, setup.ways, **common), {"embed": params, "relation": rel_params}
 
   return build
@@ -210,11 +211,10 @@ register("maml++", _gradient(gradient.maml_plus_plus, per_step_batch_norm=True),
          eval_inner_steps=True)
 # Matching networks normalise only the support embeddings: with post-ReLU features the plain cosine
 # softmax is nearly flat and 20-way training stalls (RESULTS.md: 59.6 % vs 88.3 % after 200 steps).
-for _name, _factory in (("protonet", metric.prototypical),
-                        ("matching", functools.partial(metric.matching, normalize_query=False)),
-                        ("relation", metric.relation)):
-  register(_name, _metric(_factory), inner_steps=False, eval_inner_steps=False, classification_only=True,
-           ways_free=True)
+_matching = functools.partial(metric.matching, normalize_query=False)
+for _name, _build in (("protonet", _metric(metric.prototypical)), ("matching", _metric(_matching)),
+                      ("matching-fce", _metric(_matching, fce=True)), ("relation", _metric(metric.relation))):
+  register(_name, _build, inner_steps=False, eval_inner_steps=False, classification_only=True, ways_free=True)
 register("rnn", _black_box_rnn, inner_steps=False, eval_inner_steps=False)
 register("meta-lstm", _meta_lstm, inner_steps=True, eval_inner_steps=False)
 register("learned-opt", _learned_optimizer, inner_steps=True, eval_inner_steps=True, mean_of_task_grads=False)
