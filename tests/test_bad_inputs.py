@@ -3,6 +3,8 @@ exit non-zero without a traceback; nothing already saved is lost."""
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import sys
 import zipfile
 from pathlib import Path
@@ -17,7 +19,7 @@ from metajax.harness import checkpoint
 from metajax.harness.cli import main
 from metajax.harness.run import load_run
 from metajax.core import adapt, mean_and_ci95
-from metajax.data import episodes, mini_imagenet, omniglot, sinusoid
+from metajax.data import cifar100, cub, episodes, mini_imagenet, omniglot, sinusoid, tiered_imagenet
 from tests.conftest import tiny_mlp
 from tests.test_data import SHARED, _tree, needs_shared
 
@@ -125,12 +127,70 @@ def _flat_zip(tmp):
   return omniglot.load("background", tmp, cache_dir=tmp / "c")
 
 
+def _cifar_pickles(tmp, meta):
+  for name, content in (("meta", meta), ("train", {}), ("test", {})):
+    (tmp / name).write_bytes(pickle.dumps(content))
+  return cifar100.load("train", tmp, cache_dir=tmp / "c")
+
+
+class _RunsACommand:
+  def __reduce__(self):
+    return os.system, ("echo unpickling ran a command",)
+
+
+def _cifar_fs_split_file(tmp, text):
+  (tmp / "data").mkdir()
+  (tmp / "splits" / "bertinetto").mkdir(parents=True)
+  (tmp / "splits" / "bertinetto" / "train.txt").write_text(text)
+  return cifar100.load("train", tmp, cache_dir=tmp / "c")
+
+
+def _cub_folders(tmp, *names, split_files=()):
+  for name in names:
+    (tmp / "images" / name).mkdir(parents=True)
+  for split in split_files:
+    (tmp / "splits").mkdir(exist_ok=True)
+    (tmp / "splits" / f"{split}.txt").write_text(names[0] + "\n")
+  return cub.load("train", tmp, cache_dir=tmp / "c")
+
+
+def _tiered_csv(tmp, text):
+  (tmp / "train.csv").write_text(text)
+  return tiered_imagenet.load("train", tmp, cache_dir=tmp / "c")
+
+
 LOADER_CASES = [
     ("split file missing", _no_split_files, FileNotFoundError, "split file"),
     ("split names an unknown character", _bad_split_line, ValueError, "Klingon/character07"),
     ("zip without the Omniglot layout", _flat_zip, ValueError, "expected the Omniglot layout"),
     ("mini-ImageNet folder empty", lambda tmp: mini_imagenet.load("train", tmp), FileNotFoundError,
      "neither"),
+    ("CIFAR-FS folder empty", lambda tmp: cifar100.load("train", tmp), FileNotFoundError,
+     "found none of .*train,test,meta"),
+    ("CIFAR-100 pickle that runs a command", lambda tmp: _cifar_pickles(tmp, _RunsACommand()),
+     cifar100.UnsafePickleError, r"meta: refusing to unpickle (posix|os|nt)\.system"),
+    ("CIFAR-100 pickle without class names", lambda tmp: _cifar_pickles(tmp, {"label_names": []}), ValueError,
+     "lacks the 'fine_label_names' entry"),
+    ("CIFAR-FS split file with an unknown class", lambda tmp: _cifar_fs_split_file(tmp, "apple\nunicorn\n"),
+     ValueError, r"train.txt: unknown class name\(s\) unicorn"),
+    ("FC100 of an unknown split", lambda tmp: cifar100.load("novel", tmp, benchmark="fc100"), ValueError,
+     "unknown FC100 split 'novel'"),
+    ("tiered-ImageNet folder empty", lambda tmp: tiered_imagenet.load("train", tmp), FileNotFoundError,
+     "neither .*train/ nor .*train.csv"),
+    ("tiered-ImageNet CSV row without a category", lambda tmp: _tiered_csv(tmp, "n01440764\n"), ValueError,
+     "line 1: expected 'synset,category'"),
+    ("tiered-ImageNet CSV naming a missing synset", lambda tmp: _tiered_csv(tmp, "n01440764,n01473806\n"),
+     FileNotFoundError, r"class folder\(s\) of tiered-ImageNet train missing: n01440764"),
+    ("CUB folder without images/", lambda tmp: cub.load("train", tmp), FileNotFoundError, "images/ not found"),
+    ("CUB class folder not numbered", lambda tmp: _cub_folders(tmp, "001.Albatross", "Sparrow"), ValueError,
+     "Sparrow not named NNN.Name"),
+    ("CUB with one split file of three", lambda tmp: _cub_folders(tmp, "001.Albatross", split_files=("train",)),
+     FileNotFoundError, "but not val.txt, test.txt; give all three"),
+    ("CUB empty class folder", lambda tmp: _cub_folders(tmp, "001.Albatross"), ValueError,
+     "001.Albatross: class folder holds no image files"),
+    ("ragged episodes longer than the smallest class", lambda tmp: episodes.sample(
+        jax.random.PRNGKey(0), jnp.zeros((3, 5, 4, 4), jnp.uint8), num_tasks=1, ways=2, shots=2, queries=2,
+        counts=jnp.asarray([5, 3, 5])), ValueError, r"shots \+ queries = 4 exceeds the 3 examples of the smallest"),
 ]
 
 
@@ -166,6 +226,8 @@ CLI_CASES = [
     (["train", "--resume"], "--resume needs the --out-dir"),
     (["train", "--algo", "protonet"], "protonet is a classifier; use it with --dataset omniglot"),
     (["train", "--dataset", "omniglot", "--data-dir", "/nonexistent/data"], "does not exist"),
+    (["train", "--dataset", "tiered-imagenet", "--data-dir", "/nonexistent/data"], "does not exist"),
+    (["train", "--dataset", "cifar100"], "invalid choice: 'cifar100'"),
     (["eval", "/nonexistent/run"], "does not exist"),
     (["train", "--algo", "rnn", "--eval-inner-steps", "3"], "rnn evaluates without a configurable number of inner steps"),
     (["train", "--algo", "maml3"], "invalid choice: 'maml3'"),

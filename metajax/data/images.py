@@ -1,6 +1,6 @@
 """Decoding image files into uint8 arrays, and an on-disk cache of decoded arrays.
 
-Shared by the Omniglot and mini-ImageNet loaders. Handling of odd files:
+Shared by the image loaders. Handling of odd files:
 
 * files whose suffix is not an image suffix (``.png``, ``.jpg``, ``.jpeg``,
   ``.bmp``, ``.gif``) are skipped — e.g. ``.DS_Store``, ``Thumbs.db``, notes;
@@ -17,9 +17,12 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Literal, NamedTuple, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Literal, NamedTuple, Optional, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+  from PIL import Image as PILImage
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
@@ -30,10 +33,14 @@ class ImageClasses(NamedTuple):
   Attributes:
     images: ``(classes, examples, h, w)`` uint8 (``(…, 3)`` for RGB sets).
     names: ``(classes,)`` class names, e.g. ``"Greek/character01/rot090"``.
+    counts: ``None`` when every class holds ``examples`` images; else ``(classes,)``
+      int32, class ``c``'s images being ``images[c, :counts[c]]`` and the rest zero
+      padding (sets with classes of unequal sizes; pass to ``episodes.sample(counts=...)``).
   """
 
   images: np.ndarray
   names: np.ndarray
+  counts: Optional[np.ndarray] = None
 
 
 def resolve_data_dir(data_dir: Optional[str | os.PathLike], subfolders: Sequence[str]) -> Path:
@@ -77,12 +84,19 @@ def decode(data: bytes, name: str, size: tuple[int, int], mode: Literal["L", "RG
   try:
     with Image.open(io.BytesIO(data)) as img:
       img.load()
-      img = img.convert(mode)
-      if img.size != (size[1], size[0]):
-        img = img.resize((size[1], size[0]), Image.Resampling.LANCZOS)
-      return np.asarray(img, dtype=np.uint8)
+      return fit(img, size, mode)
   except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
     raise ImageError(f"{name}: not a readable image ({err})") from err
+
+
+def fit(img: PILImage.Image, size: tuple[int, int], mode: Literal["L", "RGB"]) -> np.ndarray:
+  """A Pillow image converted to ``mode`` and resized (Lanczos) to ``size`` (h, w), as uint8."""
+  from PIL import Image
+
+  img = img.convert(mode)
+  if img.size != (size[1], size[0]):
+    img = img.resize((size[1], size[0]), Image.Resampling.LANCZOS)
+  return np.asarray(img, dtype=np.uint8)
 
 
 def cache_dir(path: Optional[str | os.PathLike] = None) -> Path:

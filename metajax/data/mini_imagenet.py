@@ -21,24 +21,19 @@ import os
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
-
-from metajax.data import images as imgs
+from metajax.data import folders
+from metajax.data.folders import Split
 from metajax.data.images import ImageClasses, resolve_data_dir
 
-SPLITS = ("train", "val", "test")
+SPLITS = folders.SPLITS
 SUBFOLDERS = ("mini-imagenet", "mini_imagenet", "miniImageNet", "miniimagenet")
 
 
-def _class_files(root: Path, split: str) -> dict[str, list[Path]]:
+def _class_files(root: Path, split: Split) -> dict[str, list[Path]]:
   folder, table = root / split, root / f"{split}.csv"
   classes: dict[str, list[Path]] = {}
   if folder.is_dir():
-    for cls in sorted(p for p in folder.iterdir() if p.is_dir()):
-      files = sorted(f for f in cls.iterdir() if f.is_file() and imgs.is_image_name(f.name))
-      if not files:
-        raise ValueError(f"{cls}: class folder holds no image files")
-      classes[cls.name] = files
+    classes = {name: folders.image_files(folder / name) for name in folders.subfolders(folder)}
   elif table.is_file():
     with open(table, newline="") as f:
       reader = csv.DictReader(f)
@@ -58,7 +53,7 @@ def _class_files(root: Path, split: str) -> dict[str, list[Path]]:
   return classes
 
 
-def load(split: str = "train", data_dir: Optional[str | os.PathLike] = None, *,
+def load(split: Split = "train", data_dir: Optional[str | os.PathLike] = None, *,
          image_size: int = 84, examples_per_class: Optional[int] = None,
          cache_dir: Optional[str | os.PathLike] = None) -> ImageClasses:
   """Loads a split as ``ImageClasses`` with ``images (classes, examples, s, s, 3)`` uint8.
@@ -70,28 +65,7 @@ def load(split: str = "train", data_dir: Optional[str | os.PathLike] = None, *,
   """
   if split not in SPLITS:
     raise ValueError(f"unknown mini-ImageNet split {split!r}; choose one of {SPLITS}")
-  root = resolve_data_dir(data_dir, SUBFOLDERS)
-  classes = _class_files(root, split)
-  counts = {name: len(files) for name, files in classes.items()}
-  if examples_per_class is None:
-    if len(set(counts.values())) != 1:
-      small = min(counts, key=counts.get)
-      raise ValueError(f"mini-ImageNet {split}: classes hold different numbers of images "
-                       f"(e.g. {small}: {counts[small]}, max {max(counts.values())}); pass "
-                       "examples_per_class to use the first N of each")
-    examples_per_class = next(iter(counts.values()))
-  short = [n for n, c in counts.items() if c < examples_per_class]
-  if short:
-    raise ValueError(f"mini-ImageNet {split}: class {short[0]} has {counts[short[0]]} images, "
-                     f"fewer than examples_per_class={examples_per_class}")
-
-  def build() -> dict[str, np.ndarray]:
-    size = (image_size, image_size)
-    array = np.stack([np.stack([imgs.decode(f.read_bytes(), str(f), size, "RGB")
-                                for f in files[:examples_per_class]]) for files in classes.values()])
-    return {"images": array, "names": np.array(list(classes))}
-
-  key = {"source": imgs.source_fingerprint(root / split if (root / split).is_dir() else root),
-         "split": split, "size": image_size, "per_class": examples_per_class, "version": 1}
-  arrays = imgs.cached(imgs.cache_dir(cache_dir), f"mini-imagenet-{split}", key, build)
-  return ImageClasses(arrays["images"], arrays["names"])
+  classes = _class_files(resolve_data_dir(data_dir, SUBFOLDERS), split)
+  return folders.load_classes(classes, f"mini-ImageNet {split}", image_size=image_size,
+                              examples_per_class=examples_per_class, cache_prefix=f"mini-imagenet-{split}",
+                              cache_dir=cache_dir)

@@ -24,7 +24,8 @@ from metajax.harness.run import (Interrupted, NonFiniteLoss, eval_file_name, loa
 from metajax.learners.registry import REGISTRY
 
 HELP = {
-    "dataset": "task family: sinusoid (generated), omniglot or mini-imagenet (need --data-dir)",
+    "dataset": "task family: sinusoid (generated), or an image set read from --data-dir: omniglot, "
+               "mini-imagenet, cifar-fs, fc100, tiered-imagenet or cub",
     "data_dir": "folder with the dataset files (default: $METAJAX_DATA)",
     "algo": "meta-learning algorithm (protonet, matching and relation need an image dataset)",
     "steps": "outer (meta) steps",
@@ -45,7 +46,7 @@ HELP = {
     "eval_queries": "query examples per evaluation task (per class)",
     "eval_inner_steps": "inner steps at evaluation (default: same as --inner-steps)",
     "train_split": "split meta-trained on (Omniglot, Vinyals: train, val, trainval, test; Lake: background, "
-                   "evaluation, background_small1, background_small2; mini-ImageNet: train, val, test)",
+                   "evaluation, background_small1, background_small2; the other image sets: train, val, test)",
     "eval_split": "split evaluated (and validated) on",
     "seed": "PRNG seed (initialisation, task sampling)",
     "chunk": "meta-steps fused into one compiled call",
@@ -98,7 +99,10 @@ def _parser() -> argparse.ArgumentParser:
 def _defaults_shown(field: dataclasses.Field) -> str:
   """`` (default: ...)`` for ``--help``: the field's default, per dataset and per algorithm."""
   if field.name in DATASET_DEFAULTS["sinusoid"]:
-    notes = [f"{v[field.name]} {k}" for k, v in DATASET_DEFAULTS.items()]
+    by_value: dict = {}  # datasets sharing a default are listed together
+    for name, values in DATASET_DEFAULTS.items():
+      by_value.setdefault(values[field.name], []).append(name)
+    notes = [f"{value} {', '.join(names)}" for value, names in by_value.items()]
   elif field.name in ("train_ways", "train_shots"):
     notes = ["--" + field.name.removeprefix("train_")]
   elif field.default is None or "default" in HELP[field.name]:

@@ -10,9 +10,21 @@ import jax.numpy as jnp
 import optax
 
 from metajax.core import MetaLearner, MetaState, Task
-from metajax.data import episodes, mini_imagenet, omniglot, sinusoid
+from metajax.data import cifar100, cub, episodes, mini_imagenet, omniglot, sinusoid, tiered_imagenet
+from metajax.data.images import ImageClasses
 from metajax.harness.args import TrainArgs
 from metajax.learners import registry
+
+
+# ``loader(split, data_dir) -> ImageClasses`` of each image dataset.
+LOADERS: dict[str, Callable[..., ImageClasses]] = {
+    "omniglot": omniglot.load,
+    "mini-imagenet": mini_imagenet.load,
+    "cifar-fs": functools.partial(cifar100.load, benchmark="cifar-fs"),
+    "fc100": functools.partial(cifar100.load, benchmark="fc100"),
+    "tiered-imagenet": tiered_imagenet.load,
+    "cub": cub.load,
+}
 
 
 class Problem(NamedTuple):
@@ -75,15 +87,15 @@ def build(args: TrainArgs) -> Problem:
                                   queries=args.queries)
     eval_tasks = lambda key, n: sinusoid.sample(key, n, args.shots, args.eval_queries)
     return _problem(args, (1,), False, sample_fn, None, eval_tasks)
-  loader = {"omniglot": omniglot.load, "mini-imagenet": mini_imagenet.load}[args.dataset]
-  train = loader(args.train_split, args.data_dir)
-  test = loader(args.eval_split, args.data_dir)
-  episodes.check_episode_shape(*train.images.shape[:2], args.train_ways, args.train_shots, args.queries)
-  episodes.check_episode_shape(*test.images.shape[:2], args.ways, args.shots, args.eval_queries)
+  train = LOADERS[args.dataset](args.train_split, args.data_dir)
+  test = LOADERS[args.dataset](args.eval_split, args.data_dir)
+  episodes.check_episode_shape(*train.images.shape[:2], args.train_ways, args.train_shots, args.queries,
+                               train.counts)
+  episodes.check_episode_shape(*test.images.shape[:2], args.ways, args.shots, args.eval_queries, test.counts)
   sample_fn = functools.partial(episodes.sample, num_tasks=args.meta_batch, ways=args.train_ways,
-                                shots=args.train_shots, queries=args.queries)
+                                shots=args.train_shots, queries=args.queries, counts=train.counts)
   test_images = jnp.asarray(test.images)
   eval_tasks = lambda key, n: episodes.sample(key, test_images, num_tasks=n, ways=args.ways,
-                                              shots=args.shots, queries=args.eval_queries)
+                                              shots=args.shots, queries=args.eval_queries, counts=test.counts)
   x_shape = train.images.shape[2:] + ((1,) if train.images.ndim == 4 else ())  # grey images gain a channel
   return _problem(args, x_shape, True, sample_fn, jnp.asarray(train.images), eval_tasks)
