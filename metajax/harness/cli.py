@@ -27,11 +27,11 @@ HELP = {
     "dataset": "task family: sinusoid (generated), or an image set read from --data-dir: omniglot, "
                "mini-imagenet, cifar-fs, fc100, tiered-imagenet or cub",
     "data_dir": "folder with the dataset files (default: $METAJAX_DATA)",
-    "algo": "meta-learning algorithm (protonet, matching and relation need an image dataset)",
+    "algo": "meta-learning algorithm (protonet, matching, matching-fce and relation need an image dataset)",
     "steps": "outer (meta) steps",
     "meta_batch": "tasks per meta-step",
     "ways": "classes per task (N), classification datasets",
-    "train_ways": "classes per training task (protonet, matching and relation only)",
+    "train_ways": "classes per training task (protonet, matching, matching-fce and relation only)",
     "shots": "support examples per task, per class for classification",
     "train_shots": "support examples per training task (per class)",
     "queries": "query examples per task (per class) during training",
