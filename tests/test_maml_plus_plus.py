@@ -2,6 +2,7 @@
 per-step running statistics, on a small Conv4."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import chex
@@ -43,8 +44,8 @@ def test_adapt_gives_each_step_its_own_copy_of_per_step_leaves():
   out, info = adapt(params, jnp.zeros(2), loss, steps=2, lr=0.1, per_step={"w": False, "g": True}, has_aux=True,
                     trace_fn=lambda p: p["g"][0])
   np.testing.assert_array_equal(info.aux, [0.0, 1.0])  # step t's loss sees copy t
-  np.testing.assert_array_equal(info.trace, [1.0, 2.0])  # the trace after step t, copy t + 1
-  np.testing.assert_array_equal(out["g"], [2.0, 2.0])  # the result, copy `steps`
+  np.testing.assert_array_equal(info.trace, [0.0, 1.0])  # and so does the trace after its update
+  np.testing.assert_array_equal(out["g"], [1.0, 1.0])  # the result: copy steps - 1
   long, _ = adapt(params, jnp.zeros(2), lambda p, s: jnp.sum(p["w"] ** 2), steps=6, lr=0.1,
                   per_step={"w": False, "g": True})
   np.testing.assert_array_equal(long["g"], [3.0, 3.0])  # beyond the copies: the last one
@@ -67,7 +68,7 @@ def test_per_step_batch_norm_weights_are_the_shared_ones_split_by_step():
     grad = jax.jit(jax.grad(gradient.task_objective, argnums=1, has_aux=True), static_argnums=0)
     grad = functools.partial(lambda g, cfg, mp: g(cfg, mp, task), grad)
     meta = gradient.init(per_step, params, jax.random.PRNGKey(0)).meta_params
-    assert meta["params"]["norm_0"]["scale"].shape == (STEPS + 1, 4)
+    assert meta["params"]["norm_0"]["scale"].shape == (STEPS, 4)
     assert meta["params"]["conv_0"]["kernel"].shape == params["conv_0"]["kernel"].shape
     g_shared, m_shared = grad(shared, {"params": params})
     g_split, m_split = grad(per_step, meta)
@@ -82,6 +83,10 @@ def test_per_step_batch_norm_weights_are_the_shared_ones_split_by_step():
         assert float(jnp.abs(g[0] - g[1]).max()) > 1e-6, f"{name}: steps 0 and 1 share a gradient"
       else:
         np.testing.assert_allclose(g, want, rtol=1e-9, atol=1e-12, err_msg=name)
+    # first order with the multi-step loss, every copy reaches a query loss (the query after step t uses copy t)
+    g_first, _ = grad(dataclasses.replace(per_step, first_order=True, multi_step_loss=True), meta)
+    for g in jax.tree.leaves(g_first["params"]["norm_1"]):
+      assert (jnp.abs(g).max(axis=1) > 0).all()
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +103,7 @@ def bnrs():
 
 def test_running_statistics_are_the_moving_average_of_each_steps_batch_statistics(bnrs):
   cfg, state, tasks, new = bnrs
-  assert new.meta_params["bn_stats"]["norm_2"]["var"].shape == (STEPS + 1, 4)
+  assert new.meta_params["bn_stats"]["norm_2"]["var"].shape == (STEPS, 4)
   # step 0 normalises the support set with the initial parameters: its batch statistics, by hand
   first = gradient.initial_params(cfg, state.meta_params)["params"]
   batch0 = [cfg.apply_fn(first, x, None)[1] for x in tasks.x_support]
@@ -106,7 +111,7 @@ def test_running_statistics_are_the_moving_average_of_each_steps_batch_statistic
   chex.assert_trees_all_close(jax.tree.map(lambda a: a[0], new.meta_params["bn_stats"]), want, rtol=1e-5, atol=1e-6)
   # every step has moved from the initial statistics, each to its own values
   for s in jax.tree.leaves(new.meta_params["bn_stats"]):
-    assert float(jnp.abs(s[1] - s[2]).max()) > 0
+    assert float(jnp.abs(s[0] - s[1]).max()) > 0
   assert not np.allclose(new.meta_params["bn_stats"]["norm_0"]["var"], 1.0)
 
 
@@ -130,7 +135,7 @@ def test_registry_maml_plus_plus_on_images_maps_tasks_as_it_vmaps_them():
            for s in ("vmap", "map")}
   learner, params = built["vmap"]
   state = learner.init(jax.random.PRNGKey(1), params)
-  assert state.meta_params["params"]["norm_1"]["bias"].shape == (STEPS + 1, 4)
+  assert state.meta_params["params"]["norm_1"]["bias"].shape == (STEPS, 4)
   tasks = _tasks(jax.random.PRNGKey(5))
   stepped = jax.jit(learner.meta_step)(state, tasks)
   chex.assert_trees_all_close(jax.jit(built["map"][0].meta_step)(state, tasks), stepped, rtol=1e-5, atol=1e-6)

@@ -126,15 +126,16 @@ def adapt(
       of the adapting parameters), e.g. ``AdaptInfo.opt_state`` of a previous call.
     per_step: optional pytree of Python bools with the structure of ``params``;
       ``True`` leaves do not adapt and carry a leading per-step axis: step ``t``'s
-      loss sees copy ``t``, ``trace_fn`` after step ``t`` copy ``t + 1``, and the
-      returned parameters copy ``steps`` (:func:`at_step`: the last copy beyond
-      the axis). Antoniou et al. 2019's per-step BatchNorm weights (MAML++).
+      loss and ``trace_fn`` after its update see copy ``t``, and the returned
+      parameters copy ``steps - 1`` (:func:`at_step`: the last copy beyond the
+      axis). Antoniou et al. 2019's per-step BatchNorm weights (MAML++), indexed
+      as in their code, so every copy reaches the query loss after its step.
     has_aux: ``loss_fn`` returns ``(loss, aux)``; ``aux`` is not differentiated
       through and comes back stacked in ``AdaptInfo.aux``.
 
   Returns:
     ``(adapted_params, AdaptInfo)``; with ``per_step``, the per-step leaves of the
-    adapted parameters are their copy ``steps``, shaped like one copy.
+    adapted parameters are their copy ``steps - 1``, shaped like one copy.
   """
   check_positive_int(steps, "adapt: `steps`")
   stepped = None
@@ -179,7 +180,7 @@ def adapt(
       updates, state = (optimizer.update(grads, state, current, value=loss_in) if extra_args
                         else optimizer.update(grads, state, current))
       new = optax.apply_updates(current, updates)
-    traced = None if trace_fn is None else trace_fn(combine(new, fixed(t + 1)))
+    traced = None if trace_fn is None else trace_fn(combine(new, fixed(t)))
     return (new, state), (loss, traced, jax.lax.stop_gradient(aux))
 
   if remat:
@@ -188,7 +189,7 @@ def adapt(
     opt_state = optimizer.init(trainable)
   (trainable, opt_state), (losses, traced, aux) = jax.lax.scan(
       step, (trainable, opt_state), (jnp.arange(steps), rates if per_step_lr else None), unroll=unroll)
-  return combine(trainable, fixed(steps)), AdaptInfo(losses, traced, opt_state, aux if has_aux else None)
+  return combine(trainable, fixed(steps - 1)), AdaptInfo(losses, traced, opt_state, aux if has_aux else None)
 
 
 def _with_aux(out: Any, has_aux: bool) -> tuple[Array, Any]:

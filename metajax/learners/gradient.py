@@ -140,10 +140,11 @@ class RunningStats:
   """MAML++ per-step BatchNorm running statistics (Antoniou et al. 2019, §4 "BNRS").
 
   Meta-training normalises with each batch's statistics, as MAML does, and keeps an
-  exponential moving average of them per inner step (the query pass after ``t``
-  updates is step ``t``); ``evaluate`` and ``predict`` normalise step ``t`` with
-  average ``t``, so a query example's prediction no longer depends on the other
-  query examples. The config's ``apply_fn`` is then ``(params, x, stats) -> (predictions,
+  exponential moving average of each inner step's support-set statistics;
+  ``evaluate`` and ``predict`` normalise step ``t`` (and the query pass after it)
+  with average ``t``, so a query example's prediction no longer depends on the other
+  query examples. MAML adapts poorly with them (Omniglot: chance, ``benchmarks/RESULTS.md``):
+  its inner loop is trained on per-task statistics. The config's ``apply_fn`` is then ``(params, x, stats) -> (predictions,
   batch statistics)``, normalising with the batch's own statistics when ``stats`` is
   ``None``; :func:`metajax.models.functional_with_stats` makes it from a Flax module.
 
@@ -184,13 +185,13 @@ class MAMLConfig(InnerLoopConfig):
       uniform to the last step only (MAML++); 0 keeps them uniform.
     first_order_until: derivative-order annealing (MAML++): outer steps ``< first_order_until``
       use first-order gradients, later ones second order; 0 (default) never switches.
-    per_step_filter: optional ``path -> bool``: the parameters held once per inner step
-      plus one for the query pass, meta-learned and not adapted (MAML++'s per-step
-      BatchNorm weights and biases: :func:`is_batch_norm`). Step ``t`` uses copy ``t``;
-      evaluating with more steps reuses the last copy.
+    per_step_filter: optional ``path -> bool``: the parameters held once per inner step,
+      meta-learned and not adapted (MAML++'s per-step BatchNorm weights and biases:
+      :func:`is_batch_norm`). Step ``t``'s support pass and the query pass after it use
+      copy ``t``; evaluating with more steps reuses the last copy.
     running_stats: optional :class:`RunningStats` (MAML++'s per-step BatchNorm running
-      statistics), kept in ``meta_params["bn_stats"]`` with a leading
-      ``inner_steps + 1`` axis; ``apply_fn`` then takes and returns statistics.
+      statistics), kept in ``meta_params["bn_stats"]`` with a leading ``inner_steps``
+      axis; ``apply_fn`` then takes and returns statistics.
   """
 
   inner_lr_mode: InnerLRMode = "fixed"
@@ -263,9 +264,9 @@ class ReptileConfig(InnerLoopConfig):
 
 def init(config: InnerLoopConfig, params: PyTree, key: Array) -> MetaState:
   """The initial :class:`MetaState`: ``{"params": params}`` (per-step leaves copied
-  ``inner_steps + 1`` times), plus ``"inner_lr"`` when learned and ``"bn_stats"`` when
+  ``inner_steps`` times), plus ``"inner_lr"`` when learned and ``"bn_stats"`` when
   running statistics are kept; optimizer state, step 0, ``key``."""
-  copies = lambda a: jnp.stack([a] * (config.inner_steps + 1))
+  copies = lambda a: jnp.stack([a] * config.inner_steps)
   meta_params = {"params": params}
   inner_lr = config.initial_inner_lr(params)
   if inner_lr is not None:
@@ -320,7 +321,7 @@ def adapt_task(config: InnerLoopConfig, meta_params: PyTree, task: Task, steps: 
   ``trace_query`` records the query loss after every step. Where running statistics are
   kept, ``running`` normalises with them (evaluation); otherwise ``AdaptInfo.aux`` holds
   each step's batch statistics. Returns ``(params, AdaptInfo)``: the parameters as
-  :meth:`InnerLoopConfig.forward` takes them, per-step leaves at copy ``steps``."""
+  :meth:`InnerLoopConfig.forward` takes them, per-step leaves at copy ``steps - 1``."""
   model = _model(config, meta_params, steps, running)
   init_params = model.pop("params")
   collect = "bn_stats" in meta_params and not running
@@ -350,17 +351,13 @@ def initial_params(config: InnerLoopConfig, meta_params: PyTree, running: bool =
   return combine(at_step(stepped, 0), rest)
 
 
-def prediction_metrics(config: InnerLoopConfig, pred: Array, targets: Array, suffix: str = "") -> dict:
-  """``{"loss" + suffix, *metrics_fn + suffix}`` of one task's predictions (scalars)."""
-  metrics = {"loss": config.loss_fn(pred, targets)}
-  if config.metrics_fn is not None:
-    metrics.update(config.metrics_fn(pred, targets))
-  return {k + suffix: v for k, v in metrics.items()}
-
-
 def query_metrics(config: InnerLoopConfig, params: PyTree, task: Task, suffix: str = "") -> dict:
-  """:func:`prediction_metrics` of ``params`` on one task's query set."""
-  return prediction_metrics(config, config.forward(params, task.x_query)[0], task.y_query, suffix)
+  """``{"loss" + suffix, *metrics_fn + suffix}`` of ``params`` on one task's query set (scalars)."""
+  pred = config.forward(params, task.x_query)[0]
+  metrics = {"loss": config.loss_fn(pred, task.y_query)}
+  if config.metrics_fn is not None:
+    metrics.update(config.metrics_fn(pred, task.y_query))
+  return {k + suffix: v for k, v in metrics.items()}
 
 
 def task_objective(config: MAMLConfig, meta_params: PyTree, task: Task,
@@ -373,21 +370,19 @@ def task_objective(config: MAMLConfig, meta_params: PyTree, task: Task,
   Returns:
     ``(objective, metrics)`` with scalar metrics ``loss`` (query loss after
     adaptation), ``support_loss`` (before adaptation), those of ``metrics_fn`` and
-    ``objective``; with running statistics also ``batch_stats``, the batch statistics
-    of every inner step and of the query pass (leading axis ``inner_steps + 1``).
+    ``objective``; with running statistics also ``batch_stats``, the support set's batch
+    statistics at every inner step (leading axis ``inner_steps``).
   """
   adapted, info = adapt_task(config, meta_params, task, config.inner_steps,
                               config.first_order if first_order is None else first_order, config.multi_step_loss)
-  pred, stats = config.forward(adapted, task.x_query)
-  metrics = prediction_metrics(config, pred, task.y_query)
+  metrics = query_metrics(config, adapted, task)
   metrics["support_loss"] = info.support_loss[0]
   objective = metrics["loss"]
   if config.multi_step_loss:
     w = msl_weights(config, jnp.zeros(())) if weights is None else weights
     objective = jnp.dot(w, info.trace)
   if info.aux is not None:
-    metrics["batch_stats"] = jax.tree.map(lambda a, q: jnp.concatenate([a, q[None]]), info.aux,
-                                          jax.lax.stop_gradient(stats))
+    metrics["batch_stats"] = info.aux
   return objective, {**metrics, "objective": objective}
 
 
@@ -402,8 +397,10 @@ def meta_grad(state: MetaState, task_batch: Task, *, config: MAMLConfig) -> tupl
   Returns:
     ``(grads, metrics)``: ``grads`` has the structure of ``state.meta_params`` and is
     the task-batch mean of ``∂ objective / ∂ meta_params`` (:func:`task_objective`);
-    metrics are task-batch means of its scalars. With ``first_order_until`` the order
-    is chosen by ``state.step`` inside the compiled program (both orders are compiled).
+    metrics are task-batch means of its scalars (and, with running statistics, of
+    ``batch_stats``, which :func:`meta_step` folds into ``meta_params["bn_stats"]``).
+    With ``first_order_until`` the order is chosen by ``state.step`` inside the
+    compiled program (both orders are compiled).
   """
   check_task(task_batch, batched=True)
   weights = msl_weights(config, state.step) if config.multi_step_loss else None
