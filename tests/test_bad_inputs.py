@@ -233,7 +233,7 @@ CLI_CASES = [
     (["train", "--algo", "maml3"], "invalid choice: 'maml3'"),
     (["train", "--dataset", "omniglot", "--train-ways", "10"],
      "--train-ways 10 differs from --ways 5, but maml's parameters depend on the number of classes; "
-     "only matching, protonet, relation train with other ways"),
+     "only matching, matching-fce, protonet, relation train with other ways"),
     (["train", "--dataset", "omniglot", "--algo", "protonet", "--train-ways", "0"],
      "--train-ways must be a positive integer"),
 ]

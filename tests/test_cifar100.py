@@ -2,7 +2,9 @@
 layouts, and ``metajax train`` on a synthetic CIFAR-100."""
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
 import pickle
 import struct
@@ -85,6 +87,14 @@ def test_the_splits_partition_cifar100_as_the_papers_say():
   supers = cifar100.FC100_SUPERCLASS_SPLITS
   assert [len(supers[s]) for s in ("train", "val", "test")] == [12, 4, 4]
   assert sorted(s for split in supers.values() for s in split) == sorted(SUPERCLASSES)
+  # the published lists (torchmeta's assets; checked against them when written), pinned
+  assert sorted(CIFAR_FS_SPLITS["test"]) == [
+      "baby", "bed", "bicycle", "chimpanzee", "fox", "leopard", "man", "pickup_truck", "plain", "poppy", "rocket",
+      "rose", "snail", "sweet_pepper", "table", "telephone", "wardrobe", "whale", "woman", "worm"]
+  digest = lambda table: hashlib.sha256(json.dumps({k: sorted(v) for k, v in table.items()}, sort_keys=True)
+                                        .encode()).hexdigest()
+  assert digest(CIFAR_FS_SPLITS) == "acc916c754c1f3dde9cebb1a467a3d52311e7407d52b2ddc0eef61c52c2cf1ca"
+  assert digest(FC100_SPLITS) == "81b19c3583d4181372412aa75b0dac139fc361ba653c47de8a110f66d468cb08"
 
 
 @pytest.mark.parametrize("python2", [False, True], ids=["python3 pickles", "python2 pickles"])

@@ -8,12 +8,13 @@
 
 The class lists are :data:`CIFAR_FS_SPLITS` and :data:`FC100_SPLITS` (as in torchmeta's
 assets). Three layouts are read, from ``data_dir`` or ``$METAJAX_DATA`` (directly, or in a
-``cifar-100-python/``, ``cifar100/``, ``cifar-fs/`` or ``fc100/`` subfolder), first found first:
+``cifar-fs/`` or ``fc100/`` subfolder named after the benchmark, else ``cifar-100-python/``,
+``cifar100/``, ``cifar-fs/`` or ``fc100/``), first found first:
 
 * the CIFAR-100 python pickles ``train``, ``test`` and ``meta`` (500 + 100 images of each
-  class, all used). They are unpickled by :class:`NumpyUnpickler`, which builds nothing
-  but numpy arrays, lists, dicts, strings and numbers: a pickle naming any other Python
-  object raises :class:`UnsafePickleError` without running it;
+  class, all used), read by :func:`metajax.data.safe_pickle.load`: plain numpy arrays,
+  lists, dicts, strings and numbers only; a pickle naming or building anything else
+  raises :class:`UnsafePickleError` without running it;
 * split folders ``<root>/<split>/<class>/*.png``, holding exactly the split's classes;
 * the CIFAR-FS release's ``<root>/data/<class>/*.png``, the classes chosen by
   ``<root>/splits/bertinetto/<split>.txt`` (one class a line) for CIFAR-FS when present,
@@ -24,7 +25,6 @@ Classes come sorted by name; images are resized (and cached) when ``image_size``
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 from typing import Literal, Optional, get_args
 
@@ -32,11 +32,14 @@ import numpy as np
 
 from metajax.data import folders
 from metajax.data import images as imgs
+from metajax.data import safe_pickle
 from metajax.data.folders import Split
 from metajax.data.images import ImageClasses, resolve_data_dir
+from metajax.data.safe_pickle import UnsafePickleError
 
 Benchmark = Literal["cifar-fs", "fc100"]
 SUBFOLDERS = ("cifar-100-python", "cifar100", "cifar-fs", "CIFAR-FS", "fc100", "FC100")
+OWN_SUBFOLDERS = {"cifar-fs": ("cifar-fs", "CIFAR-FS"), "fc100": ("fc100", "FC100")}  # searched first
 PICKLES = ("train", "test", "meta")
 
 # CIFAR-100's 20 superclasses and their 5 classes each (its coarse and fine labels).
@@ -97,42 +100,6 @@ CLASSES = tuple(sorted(c for members in SUPERCLASSES.values() for c in members))
 TITLES = {"cifar-fs": "CIFAR-FS", "fc100": "FC100"}
 
 
-class UnsafePickleError(pickle.UnpicklingError, ValueError):
-  """A pickle that names a Python object other than numpy's array and dtype builders."""
-
-
-def _numpy_globals() -> dict[tuple[str, str], object]:
-  """What pickled numpy arrays name, under numpy 1's and 2's module names (``_frombuffer``: protocol 5)."""
-  try:
-    from numpy._core import multiarray, numeric
-  except ImportError:  # numpy 1
-    from numpy.core import multiarray, numeric
-  table: dict[tuple[str, str], object] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
-  for package in ("numpy.core", "numpy._core"):
-    table[f"{package}.multiarray", "_reconstruct"] = multiarray._reconstruct
-    table[f"{package}.numeric", "_frombuffer"] = numeric._frombuffer
-  return table
-
-
-NUMPY_GLOBALS = _numpy_globals()
-
-
-class NumpyUnpickler(pickle.Unpickler):
-  """Unpickles numpy arrays and plain containers only ("Restricting Globals" in Python's
-  ``pickle`` docs): a global the pickle names is looked up in :data:`NUMPY_GLOBALS`, never
-  imported, and any other raises :class:`UnsafePickleError` before anything is called."""
-
-  def __init__(self, file, source: str):
-    super().__init__(file, encoding="latin1")  # Python 2 pickles: str -> latin-1 text, as numpy expects
-    self.source = source
-
-  def find_class(self, module: str, name: str):
-    if (module, name) not in NUMPY_GLOBALS:
-      raise UnsafePickleError(f"{self.source}: refusing to unpickle {module}.{name} (only numpy arrays "
-                              "are read from CIFAR-100 pickles)")
-    return NUMPY_GLOBALS[module, name]
-
-
 def read_pickle(path: Path) -> dict:
   """A CIFAR-100 pickle's dict, keys as text (``b"data"`` and ``"data"`` alike).
 
@@ -142,7 +109,7 @@ def read_pickle(path: Path) -> dict:
   """
   try:
     with open(path, "rb") as f:
-      table = NumpyUnpickler(f, str(path)).load()
+      table = safe_pickle.load(f, str(path))
   except UnsafePickleError:
     raise
   except Exception as err:  # whatever a damaged pickle makes the unpickler raise: name the file
@@ -245,7 +212,7 @@ def load(split: Split = "train", data_dir: Optional[str | os.PathLike] = None, *
   title = TITLES[benchmark]
   if split not in folders.SPLITS:
     raise ValueError(f"unknown {title} split {split!r}; choose one of {folders.SPLITS}")
-  root = resolve_data_dir(data_dir, SUBFOLDERS)
+  root = resolve_data_dir(data_dir, OWN_SUBFOLDERS[benchmark] + SUBFOLDERS)
   pickles = [name for name in PICKLES if (root / name).is_file()]
   if pickles:
     if len(pickles) < len(PICKLES):
