@@ -87,6 +87,7 @@ def test_layout_errors_are_named(tmp_path):
     cub.load("novel", root)
 
 
+@pytest.mark.slow  # the CLI wiring of ragged sets runs by default in test_tiered_imagenet
 def test_train_cub(tmp_path, capsys, monkeypatch):
   monkeypatch.setenv("METAJAX_CACHE", str(tmp_path / "cache"))
   root = _tree(tmp_path, numbers=range(1, 21))
