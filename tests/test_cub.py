@@ -79,7 +79,10 @@ def test_layout_errors_are_named(tmp_path):
   (images / "attributes").rename(images / "013.Bird_13")
   with pytest.raises(ValueError, match="013.Bird_13: class folder holds no image files"):
     cub.load("train", root, cache_dir=tmp_path / "c")
-  (images / "013.Bird_13").rmdir()
+  (images / "013.Bird_13").rename(images / "005.Another_bird")
+  with pytest.raises(ValueError, match="005.Another_bird share their number"):
+    cub.load("train", root, cache_dir=tmp_path / "c")
+  (images / "005.Another_bird").rmdir()
   (images / "005.Bird_5" / "Bird_5_0001_5.jpg").write_bytes(b"not a jpeg")
   with pytest.raises(ImageError, match="Bird_5_0001_5.jpg"):
     cub.load("train", root, cache_dir=tmp_path / "c")

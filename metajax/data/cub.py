@@ -78,7 +78,8 @@ def load(split: Split = "train", data_dir: Optional[str | os.PathLike] = None, *
 
   Raises:
     FileNotFoundError: no data folder, no ``images/`` folder, one or two of the three split files.
-    ValueError: a class folder not named ``NNN.Name`` (without split files), an unknown
+    ValueError: a class folder not named ``NNN.Name`` or two with one number (without split
+      files), an unknown
       class in a split file or one in two splits, an empty class folder.
     metajax.data.images.ImageError: an image that cannot be decoded.
   """
@@ -98,6 +99,10 @@ def load(split: Split = "train", data_dir: Optional[str | os.PathLike] = None, *
     if odd:
       raise ValueError(f"{images}: class folder(s) {', '.join(odd[:5])} not named NNN.Name (001-200); "
                        "name them so or give split files splits/{train,val,test}.txt")
+    twice = sorted({a for a, b in zip(found, found[1:]) if a[:3] == b[:3]})
+    if twice:
+      raise ValueError(f"{images}: class folders {', '.join(twice[:5])} share their number with the next one; "
+                       "Chen et al.'s split needs one folder per number 001-200")
     names = [name for name in found if chen_split(int(name[:3])) == split]
   return folders.load_classes(folders.class_files(images, names, f"CUB {split}"), f"CUB {split}",
                               image_size=image_size, examples_per_class=examples_per_class, ragged=True,
