@@ -87,6 +87,14 @@ def test_per_step_batch_norm_weights_are_the_shared_ones_split_by_step():
     g_first, _ = grad(dataclasses.replace(per_step, first_order=True, multi_step_loss=True), meta)
     for g in jax.tree.leaves(g_first["params"]["norm_1"]):
       assert (jnp.abs(g).max(axis=1) > 0).all()
+    # and only its own: first order, the query loss after step t reaches copy t alone
+    first = dataclasses.replace(per_step, first_order=True, multi_step_loss=True)
+    for t in range(STEPS):
+      weights = jnp.zeros(STEPS).at[t].set(1.0)
+      g_t, _ = jax.grad(gradient.task_objective, argnums=1, has_aux=True)(first, meta, task, weights)
+      for name, g in g_t["params"]["norm_1"].items():
+        norms = np.abs(np.asarray(g)).max(axis=1)
+        assert norms[t] > 0 and np.count_nonzero(norms) == 1, f"norm_1/{name} after step {t}: {norms}"
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +158,10 @@ def test_bad_per_step_options_are_named():
     RunningStats(lambda: {}, momentum=1.0)
   with pytest.raises(TypeError, match="RunningStats"):
     _config(apply_fn, running_stats=lambda: {})
+  config = _config(apply_fn, per_step_filter=is_batch_norm)
+  with pytest.raises(ValueError, match=r"inner_steps=2 copies .*norm_0/bias \(4,\)"):
+    gradient.meta_grad(gradient.init(config, params, jax.random.PRNGKey(0))._replace(
+        meta_params={"params": params}), _tasks(jax.random.PRNGKey(3)), config=config)
   with pytest.raises(ValueError, match="selects no parameter"):
     gradient.init(_config(apply_fn, per_step_filter=lambda path: "nothing" in path), params, jax.random.PRNGKey(0))
   mlp = MLP(hidden=(4,), out=1)

@@ -35,7 +35,7 @@ from metajax.core.meta import mean_task_grads
 from metajax.core.meta import resolve_strategy
 from metajax.core.protocol import MetaLearner, bind
 from metajax.core.tasks import Task, check_task
-from metajax.core.tree import combine, mask_from_filter, partition
+from metajax.core.tree import combine, mask_from_filter, partition, path_name
 from metajax.core.validate import check_finite_number, check_nonnegative_int, check_positive_int
 
 PyTree = Any
@@ -140,13 +140,20 @@ class RunningStats:
   """MAML++ per-step BatchNorm running statistics (Antoniou et al. 2019, §4 "BNRS").
 
   Meta-training normalises with each batch's statistics, as MAML does, and keeps an
-  exponential moving average of each inner step's support-set statistics;
-  ``evaluate`` and ``predict`` normalise step ``t`` (and the query pass after it)
-  with average ``t``, so a query example's prediction no longer depends on the other
-  query examples. MAML adapts poorly with them (Omniglot: chance, ``benchmarks/RESULTS.md``):
-  its inner loop is trained on per-task statistics. The config's ``apply_fn`` is then ``(params, x, stats) -> (predictions,
-  batch statistics)``, normalising with the batch's own statistics when ``stats`` is
-  ``None``; :func:`metajax.models.functional_with_stats` makes it from a Flax module.
+  exponential moving average of each inner step's support-set statistics (updated once
+  per meta-step from the task-batch mean; biased variance). ``evaluate`` and ``predict``
+  normalise step ``t`` (and the query pass after it) with average ``t``, so a query
+  example's prediction no longer depends on the other query examples.
+
+  This is the paper's description, not what the authors' code runs: their
+  ``F.batch_norm(..., training=True)`` collects the averages but always normalises with
+  batch statistics. MAML adapts poorly with them (Omniglot: chance accuracy,
+  ``benchmarks/RESULTS.md``), since its inner loop is trained on per-task statistics;
+  the registry's ``maml++`` does not use them.
+
+  The config's ``apply_fn`` is then ``(params, x, stats) -> (predictions, batch
+  statistics)``, normalising with the batch's own statistics when ``stats`` is ``None``;
+  :func:`metajax.models.functional_with_stats` makes it from a Flax module.
 
   Attributes:
     initial: ``() -> stats``, one step's statistics before training (e.g. mean 0, variance 1).
@@ -303,6 +310,8 @@ def _model(config: InnerLoopConfig, meta_params: PyTree, steps: int, running: bo
   params = meta_params["params"]
   mask = None if config.adapt_filter is None else mask_from_filter(config.adapt_filter, params)
   per_step = config.per_step_mask(params)
+  if per_step is not None:
+    _check_copies(params, per_step, config.inner_steps)
   lr = config.inner_rates(meta_params, steps)
   if "bn_stats" not in meta_params:
     return dict(params=params, mask=mask, per_step=per_step, lr=lr)
@@ -313,6 +322,17 @@ def _model(config: InnerLoopConfig, meta_params: PyTree, steps: int, running: bo
               mask=None if mask is None else {"params": mask, "stats": like(stats, False)},
               per_step={"params": like(params, False) if per_step is None else per_step, "stats": like(stats, True)},
               lr=lr if scalar_lr else {"params": lr, "stats": like(stats, jnp.zeros((steps,)) if config.per_step_lr else 0.0)})
+
+
+def _check_copies(params: PyTree, per_step: PyTree, copies: int) -> None:
+  """Per-step leaves must hold ``copies`` (``inner_steps``) copies on a leading axis, as
+  :func:`init` makes them; parameters without them would silently run with wrong copies."""
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  bad = [f"{path_name(path)} {jnp.shape(a)}" for (path, a), s in zip(leaves, jax.tree.leaves(per_step))
+         if s and (jnp.ndim(a) == 0 or jnp.shape(a)[0] != copies)]
+  if bad:
+    raise ValueError(f"MAMLConfig: per-step parameters need a leading axis of inner_steps={copies} copies "
+                     f"(gradient.init makes it from one copy); these do not: {', '.join(bad)}")
 
 
 def adapt_task(config: InnerLoopConfig, meta_params: PyTree, task: Task, steps: int,
@@ -398,7 +418,8 @@ def meta_grad(state: MetaState, task_batch: Task, *, config: MAMLConfig) -> tupl
     ``(grads, metrics)``: ``grads`` has the structure of ``state.meta_params`` and is
     the task-batch mean of ``∂ objective / ∂ meta_params`` (:func:`task_objective`);
     metrics are task-batch means of its scalars (and, with running statistics, of
-    ``batch_stats``, which :func:`meta_step` folds into ``meta_params["bn_stats"]``).
+    ``batch_stats``, which :func:`meta_step` folds into ``meta_params["bn_stats"]``;
+    their gradient is zero, so an update of your own must fold them in likewise).
     With ``first_order_until`` the order is chosen by ``state.step`` inside the
     compiled program (both orders are compiled).
   """
