@@ -142,6 +142,7 @@ def test_a_malicious_pickle_is_refused_without_running(tmp_path):
 @pytest.mark.parametrize("part,content,match", [
     ("meta", {"coarse_label_names": []}, "lacks the 'fine_label_names' entry"),
     ("meta", {"fine_label_names": ["a"] * 100}, "not CIFAR-100's 100 class names"),
+    ("meta", {"fine_label_names": 5}, "not CIFAR-100's 100 class names"),
     ("train", {"data": np.zeros((2, 3072), np.uint8)}, "lacks the 'fine_labels' entry"),
     ("train", {"data": np.zeros((2, 3072), np.float32), "fine_labels": [0, 1]}, r"expected 'data' \(N, 3072\) uint8"),
     ("train", {"data": np.zeros((2, 3072), np.uint8), "fine_labels": [0, 100]}, "fine_labels outside 0..99"),

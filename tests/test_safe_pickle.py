@@ -63,3 +63,33 @@ def test_setting_state_on_a_named_global_is_refused():
   with pytest.raises(UnsafePickleError, match="refusing to set the state of a function"):
     loads(crafted, "crafted")
   assert np.frombuffer(b"\x01\x02", np.uint8).tolist() == [1, 2]
+
+
+def test_shared_references_are_resolved_once():
+  """A pickle's memo refers to one object many times for two bytes each: resolving each reference
+  anew would turn a tiny pickle into exponential time or many copies of one array."""
+  nested = data = np.arange(1000, dtype=np.float32)
+  for _ in range(60):  # 2**60 leaves if expanded
+    nested = [nested, nested]
+  got = loads(pickle.dumps(nested, protocol=2))
+  for _ in range(60):
+    assert got[0] is got[1]
+    got = got[0]
+  np.testing.assert_array_equal(got, data)
+
+
+@pytest.mark.parametrize("payload, message", [
+    (lambda: (cycle := [], cycle.append(cycle))[0], "contains itself"),
+    (lambda: {frozenset({1, 2})}, "refusing a set"),
+    (lambda: _Reduce(_RECONSTRUCT, (np.ndarray, (0,), b"b"), (1, (2**64,) * 40_000, np.dtype("u1"), False, b"")),
+     "does not match its shape"),
+])
+def test_cycles_sets_and_absurd_shapes_are_refused(payload, message):
+  with pytest.raises(UnsafePickleError, match=message):  # protocol 4 writes sets with its own opcodes
+    loads(pickle.dumps(payload(), protocol=4), "crafted")
+
+
+def test_a_bare_global_is_not_handed_back():
+  crafted = b"cnumpy\ndtype\n."  # GLOBAL numpy.dtype, STOP: the allowed name itself, uncalled
+  with pytest.raises(UnsafePickleError, match="refusing a function"):
+    loads(crafted, "crafted")

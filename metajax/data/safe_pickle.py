@@ -89,26 +89,62 @@ def loads(data: bytes, source: str = "<bytes>") -> Any:
   return load(io.BytesIO(data), source)
 
 
-def _resolve(obj: Any, source: str) -> Any:
-  """``obj`` with every recorded numpy call replaced by its array, after checks."""
-  if isinstance(obj, dict):
-    return {_resolve(k, source): _resolve(v, source) for k, v in obj.items()}
-  if isinstance(obj, (list, tuple)):
-    return type(obj)(_resolve(v, source) for v in obj)
-  if isinstance(obj, _Recorded):
-    if obj.kind == "bytes" and obj.args == () and obj.state is None:
-      return b""
-    if obj.kind == "encode" and len(obj.args) == 2 and isinstance(obj.args[0], str) \
-        and obj.args[1] in ("latin1", "latin-1") and obj.state is None:
-      return obj.args[0].encode("latin1")
-    if obj.kind == "reconstruct" and obj.state is not None and len(obj.state) == 5:
-      _, shape, dtype, fortran, raw = obj.state
-      return _array(_resolve(raw, source), _dtype(dtype, source), shape, "F" if fortran else "C", source)
-    if obj.kind == "frombuffer" and len(obj.args) == 4 and obj.state is None:
-      raw, dtype, shape, order = obj.args
-      return _array(_resolve(raw, source), _dtype(dtype, source), shape, order, source)
-    raise UnsafePickleError(f"{source}: a numpy {obj.kind} call that does not describe a plain array")
-  return obj
+_PLAIN = (type(None), bool, int, float, str, bytes, bytearray)
+_MAX_DIMS = 64  # numpy's own limit
+
+
+def _resolve(root: Any, source: str) -> Any:
+  """``root`` with every recorded numpy call replaced by its array, after checks.
+
+  An object the pickle refers to more than once (its memo: two bytes a reference) is
+  resolved once and shared, so a small pickle cannot blow up into many copies; a
+  container that holds itself, and anything but plain data, is refused.
+  """
+  done: dict[int, Any] = {}
+  active: set[int] = set()
+
+  def walk(obj: Any) -> Any:
+    if isinstance(obj, _PLAIN):
+      return obj
+    key = id(obj)
+    if key in done:
+      return done[key]
+    if key in active:
+      raise UnsafePickleError(f"{source}: a container that contains itself")
+    active.add(key)
+    if isinstance(obj, dict):
+      out = {walk(k): walk(v) for k, v in obj.items()}
+    elif isinstance(obj, (list, tuple)):
+      out = type(obj)(walk(v) for v in obj)
+    elif isinstance(obj, _Recorded):
+      out = _build(obj, walk, source)
+    else:
+      raise UnsafePickleError(f"{source}: refusing a {type(obj).__name__} (only containers, numbers, text "
+                              "and numpy arrays are read)")
+    active.discard(key)
+    done[key] = out
+    return out
+
+  try:
+    return walk(root)
+  except RecursionError as err:
+    raise UnsafePickleError(f"{source}: containers nested too deeply") from err
+
+
+def _build(obj: _Recorded, walk: Any, source: str) -> Any:
+  """The bytes or array a recorded call describes (``walk`` resolves its arguments)."""
+  if obj.kind == "bytes" and obj.args == () and obj.state is None:
+    return b""
+  if obj.kind == "encode" and len(obj.args) == 2 and isinstance(obj.args[0], str) \
+      and obj.args[1] in ("latin1", "latin-1") and obj.state is None:
+    return obj.args[0].encode("latin1")
+  if obj.kind == "reconstruct" and isinstance(obj.state, tuple) and len(obj.state) == 5:
+    _, shape, dtype, fortran, raw = obj.state
+    return _array(walk(raw), _dtype(dtype, source), shape, "F" if fortran else "C", source)
+  if obj.kind == "frombuffer" and len(obj.args) == 4 and obj.state is None:
+    raw, dtype, shape, order = obj.args
+    return _array(walk(raw), _dtype(dtype, source), shape, order, source)
+  raise UnsafePickleError(f"{source}: a numpy {obj.kind} call that does not describe a plain array")
 
 
 def _dtype(recorded: Any, source: str) -> np.dtype:
@@ -127,10 +163,8 @@ def _dtype(recorded: Any, source: str) -> np.dtype:
 def _array(raw: Any, dtype: np.dtype, shape: Any, order: Any, source: str) -> np.ndarray:
   if isinstance(raw, str):  # a Python 2 pickle's byte string, read as latin-1 text
     raw = raw.encode("latin1")
-  if isinstance(raw, pickle.PickleBuffer):
-    raw = bytes(raw)
-  ok = (isinstance(raw, (bytes, bytearray)) and isinstance(shape, tuple) and order in ("C", "F")
-        and all(isinstance(n, int) and n >= 0 for n in shape))
+  ok = (isinstance(raw, (bytes, bytearray)) and isinstance(shape, tuple) and len(shape) <= _MAX_DIMS
+        and order in ("C", "F") and all(isinstance(n, int) and 0 <= n < 2**63 for n in shape))
   if not ok or len(raw) != math.prod(shape) * dtype.itemsize:
     raise UnsafePickleError(f"{source}: an array whose data does not match its shape and dtype")
   return np.frombuffer(bytes(raw), dtype).reshape(shape, order=order).copy()

@@ -97,7 +97,8 @@ def load(split: Split = "train", data_dir: Optional[str | os.PathLike] = None, *
     synsets = folders.subfolders(folder)
     if categories is not None and set(synsets) != set(categories):
       differ = sorted(set(synsets) ^ set(categories))
-      raise ValueError(f"{folder}: its synset folders differ from {table}'s classes, e.g. {', '.join(differ[:5])}")
+      raise ValueError(f"{folder}: its synset folders differ from {table}'s classes, e.g. {', '.join(differ[:5])} "
+                       "(for ImageNet's own train folder, put the split CSVs in it and pass it as the data folder)")
     classes = folders.class_files(folder, synsets, what)
   elif categories is not None:
     classes = folders.class_files(root, sorted(categories), what)

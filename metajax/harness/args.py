@@ -39,6 +39,9 @@ ALGO_DEFAULTS = {
     ("relation", "omniglot"): dict(meta_batch=1, queries=19, steps=3000),
     ("relation", "mini-imagenet"): dict(meta_batch=1, queries=15, steps=2000),
 }
+# The other natural-image sets take mini-ImageNet's episodes, as their DATASET_DEFAULTS do.
+ALGO_DEFAULTS |= {(algo, name): dict(ALGO_DEFAULTS[algo, "mini-imagenet"]) for algo in ("protonet", "relation")
+                  for name in ("cifar-fs", "fc100", "tiered-imagenet", "cub")}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -109,7 +109,11 @@ def _defaults_shown(field: dataclasses.Field) -> str:
     return ""
   else:
     notes = [str(field.default)]
-  notes += [f"{v[field.name]} {algo} on {data}" for (algo, data), v in ALGO_DEFAULTS.items() if field.name in v]
+  by_algo: dict = {}  # datasets sharing an algorithm's default are listed together
+  for (algo, data), values in ALGO_DEFAULTS.items():
+    if field.name in values:
+      by_algo.setdefault((values[field.name], algo), []).append(data)
+  notes += [f"{value} {algo} on {', '.join(names)}" for (value, algo), names in by_algo.items()]
   return " (default: " + "; ".join(notes) + ")"
 
 
