@@ -132,7 +132,8 @@ def _entry(table: dict, key: str, path: Path):
 def _from_pickles(root: Path) -> dict[str, np.ndarray]:
   """``{class name: (600, 32, 32, 3) uint8}`` from the train and test pickles (train images first)."""
   names = _entry(read_pickle(root / "meta"), "fine_label_names", root / "meta")
-  if not isinstance(names, (list, tuple)) or sorted(_text(n) for n in names) != list(CLASSES):
+  names = [_text(n) for n in names] if isinstance(names, (list, tuple)) else None
+  if names is None or sorted(names) != list(CLASSES):
     raise ValueError(f"{root / 'meta'}: fine_label_names are not CIFAR-100's 100 class names")
   parts = []
   for part in ("train", "test"):
