@@ -58,13 +58,19 @@ def protocol(algo: str, ways: int, shots: int) -> tuple[dict, list[str]]:
   if algo in ("maml", "fomaml"):  # Finn et al. 2017, section 5.2 and their code
     five = ways == 5
     return (dict(meta_batch=32 if five else 16, inner_steps=1 if five else 5, inner_lr=0.4 if five else 0.1,
-                 eval_inner_steps=3 if five else 5, queries=shots, steps=60_000), [])
-  if algo == "reptile":  # Nichol et al. 2018, appendix A (Omniglot, transductive)
-    return (dict(meta_batch=5, inner_steps=5, inner_lr=0.1, eval_inner_steps=50, train_shots=10, queries=5,
-                 steps=100_000),
-            ["inner optimizer SGD (lr 0.1) instead of Adam (lr 1e-3, beta1 0)",
-             "outer update Adam 1e-3 on the Reptile direction instead of SGD with step 1 annealed to 0",
-             "full-batch inner steps on the 10 training shots (the paper: mini-batches of 10)"])
+                 eval_inner_steps=3 if five else 5, queries=shots, steps=60_000, downsample="stride"),
+            ["the 2x2x64 features are flattened into the head (their code averages them)"])
+  if algo == "reptile":  # Nichol et al. 2018, appendix A and their run_omniglot.py commands (transductive)
+    five = ways == 5
+    steps = 100_000 if five else 200_000
+    return (dict(meta_batch=5, inner_steps=5 if five else 10, inner_optimizer="adam",
+                 inner_lr=1e-3 if five else 5e-4, inner_batch=10 if five else 20, eval_inner_steps=50,
+                 eval_inner_batch=5 if five else 10, train_shots=10, queries=5, steps=steps,
+                 outer_optimizer="sgd", outer_lr=1.0, outer_lr_decay="linear", outer_lr_decay_steps=steps,
+                 downsample="stride"),
+            ["the inner Adam starts anew for every task (their TensorFlow Adam keeps its moments across tasks)",
+             "inner mini-batches cycle through the support with classes interleaved (theirs: reshuffled)",
+             "tested on 15 queries per class, normalised together (theirs: one per class)"])
   if algo == "protonet":  # Snell et al. 2017, section 3.1
     return (dict(meta_batch=1, train_ways=60, queries=5, steps=40_000),
             ["constant Adam 1e-3 (the paper halves it every 2,000 episodes)"])

@@ -167,3 +167,38 @@ def test_inner_optax_optimizer_matches_an_unrolled_momentum_reference_with_secon
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
   with pytest.raises(ValueError, match="leave `lr` at 1.0"):
     _meta_objective(params, task, loss, steps=3, lr=0.1, optimizer=optax.sgd(0.05))
+
+
+def test_interleaved_batches_take_every_class_in_turn_and_cycle():
+  from metajax.core import interleaved_batches
+  labels = jnp.array([0, 0, 1, 1, 2, 2])   # class-grouped, as episodes.sample makes them
+  batches = interleaved_batches(labels, 3, 4)
+  np.testing.assert_array_equal(batches, [[0, 2, 4], [1, 3, 5], [0, 2, 4], [1, 3, 5]])
+  np.testing.assert_array_equal(interleaved_batches(jnp.array([2, 0, 0, 2]), 2, 2), [[1, 0], [2, 3]])
+  regression = jnp.zeros((5, 1))             # targets, not labels: the order is kept, cycling
+  np.testing.assert_array_equal(interleaved_batches(regression, 2, 3), [[0, 1], [2, 3], [4, 0]])
+  with pytest.raises(ValueError, match="inner mini-batches of 7 exceed the 6 support examples"):
+    interleaved_batches(labels, 7, 1)
+
+
+def test_mini_batch_steps_match_an_unrolled_reference_with_second_order_grads():
+  with jax.enable_x64(True):
+    params, _, task, loss = _setup()
+    support = (task.x_support, task.y_support)
+    batches = jnp.array([[0, 1], [2, 3], [4, 0]])
+
+    def reference(p):
+      for rows in batches:
+        g = jax.grad(loss)(p, (support[0][rows], support[1][rows]))
+        p = jax.tree.map(lambda a, b: a - 0.1 * b, p, g)
+      return loss(p, (task.x_query, task.y_query))
+
+    batched = lambda p: _meta_objective(p, task, loss, steps=3, lr=0.1, batches=batches)
+    np.testing.assert_allclose(batched(params), reference(params), rtol=1e-12)
+    for a, b in zip(jax.tree.leaves(jax.grad(batched)(params)), jax.tree.leaves(jax.grad(reference)(params))):
+      np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    whole = lambda p: _meta_objective(p, task, loss, steps=3, lr=0.1)
+    assert not np.allclose(batched(params), whole(params))
+    every_row = jnp.tile(jnp.arange(5), (3, 1))   # each step's batch is the whole support: plain steps
+    np.testing.assert_allclose(_meta_objective(params, task, loss, steps=3, lr=0.1, batches=every_row),
+                               whole(params), rtol=1e-12)

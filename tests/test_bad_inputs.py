@@ -86,6 +86,17 @@ API_CASES = [
     ("optimizer not optax", lambda tmp: maml.MAMLConfig(_apply(), optimizer="adam"), TypeError,
      "optax.GradientTransformation"),
     ("negative inner lr", lambda tmp: maml.MAMLConfig(_apply(), inner_lr=-0.1), ValueError, "inner_lr"),
+    ("zero inner batch", lambda tmp: maml.MAMLConfig(_apply(), inner_batch_size=0), ValueError,
+     "MAMLConfig: inner_batch_size must be a positive integer, got 0"),
+    ("inner batches larger than the support", lambda tmp: _step(maml.MAMLConfig(_apply(), inner_batch_size=4), _batch()),
+     ValueError, "inner mini-batches of 4 exceed the 3 support examples"),
+    ("inner batches of the wrong shape", lambda tmp: adapt({"w": jnp.zeros(2)}, jnp.zeros(4), lambda p, s: 0.0,
+                                                       steps=3, lr=0.1, batches=jnp.zeros((2, 2), jnp.int32)),
+     ValueError, r"adapt: `batches` must be \(steps=3, batch\) integer indices; got int32 \(2, 2\)"),
+    ("Conv4 with an unknown downsampling", lambda tmp: metajax.models.Conv4(downsample="avg").init(
+        jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1))), ValueError, "Conv4: unknown downsample 'avg'"),
+    ("a stride of zero", lambda tmp: metajax.models.conv2d(jnp.zeros((1, 4, 4, 1)), jnp.zeros((3, 3, 1, 1)), 0),
+     ValueError, "conv2d: stride must be a positive int, got 0"),
     ("negative MSL annealing", lambda tmp: maml.MAMLConfig(_apply(), msl_anneal_steps=-1), ValueError,
      "msl_anneal_steps"),
     ("lr tree of another structure", lambda tmp: adapt(
@@ -236,6 +247,16 @@ CLI_CASES = [
      "only matching, matching-fce, protonet, relation train with other ways"),
     (["train", "--dataset", "omniglot", "--algo", "protonet", "--train-ways", "0"],
      "--train-ways must be a positive integer"),
+    (["train", "--downsample", "avg_pool"], "invalid choice: 'avg_pool'"),
+    (["train", "--inner-optimizer", "rmsprop"], "invalid choice: 'rmsprop'"),
+    (["train", "--inner-batch", "0"], "--inner-batch must be a positive integer"),
+    (["train", "--dataset", "omniglot", "--algo", "protonet", "--inner-optimizer", "adam"],
+     "--inner-optimizer, --inner-batch and --eval-inner-batch set a gradient inner loop; protonet has none"),
+    (["train", "--algo", "rnn", "--eval-inner-batch", "5"],
+     "--inner-optimizer, --inner-batch and --eval-inner-batch set a gradient inner loop; rnn has none"),
+    (["train", "--shots", "5", "--inner-batch", "6"], "--inner-batch 6 exceeds the 5 support examples of a training task"),
+    (["train", "--dataset", "omniglot", "--ways", "20", "--eval-inner-batch", "21"],
+     "--eval-inner-batch 21 exceeds the 20 support examples of an evaluation task"),
 ]
 
 

@@ -192,3 +192,25 @@ def test_outer_learning_rate_cosine_annealing_shrinks_the_updates():
   assert update_norm(cosine, 100) == pytest.approx(0.0, abs=1e-12)
   with pytest.raises(ValueError, match="--outer-lr-decay-steps must be a non-negative integer"):
     TrainArgs(outer_lr_decay_steps=-1)
+
+
+def test_reptile_outer_sgd_anneals_linearly_and_the_inner_adam_has_no_momentum():
+  import optax
+  from metajax.harness.args import TrainArgs
+  from metajax.harness.problem import inner_optimizer, outer_optimizer
+  args = TrainArgs(algo="reptile", outer_optimizer="sgd", outer_lr=1.0, outer_lr_decay="linear",
+                   outer_lr_decay_steps=4, inner_optimizer="adam", inner_lr=1e-3)
+  params, grads = {"w": jnp.zeros(2)}, {"w": jnp.array([0.5, -2.0])}
+  opt = outer_optimizer(args)
+  state = opt.init(params)
+  for step in range(5):
+    updates, state = opt.update(grads, state, params)
+    np.testing.assert_allclose(updates["w"], -(1 - min(step, 4) / 4) * grads["w"], rtol=1e-6)
+  inner = inner_optimizer(args)
+  state = inner.init(params)
+  _, state = inner.update(grads, state, params)
+  second = {"w": jnp.array([-1.0, 1.0])}
+  updates, _ = inner.update(second, state, params)   # β1 = 0: no first moment carried over
+  v = 0.999 * 0.001 * grads["w"] ** 2 + 0.001 * second["w"] ** 2
+  np.testing.assert_allclose(updates["w"], -1e-3 * second["w"] / (np.sqrt(v / (1 - 0.999 ** 2)) + 1e-8), rtol=1e-5)
+  assert inner_optimizer(TrainArgs()) is None and isinstance(outer_optimizer(TrainArgs()), optax.GradientTransformation)

@@ -177,6 +177,39 @@ def test_reptile_step_is_the_interpolation_toward_adapted_weights(mlp, batch, ke
   np.testing.assert_allclose(metrics["objective"], np.mean(half_squared), rtol=1e-5)
 
 
+def test_reptile_with_its_papers_inner_adam_mini_batches_and_meta_step_one(mlp, batch, key):
+  """Nichol et al.'s Omniglot protocol: inner Adam (β1 0, new per task) on mini-batches of the
+  support, outer SGD with step 1 (the new initialisation is the tasks' mean adapted weights)."""
+  params, apply_fn = mlp
+  config = learners.ReptileConfig(apply_fn, optimizer=optax.sgd(1.0), inner_steps=3,
+                                  inner_optimizer=optax.adam(0.01, b1=0.0), inner_batch_size=2)
+  new, _ = jax.jit(gradient.reptile_step, static_argnames="config")(gradient.init(config, params, key), batch,
+                                                                    config=config)
+  adapted = []
+  for i in range(4):
+    task = jax.tree.map(lambda x: x[i], batch)
+    p, m = params, jax.tree.map(jnp.zeros_like, params)
+    for t, rows in enumerate(([0, 1], [2, 3], [4, 0]), start=1):   # 5 regression targets, in order, cycling
+      rows = jnp.array(rows)
+      g = jax.grad(lambda q: config.loss_fn(apply_fn(q, task.x_support[rows]), task.y_support[rows]))(p)
+      m = jax.tree.map(lambda v, gg: 0.999 * v + 0.001 * gg ** 2, m, g)
+      p = jax.tree.map(lambda a, gg, v: a - 0.01 * gg / (jnp.sqrt(v / (1 - 0.999 ** t)) + 1e-8), p, g, m)
+    adapted.append(p)
+  _close(new.meta_params["params"], jax.tree.map(lambda *a: jnp.mean(jnp.stack(a), 0), *adapted))
+
+
+def test_evaluation_adapts_on_its_own_mini_batches(mlp, batch, key):
+  params, apply_fn = mlp
+  scores = {}
+  for train_size, eval_size in ((None, None), (2, None), (None, 5), (None, 2)):
+    config = learners.MAMLConfig(apply_fn, inner_steps=2, inner_lr=0.1, inner_batch_size=train_size,
+                                 eval_inner_batch_size=eval_size)
+    scores[train_size, eval_size] = gradient.evaluate(gradient.init(config, params, key), batch, config=config)["loss"]
+  np.testing.assert_allclose(scores[2, None], scores[None, None], rtol=1e-6)   # training batches are not evaluation's
+  np.testing.assert_allclose(scores[None, 5], scores[None, None], rtol=1e-5)   # the whole support, interleaved
+  assert not np.allclose(scores[None, 2], scores[None, None], rtol=1e-3)
+
+
 def test_meta_grad_is_the_mean_task_gradient_and_matches_finite_differences(key):
   """At float64: the loop over tasks, a central finite difference, and first != second order."""
   from tests.conftest import tiny_mlp

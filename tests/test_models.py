@@ -210,3 +210,41 @@ def test_relation_embedding_keeps_maps_and_relation_module_scores_pairs(key):
     metajax.models.Conv4(num_classes=5, flatten=False).init(key, x)
   with pytest.raises(ValueError, match=r"expected \(m, h, w, 2c\)"):
     module.init(key, jnp.zeros((3, 16)))
+
+
+@pytest.mark.parametrize("hw,c_in", [((28, 28), 1), ((7, 7), 6), ((14, 9), 3), ((4, 4), 5)])
+def test_strided_conv2d_and_its_derivatives_equal_lax_conv_at_float64(hw, c_in):
+  """Stride 2, SAME (odd and even sizes: TensorFlow's padding, the extra pixel at the end), in
+  reverse mode to second order and in forward mode."""
+  with jax.enable_x64(True):
+    kx, kw, kc = jax.random.split(jax.random.PRNGKey(hw[1]), 3)
+    x = jax.random.normal(kx, (2, *hw, c_in), jnp.float64)
+    w = jax.random.normal(kw, (3, 3, c_in, 4), jnp.float64)
+    ref = lambda x, w: jax.lax.conv_general_dilated(x, w, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    mine = lambda x, w: metajax.models.conv2d(x, w, stride=2)
+    assert mine(x, w).shape == (2, -(-hw[0] // 2), -(-hw[1] // 2), 4)
+    np.testing.assert_allclose(mine(x, w), ref(x, w), rtol=1e-12, atol=1e-12)
+    cotangent = jax.random.normal(kc, ref(x, w).shape, jnp.float64)
+    second = lambda conv: jax.grad(lambda x, w: sum(
+        jnp.sum(jnp.sin(d)) for d in jax.grad(lambda x, w: jnp.sum(jnp.tanh(conv(x, w)) * cotangent),
+                                              argnums=(0, 1))(x, w)), argnums=(0, 1))(x, w)
+    chex.assert_trees_all_close(second(mine), second(ref), rtol=1e-10, atol=1e-10)
+    chex.assert_trees_all_close(jax.jvp(mine, (x, w), (w.sum() * x, w))[1], jax.jvp(ref, (x, w), (w.sum() * x, w))[1],
+                                rtol=1e-12, atol=1e-12)
+
+
+def test_strided_conv4_halves_by_stride_and_its_impls_agree(key):
+  x = jax.random.normal(key, (3, 28, 28, 1))
+  strided = metajax.models.Conv4(num_classes=None, width=8, downsample="stride", flatten=False, conv_impl="xla")
+  variables = strided.init(key, x)
+  maps = {impl: strided.clone(conv_impl=impl).apply(variables, x, mutable=["batch_stats"])[0]
+          for impl in ("vjp", "matmul", "xla")}
+  assert maps["xla"].shape == (3, 2, 2, 8)  # 28 -> 14 -> 7 -> 4 -> 2
+  for impl, out in maps.items():
+    np.testing.assert_allclose(out, maps["xla"], rtol=1e-4, atol=1e-4, err_msg=impl)
+  # The same parameters as the max-pooling Conv4 (only the strides differ), and no pooling.
+  pooled = metajax.models.Conv4(num_classes=None, width=8)
+  chex.assert_trees_all_equal_shapes(pooled.init(key, x), variables)
+  assert "max_pool" not in str(jax.make_jaxpr(lambda v: strided.apply(v, x, mutable=["batch_stats"]))(variables))
+  relation_maps = metajax.models.Conv4(num_classes=None, width=8, downsample="stride", pooled_blocks=2, flatten=False)
+  assert relation_maps.apply(variables, x, mutable=["batch_stats"])[0].shape == (3, 7, 7, 8)

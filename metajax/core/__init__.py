@@ -5,6 +5,7 @@ from metajax.core import losses
 from metajax.core import tree
 from metajax.core.adapt import AdaptInfo
 from metajax.core.adapt import adapt
+from metajax.core.adapt import interleaved_batches
 from metajax.core.loop import scan_steps
 from metajax.core.loop import train_steps
 from metajax.core.meta import TASK_STRATEGIES
@@ -25,6 +26,6 @@ from metajax.core.xla_cpu import use_fast_cpu_convolutions
 
 __all__ = [
     "AdaptInfo", "METRICS", "MetaLearner", "MetaState", "TASK_STRATEGIES", "Task", "TaskStrategy", "adapt",
-    "apply_outer_update", "check_task", "initial_state", "distributed", "losses", "map_tasks", "mean_and_ci95", "mean_task_grads",
+    "apply_outer_update", "check_task", "initial_state", "interleaved_batches", "distributed", "losses", "map_tasks", "mean_and_ci95", "mean_task_grads",
     "num_tasks", "resolve_strategy", "scan_steps", "train_steps", "tree", "use_fast_cpu_convolutions",
 ]

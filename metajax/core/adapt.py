@@ -16,6 +16,8 @@
   state is carried through the loop (and differentiated through): learned
   optimizers (Andrychowicz et al. 2016; the Meta-LSTM of Ravi & Larochelle 2017)
   run their inner loop here too;
+* ``batches`` gives each step a mini-batch of the support set (Reptile's inner
+  loop); :func:`interleaved_batches` makes class-balanced ones;
 * the steps run under ``jax.lax.scan`` (trace size independent of ``steps``),
   optionally unrolled, and optionally rematerialised with ``jax.checkpoint`` so
   that second-order memory does not hold every step's activations.
@@ -60,6 +62,27 @@ def at_step(tree: PyTree, step: Array | int) -> PyTree:
   return jax.tree.map(lambda a: a[jnp.minimum(step, a.shape[0] - 1)], tree)
 
 
+def interleaved_batches(labels: Array, batch_size: int, steps: int) -> Array:
+  """``(steps, batch_size)`` support indices for :func:`adapt`'s ``batches``: consecutive
+  mini-batches, cycling, of the support in an order that interleaves the classes.
+
+  With integer ``labels (n,)`` the order takes every class's first example, then every
+  class's second, and so on (so a batch of ``k·ways`` examples holds ``k`` of each class
+  of a balanced support set); any other ``labels (n, ...)`` (regression targets) keep
+  their order. Deterministic: Reptile's inner loop (Nichol et al. 2018) shuffles instead.
+  """
+  check_positive_int(batch_size, "interleaved_batches: `batch_size`")
+  check_positive_int(steps, "interleaved_batches: `steps`")
+  n = labels.shape[0]
+  if batch_size > n:
+    raise ValueError(f"inner mini-batches of {batch_size} exceed the {n} support examples")
+  order = jnp.arange(n)
+  if labels.ndim == 1 and jnp.issubdtype(labels.dtype, jnp.integer):
+    earlier_same = jnp.tril(labels[:, None] == labels[None, :], -1).sum(axis=1)   # rank within its class
+    order = jnp.lexsort((labels, earlier_same))
+  return order[(jnp.arange(steps)[:, None] * batch_size + jnp.arange(batch_size)) % n]
+
+
 def _rates(lr: PyTree, params: PyTree) -> PyTree:
   """One learning rate per parameter leaf: a single rate broadcast, else ``lr`` itself
   (checked to have the structure of ``params``)."""
@@ -89,6 +112,7 @@ def adapt(
     opt_state: Optional[PyTree] = None,
     per_step: Optional[PyTree] = None,
     has_aux: bool = False,
+    batches: Optional[Array] = None,
 ) -> tuple[PyTree, AdaptInfo]:
   """Adapts ``params`` to ``support`` by ``steps`` steps of gradient descent.
 
@@ -132,6 +156,9 @@ def adapt(
       as in their code, so every copy reaches the query loss after its step.
     has_aux: ``loss_fn`` returns ``(loss, aux)``; ``aux`` is not differentiated
       through and comes back stacked in ``AdaptInfo.aux``.
+    batches: optional ``(steps, batch)`` integer indices: step ``t``'s loss sees the rows
+      ``batches[t]`` of every ``support`` leaf (mini-batch inner steps, e.g. from
+      :func:`interleaved_batches`); ``None`` gives every step the whole support.
 
   Returns:
     ``(adapted_params, AdaptInfo)``; with ``per_step``, the per-step leaves of the
@@ -163,13 +190,18 @@ def adapt(
         raise ValueError(
             f"adapt: with per_step_lr=True every rate needs a leading axis of "
             f"length steps={steps}; got shape {jnp.shape(r)}")
+  if batches is not None and (jnp.ndim(batches) != 2 or jnp.shape(batches)[0] != steps
+                              or not jnp.issubdtype(jnp.result_type(batches), jnp.integer)):
+    raise ValueError(f"adapt: `batches` must be (steps={steps}, batch) integer indices; got "
+                     f"{jnp.result_type(batches)} {jnp.shape(batches)}")
   extra_args = isinstance(optimizer, optax.GradientTransformationExtraArgs)
 
   def step(carry: tuple, xs: tuple) -> tuple[tuple, tuple]:
-    (current, state), (t, step_rates) = carry, xs
+    (current, state), (t, step_rates, rows) = carry, xs
     step_rates = step_rates if per_step_lr else rates
+    data = support if rows is None else jax.tree.map(lambda a: a[rows], support)
     (loss, aux), grads = jax.value_and_grad(
-        lambda p: _with_aux(loss_fn(combine(p, fixed(t)), support), has_aux), has_aux=True)(current)
+        lambda p: _with_aux(loss_fn(combine(p, fixed(t)), data), has_aux), has_aux=True)(current)
     if first_order:
       loss_in, grads = jax.lax.stop_gradient((loss, grads))
     else:
@@ -188,7 +220,7 @@ def adapt(
   if optimizer is not None and opt_state is None:
     opt_state = optimizer.init(trainable)
   (trainable, opt_state), (losses, traced, aux) = jax.lax.scan(
-      step, (trainable, opt_state), (jnp.arange(steps), rates if per_step_lr else None), unroll=unroll)
+      step, (trainable, opt_state), (jnp.arange(steps), rates if per_step_lr else None, batches), unroll=unroll)
   return combine(trainable, fixed(steps - 1)), AdaptInfo(losses, traced, opt_state, aux if has_aux else None)
 
 

@@ -7,8 +7,15 @@ from typing import Literal, Optional
 from metajax.core.meta import TASK_STRATEGIES, TaskStrategy
 from metajax.core.validate import check_finite_number, check_nonnegative_int, check_positive_int
 from metajax.learners import registry
+from metajax.models.conv4 import DOWNSAMPLES, Downsample
 
 Dataset = Literal["sinusoid", "omniglot", "mini-imagenet", "cifar-fs", "fc100", "tiered-imagenet", "cub"]
+InnerOptimizer = Literal["sgd", "adam"]
+OuterOptimizer = Literal["adam", "sgd"]
+LRDecay = Literal["cosine", "linear"]
+# The string options and their choices (the CLI's ``choices``; checked in TrainArgs).
+CHOICES = {"downsample": DOWNSAMPLES, "inner_optimizer": ("sgd", "adam"), "outer_optimizer": ("adam", "sgd"),
+           "outer_lr_decay": ("cosine", "linear")}
 
 # Per-dataset defaults for options left unset: the MAML paper's settings, with steps cut so that a
 # default image run takes about 10 minutes on 2 CPU cores (MAML: ~2 s per Omniglot step).
@@ -61,10 +68,16 @@ class TrainArgs:
   queries: Optional[int] = None
   inner_steps: int = 1
   inner_lr: Optional[float] = None
+  inner_optimizer: InnerOptimizer = "sgd"
+  inner_batch: Optional[int] = None
+  eval_inner_batch: Optional[int] = None
+  outer_optimizer: OuterOptimizer = "adam"
   outer_lr: float = 1e-3
   outer_lr_decay_steps: int = 0
+  outer_lr_decay: LRDecay = "cosine"
   clip_grad_norm: Optional[float] = None
   width: Optional[int] = None
+  downsample: Downsample = "max_pool"
   eval_tasks: Optional[int] = None
   eval_queries: Optional[int] = None
   eval_inner_steps: Optional[int] = None
@@ -91,6 +104,14 @@ class TrainArgs:
       raise ValueError(f"--eval-inner-steps: {self.algo} evaluates without a configurable number of inner steps")
     if self.task_strategy not in TASK_STRATEGIES:
       raise ValueError(f"unknown task strategy {self.task_strategy!r}; choose one of {TASK_STRATEGIES}")
+    for name, choices in CHOICES.items():
+      if getattr(self, name) not in choices:
+        raise ValueError(f"--{name.replace('_', '-')}: unknown value {getattr(self, name)!r}; choose one of {choices}")
+    inner_loop = (self.inner_optimizer != "sgd", self.inner_batch is not None, self.eval_inner_batch is not None)
+    if any(inner_loop) and not entry.gradient_inner_loop:
+      raise ValueError(f"--inner-optimizer, --inner-batch and --eval-inner-batch set a gradient inner loop; "
+                       f"{self.algo} has none (choose one of "
+                       f"{', '.join(n for n, e in sorted(registry.REGISTRY.items()) if e.gradient_inner_loop)})")
     defaults = {**DATASET_DEFAULTS[self.dataset], **ALGO_DEFAULTS.get((self.algo, self.dataset), {})}
     for name, value in defaults.items():
       if getattr(self, name) is None:
@@ -105,8 +126,14 @@ class TrainArgs:
                        f"{', '.join(n for n, e in sorted(registry.REGISTRY.items()) if e.ways_free)} train with other ways")
     for name in ("steps", "meta_batch", "ways", "train_ways", "shots", "train_shots", "queries", "inner_steps", "eval_tasks",
                  "eval_queries", "chunk", "width", "checkpoint_every", "keep_checkpoints", "val_tasks") + \
-        (("eval_inner_steps",) if self.eval_inner_steps is not None else ()):
+        tuple(n for n in ("eval_inner_steps", "inner_batch", "eval_inner_batch") if getattr(self, n) is not None):
       check_positive_int(getattr(self, name), f"--{name.replace('_', '-')}")
+    classes = lambda ways: 1 if self.dataset == "sinusoid" else ways
+    for name, support in (("inner_batch", self.train_shots * classes(self.train_ways)),
+                          ("eval_inner_batch", self.shots * classes(self.ways))):
+      if getattr(self, name) is not None and getattr(self, name) > support:
+        raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)} exceeds the {support} support examples "
+                         f"of a{' training' if name == 'inner_batch' else 'n evaluation'} task")
     check_nonnegative_int(self.val_every, "--val-every")
     check_nonnegative_int(self.outer_lr_decay_steps, "--outer-lr-decay-steps")
     if self.devices != "all" and not (self.devices.isdigit() and int(self.devices) >= 1):

@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 
 from metajax.core.meta import TASK_STRATEGIES
 from metajax.core.xla_cpu import use_fast_cpu_convolutions
-from metajax.harness.args import ALGO_DEFAULTS, DATASET_DEFAULTS, TrainArgs
+from metajax.harness.args import ALGO_DEFAULTS, CHOICES, DATASET_DEFAULTS, TrainArgs
 from metajax.harness.checkpoint import CheckpointError
 from metajax.harness.run import (Interrupted, NonFiniteLoss, eval_file_name, load_run, read_run_file, report,
                                  run)
@@ -37,11 +37,20 @@ HELP = {
     "queries": "query examples per task (per class) during training",
     "inner_steps": "inner gradient steps during meta-training",
     "inner_lr": "inner learning rate, initial value when learned",
-    "outer_lr": "Adam learning rate of the outer optimizer",
-    "outer_lr_decay_steps": "cosine-anneal the outer learning rate to 0 over this many meta-steps "
-                            "(MAML++; 0: constant)",
+    "inner_optimizer": "inner-loop optimizer: sgd, or adam (Reptile's: beta1 0, at --inner-lr, new state per task); "
+                       "gradient-based learners",
+    "inner_batch": "support examples per inner step in meta-training, class-interleaved mini-batches cycling "
+                   "through the support set (Reptile's inner loop; default: the whole support)",
+    "eval_inner_batch": "the same at evaluation (default: the whole support)",
+    "outer_optimizer": "outer optimizer: adam, or sgd (Reptile's meta step: --outer-lr 1 moves to the tasks' "
+                       "mean adapted weights)",
+    "outer_lr": "learning rate (step size) of the outer optimizer",
+    "outer_lr_decay_steps": "anneal the outer learning rate to 0 over this many meta-steps (0: constant)",
+    "outer_lr_decay": "how --outer-lr-decay-steps anneals: cosine (MAML++) or linear (Reptile)",
     "clip_grad_norm": "clip the outer gradient to this global norm (default: no clipping)",
     "width": "channels of the Conv4 blocks (image datasets; hidden size of the sinusoid rnn)",
+    "downsample": "how Conv4 halves the resolution: max_pool, or stride (stride-2 convolutions: the MAML and "
+                  "Reptile Omniglot network, about a quarter of the work)",
     "eval_tasks": "new tasks in the final evaluation",
     "eval_queries": "query examples per evaluation task (per class)",
     "eval_inner_steps": "inner steps at evaluation (default: same as --inner-steps)",
@@ -80,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
       continue
     kwargs = {"default": field.default, "help": HELP[field.name] + shown, "type": kind}
     choices = {"algo": sorted(REGISTRY), "dataset": sorted(DATASET_DEFAULTS),
-               "task_strategy": list(TASK_STRATEGIES)}
+               "task_strategy": list(TASK_STRATEGIES), **{k: list(v) for k, v in CHOICES.items()}}
     if field.name in choices:
       kwargs["choices"] = choices[field.name]
     train.add_argument(flag, **kwargs)

@@ -50,15 +50,23 @@ class Problem(NamedTuple):
 
 
 def outer_optimizer(args: TrainArgs) -> optax.GradientTransformation:
-  """Adam at ``--outer-lr`` (cosine-annealed to 0 over ``--outer-lr-decay-steps`` meta-steps
-  when set, as in MAML++), after global-norm clipping when ``--clip-grad-norm`` is set."""
+  """``--outer-optimizer`` (Adam, or SGD) at ``--outer-lr``, annealed to 0 over
+  ``--outer-lr-decay-steps`` meta-steps when set (cosine as in MAML++, or linear as Reptile's
+  meta step size), after global-norm clipping when ``--clip-grad-norm`` is set."""
   lr = args.outer_lr
   if args.outer_lr_decay_steps:
-    lr = optax.cosine_decay_schedule(args.outer_lr, args.outer_lr_decay_steps)
-  optimizer = optax.adam(lr)
+    lr = (optax.cosine_decay_schedule(args.outer_lr, args.outer_lr_decay_steps) if args.outer_lr_decay == "cosine"
+          else optax.linear_schedule(args.outer_lr, 0.0, args.outer_lr_decay_steps))
+  optimizer = optax.adam(lr) if args.outer_optimizer == "adam" else optax.sgd(lr)
   if args.clip_grad_norm is not None:
     optimizer = optax.chain(optax.clip_by_global_norm(args.clip_grad_norm), optimizer)
   return optimizer
+
+
+def inner_optimizer(args: TrainArgs) -> Optional[optax.GradientTransformation]:
+  """``None`` (SGD at ``--inner-lr``), or Reptile's inner Adam: ``--inner-lr``, ``β1 = 0``
+  (Nichol et al. 2018, their code), its state new for every task."""
+  return None if args.inner_optimizer == "sgd" else optax.adam(args.inner_lr, b1=0.0)
 
 
 def _problem(args: TrainArgs, x_shape: tuple, classes: bool, sample_fn: Callable[..., Task],
@@ -69,8 +77,10 @@ def _problem(args: TrainArgs, x_shape: tuple, classes: bool, sample_fn: Callable
   k_init, k_state = jax.random.split(jax.random.PRNGKey(args.seed))
 
   def make(ways):
-    setup = registry.Setup(x_shape=x_shape, ways=ways, width=args.width, inner_steps=args.inner_steps,
-                           inner_lr=args.inner_lr, eval_inner_steps=args.eval_inner_steps,
+    setup = registry.Setup(x_shape=x_shape, ways=ways, width=args.width, downsample=args.downsample,
+                           inner_steps=args.inner_steps, inner_lr=args.inner_lr,
+                           eval_inner_steps=args.eval_inner_steps, inner_optimizer=inner_optimizer(args),
+                           inner_batch_size=args.inner_batch, eval_inner_batch_size=args.eval_inner_batch,
                            optimizer=outer_optimizer(args), task_strategy=args.task_strategy)
     return entry.build(setup, k_init)
 

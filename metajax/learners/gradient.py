@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import optax
 
 from metajax.core import losses
-from metajax.core.adapt import AdaptInfo, adapt, at_step
+from metajax.core.adapt import AdaptInfo, adapt, at_step, interleaved_batches
 from metajax.core.meta import MetaState, TaskStrategy, apply_outer_update, initial_state, map_tasks
 from metajax.core.meta import mean_task_grads
 from metajax.core.meta import resolve_strategy
@@ -60,6 +60,10 @@ class InnerLoopConfig:
     inner_steps: inner gradient steps during meta-training.
     inner_lr: inner learning rate (its initial value when learned).
     eval_inner_steps: inner steps used by ``evaluate`` (default: ``inner_steps``).
+    inner_batch_size: support examples per inner step during meta-training, in
+      class-interleaved mini-batches that cycle through the support set
+      (:func:`metajax.core.interleaved_batches`; Reptile's inner loop). ``None``: all.
+    eval_inner_batch_size: the same for ``evaluate`` and ``predict`` (``None``: all).
     adapt_filter: optional ``path -> bool`` over parameter paths such as
       ``"head/kernel"``; only matching parameters adapt (ANIL). ``None``: all.
     inner_optimizer: optional Optax transformation for the inner loop instead
@@ -79,6 +83,8 @@ class InnerLoopConfig:
   inner_steps: int = 1
   inner_lr: float = 0.01
   eval_inner_steps: Optional[int] = None
+  inner_batch_size: Optional[int] = None
+  eval_inner_batch_size: Optional[int] = None
   adapt_filter: Optional[Callable[[str], bool]] = None
   inner_optimizer: Optional[optax.GradientTransformation] = None
   task_strategy: TaskStrategy = "auto"
@@ -90,8 +96,9 @@ class InnerLoopConfig:
     if not callable(self.apply_fn):
       raise TypeError(f"{who}: apply_fn must be callable (params, x) -> predictions")
     check_positive_int(self.inner_steps, f"{who}: inner_steps")
-    if self.eval_inner_steps is not None:
-      check_positive_int(self.eval_inner_steps, f"{who}: eval_inner_steps")
+    for name in ("eval_inner_steps", "inner_batch_size", "eval_inner_batch_size"):
+      if getattr(self, name) is not None:
+        check_positive_int(getattr(self, name), f"{who}: {name}")
     check_finite_number(self.inner_lr, f"{who}: inner_lr")
     if not isinstance(self.optimizer, optax.GradientTransformation):
       raise TypeError(f"{who}: optimizer must be an optax.GradientTransformation")
@@ -336,13 +343,18 @@ def _check_copies(params: PyTree, per_step: PyTree, copies: int) -> None:
 
 
 def adapt_task(config: InnerLoopConfig, meta_params: PyTree, task: Task, steps: int,
-               first_order: bool, trace_query: bool, running: bool = False) -> tuple[PyTree, AdaptInfo]:
-  """``meta_params["params"]`` adapted to one task's support set by ``steps`` inner steps;
-  ``trace_query`` records the query loss after every step. Where running statistics are
-  kept, ``running`` normalises with them (evaluation); otherwise ``AdaptInfo.aux`` holds
-  each step's batch statistics. Returns ``(params, AdaptInfo)``: the parameters as
-  :meth:`InnerLoopConfig.forward` takes them, per-step leaves at copy ``steps - 1``."""
+               first_order: bool, trace_query: bool, running: bool = False,
+               training: bool = True) -> tuple[PyTree, AdaptInfo]:
+  """``meta_params["params"]`` adapted to one task's support set by ``steps`` inner steps
+  (in mini-batches of ``inner_batch_size``, or ``eval_inner_batch_size`` when not
+  ``training``); ``trace_query`` records the query loss after every step. Where running
+  statistics are kept, ``running`` normalises with them (evaluation); otherwise
+  ``AdaptInfo.aux`` holds each step's batch statistics. Returns ``(params, AdaptInfo)``: the
+  parameters as :meth:`InnerLoopConfig.forward` takes them, per-step leaves at copy ``steps - 1``."""
   model = _model(config, meta_params, steps, running)
+  batch_size = config.inner_batch_size if training else config.eval_inner_batch_size
+  if batch_size is not None:
+    model["batches"] = interleaved_batches(task.y_support, batch_size, steps)
   init_params = model.pop("params")
   collect = "bn_stats" in meta_params and not running
 
@@ -488,7 +500,8 @@ def adapt_params(config: InnerLoopConfig, state: MetaState, task: Task, inner_st
   (``inner_steps``, default ``eval_inner_steps`` or ``inner_steps``; first order), as
   :meth:`InnerLoopConfig.forward` takes them (normalising with running statistics where kept)."""
   check_task(task, batched=False)
-  return adapt_task(config, state.meta_params, task, _eval_steps(config, inner_steps), True, False, True)[0]
+  return adapt_task(config, state.meta_params, task, _eval_steps(config, inner_steps), True, False, True,
+                    training=False)[0]
 
 
 def predict(state: MetaState, task: Task, inner_steps: Optional[int] = None, *,
@@ -519,7 +532,7 @@ def evaluate(state: MetaState, task_batch: Task, inner_steps: Optional[int] = No
   steps = _eval_steps(config, inner_steps)
 
   def one(task):
-    adapted, info = adapt_task(config, state.meta_params, task, steps, True, False, True)
+    adapted, info = adapt_task(config, state.meta_params, task, steps, True, False, True, training=False)
     return {**query_metrics(config, initial_params(config, state.meta_params, True), task, "_before"),
             **query_metrics(config, adapted, task), "support_loss": info.support_loss[0]}
 

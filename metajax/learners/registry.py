@@ -25,6 +25,7 @@ from metajax.core.protocol import MetaLearner
 from metajax.learners import gradient, implicit, learned_opt, metric, recurrent
 from metajax.learners.forward import accuracy_metrics
 from metajax.models import MLP, Conv4, RelationModule, functional
+from metajax.models.conv4 import DOWNSAMPLES, Downsample
 
 PyTree = Any
 Build = Callable[["Setup", jax.Array], tuple[MetaLearner, PyTree]]
@@ -39,9 +40,13 @@ class Setup:
       Omniglot. Rank 3 means images (Conv4 backbone), rank 1 vectors (MLP 40-40).
     ways: classes per task; ``None`` is regression onto one output.
     width: channels of the Conv4 blocks.
+    downsample: how the Conv4 blocks halve the resolution (:class:`~metajax.models.Conv4`).
     inner_steps: inner steps (the Meta-LSTM's updates; the learned optimizer's horizon).
     inner_lr: inner learning rate (initial value when learned).
     eval_inner_steps: inner steps at evaluation (default ``inner_steps``).
+    inner_optimizer: the inner loop's Optax transformation instead of SGD at ``inner_lr``,
+      and ``inner_batch_size`` / ``eval_inner_batch_size``: its support mini-batches
+      (learners with ``Entry.gradient_inner_loop`` only; ``None``: SGD, whole support).
     optimizer: the outer Optax optimizer.
     task_strategy: how the task axis runs.
   """
@@ -49,15 +54,21 @@ class Setup:
   x_shape: tuple[int, ...] = (1,)
   ways: Optional[int] = None
   width: int = 64
+  downsample: Downsample = "max_pool"
   inner_steps: int = 1
   inner_lr: float = 0.01
   eval_inner_steps: Optional[int] = None
+  inner_optimizer: Optional[optax.GradientTransformation] = None
+  inner_batch_size: Optional[int] = None
+  eval_inner_batch_size: Optional[int] = None
   optimizer: optax.GradientTransformation = dataclasses.field(default_factory=lambda: optax.adam(1e-3))
   task_strategy: TaskStrategy = "auto"
 
   def __post_init__(self):
     if len(self.x_shape) not in (1, 3):
       raise ValueError(f"Setup: x_shape must be (features,) or (height, width, channels), got {self.x_shape}")
+    if self.downsample not in DOWNSAMPLES:
+      raise ValueError(f"Setup: unknown downsample {self.downsample!r}; choose one of {DOWNSAMPLES}")
 
   @property
   def images(self) -> bool:
@@ -71,7 +82,7 @@ class Setup:
     """Conv4 (``ways`` logits, or features without ``head``) for images; the 40-40 MLP
     for vectors (``None`` without ``head``: the input is its own feature vector)."""
     if self.images:
-      return Conv4(num_classes=self.ways if head else None, width=self.width)
+      return Conv4(num_classes=self.ways if head else None, width=self.width, downsample=self.downsample)
     return MLP(hidden=(40, 40), out=self.ways or 1) if head else None
 
   def embedding(self) -> nn.Module:
@@ -98,6 +109,8 @@ class Entry(NamedTuple):
     ways_free: the parameters do not depend on ``Setup.ways``, so a learner built for
       one number of classes shares its state with one built for another (ProtoNet
       trains 60-way and tests 5-way).
+    gradient_inner_loop: adapts by :func:`~metajax.core.adapt` gradient steps, so
+      ``Setup.inner_optimizer`` and the inner mini-batch sizes apply.
   """
 
   build: Build
@@ -106,6 +119,7 @@ class Entry(NamedTuple):
   classification_only: bool = False
   mean_of_task_grads: bool = True
   ways_free: bool = False
+  gradient_inner_loop: bool = False
 
 
 REGISTRY: dict[str, Entry] = {}
@@ -134,8 +148,9 @@ def _gradient(factory: Callable[..., MetaLearner], per_step_batch_norm: bool = F
     params, apply_fn = functional(model, model.init(key, setup.example()))
     options = dict(per_step_filter=gradient.is_batch_norm) if per_step_batch_norm and setup.images else {}
     return factory(apply_fn, optimizer=setup.optimizer, inner_steps=setup.inner_steps, inner_lr=setup.inner_lr,
-                   eval_inner_steps=setup.eval_inner_steps, task_strategy=setup.task_strategy,
-                   **setup.task_loss(), **options), params
+                   eval_inner_steps=setup.eval_inner_steps, inner_optimizer=setup.inner_optimizer,
+                   inner_batch_size=setup.inner_batch_size, eval_inner_batch_size=setup.eval_inner_batch_size,
+                   task_strategy=setup.task_strategy, **setup.task_loss(), **options), params
   return build
 
 
@@ -158,7 +173,8 @@ def _metric(factory: Callable[..., MetaLearner], fce: bool = False) -> Build:
       fce_params, fce_fn = functional(context, context.init(k_head, feature, feature))
       return factory(embed_fn, setup.ways, fce_fn=fce_fn, **common), {"embed": params, "fce": fce_params}
     if setup.images:
-      embed = Conv4(num_classes=None, width=setup.width, pooled_blocks=2, flatten=False)
+      embed = Conv4(num_classes=None, width=setup.width, pooled_blocks=2, flatten=False,
+                    downsample=setup.downsample)
       relation = RelationModule(width=setup.width)
     else:
       embed, relation = setup.embedding(), MLP(hidden=(8,), out=1)
@@ -206,9 +222,9 @@ def _learned_optimizer(setup: Setup, key: jax.Array) -> tuple[MetaLearner, PyTre
 
 for _name, _factory in (("maml", gradient.maml), ("fomaml", gradient.fomaml), ("meta-sgd", gradient.meta_sgd),
                         ("anil", gradient.anil), ("reptile", gradient.reptile), ("imaml", implicit.imaml)):
-  register(_name, _gradient(_factory), inner_steps=True, eval_inner_steps=True)
+  register(_name, _gradient(_factory), inner_steps=True, eval_inner_steps=True, gradient_inner_loop=True)
 register("maml++", _gradient(gradient.maml_plus_plus, per_step_batch_norm=True), inner_steps=True,
-         eval_inner_steps=True)
+         eval_inner_steps=True, gradient_inner_loop=True)
 # Matching networks normalise only the support embeddings: with post-ReLU features the plain cosine
 # softmax is nearly flat and 20-way training stalls (RESULTS.md: 59.6 % vs 88.3 % after 200 steps).
 _matching = functools.partial(metric.matching, normalize_query=False)

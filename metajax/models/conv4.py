@@ -2,19 +2,25 @@
 Relation network's convolutional relation module."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional
 
 import flax.linen as nn
 import jax
 
 from metajax.models.layers import Conv, ConvImpl, max_pool_2x2
 
+Downsample = Literal["max_pool", "stride"]
+DOWNSAMPLES = ("max_pool", "stride")
+
 
 class Conv4(nn.Module):
   """``(n, h, w, c) -> (n, num_classes)``, or ``(n, features)`` embeddings when ``num_classes`` is None.
 
   Four blocks of 3×3 conv (``width`` channels, no bias: BatchNorm's shift
-  replaces it) → BatchNorm → ReLU → 2×2 max-pool.
+  replaces it) → BatchNorm → ReLU → 2×2 max-pool; or, with ``downsample="stride"``,
+  stride-2 convolutions and no pooling, the Omniglot network of MAML (Finn et al. 2017,
+  their code) and Reptile (Nichol et al. 2018): 28×28 → 14, 7, 4, 2, at a quarter of the
+  convolution work.
   BatchNorm normalises with the statistics of the batch it is given, as MAML does:
   inside the inner loop that is the support set of one task, at the query step the
   query set; ``use_running_average=True`` normalises with the ``batch_stats``
@@ -25,8 +31,10 @@ class Conv4(nn.Module):
   Attributes:
     num_classes: output logits; ``None`` returns the features.
     width: channels of every conv block (64 for Omniglot, 32 for mini-ImageNet).
-    pooled_blocks: how many of the blocks (the first ones) end in max-pooling; the
+    pooled_blocks: how many of the blocks (the first ones) halve the resolution; the
       Relation network's embedding pools only in the first two (Sung et al., 2018).
+    downsample: how those blocks halve it, ``"max_pool"`` (2×2, after the ReLU) or
+      ``"stride"`` (the block's convolution takes stride 2, SAME: ``⌈h/2⌉``).
     flatten: features as ``(n, d)`` vectors, or the ``(n, h', w', width)`` maps
       (``num_classes=None`` only).
     conv_impl: see :class:`metajax.models.Conv` (``"auto"``: fast custom-VJP convolution on
@@ -38,15 +46,20 @@ class Conv4(nn.Module):
   conv_impl: ConvImpl = "auto"
   pooled_blocks: int = 4
   flatten: bool = True
+  downsample: Downsample = "max_pool"
 
   @nn.compact
   def __call__(self, x: jax.Array, use_running_average: bool = False) -> jax.Array:
     if not 0 <= self.pooled_blocks <= 4:
       raise ValueError(f"Conv4: pooled_blocks must be in [0, 4], got {self.pooled_blocks}")
+    if self.downsample not in DOWNSAMPLES:
+      raise ValueError(f"Conv4: unknown downsample {self.downsample!r}; choose one of {DOWNSAMPLES}")
     if self.num_classes is not None and not self.flatten:
       raise ValueError("Conv4: flatten=False returns feature maps and needs num_classes=None")
     for i in range(4):
-      x = conv_block(x, self.width, self.conv_impl, pool=i < self.pooled_blocks, index=i,
+      halve = i < self.pooled_blocks
+      x = conv_block(x, self.width, self.conv_impl, pool=halve and self.downsample == "max_pool",
+                     stride=2 if halve and self.downsample == "stride" else 1, index=i,
                      use_running_average=use_running_average)
     if not self.flatten:
       return x
@@ -56,13 +69,13 @@ class Conv4(nn.Module):
     return nn.Dense(self.num_classes, name="head")(x)
 
 
-def conv_block(x: jax.Array, width: int, impl: ConvImpl, *, pool: bool, index: int,
+def conv_block(x: jax.Array, width: int, impl: ConvImpl, *, pool: bool, index: int, stride: int = 1,
                use_running_average: bool = False) -> jax.Array:
-  """3×3 conv (no bias) → BatchNorm → ReLU [→ 2×2 max-pool], inside a compact module, with
-  parameters named ``conv_<index>`` and ``norm_<index>``. BatchNorm uses the batch's statistics
-  (and, with ``momentum=0``, leaves them as its updated ``batch_stats``), or with
-  ``use_running_average`` the stored ones."""
-  x = Conv(width, impl=impl, use_bias=False, name=f"conv_{index}")(x)
+  """3×3 conv (no bias; ``stride``) → BatchNorm → ReLU [→ 2×2 max-pool], inside a compact
+  module, with parameters named ``conv_<index>`` and ``norm_<index>``. BatchNorm uses the
+  batch's statistics (and, with ``momentum=0``, leaves them as its updated ``batch_stats``), or
+  with ``use_running_average`` the stored ones."""
+  x = Conv(width, impl=impl, use_bias=False, stride=stride, name=f"conv_{index}")(x)
   x = nn.BatchNorm(momentum=0.0, name=f"norm_{index}")(x, use_running_average=use_running_average)
   x = nn.relu(x)
   return max_pool_2x2(x) if pool else x

@@ -38,13 +38,23 @@ def _same_pads(size: int) -> Pads:
   return (lo, size - 1 - lo), (lo, size - 1 - lo)
 
 
-def _patches(x: jax.Array, size: int, pads: Pads) -> jax.Array:
-  """``(n, h, w, c) -> (n, h', w', size*size*c)`` padded patches, ordered ``(dy, dx, c)``."""
+def _strided_same_pads(h: int, w: int, size: int, stride: int) -> Pads:
+  """SAME padding of a ``stride``-strided ``size×size`` window (as TensorFlow's and ``lax``'s
+  ``"SAME"``: ``ceil(h / stride)`` outputs, the odd pixel of padding at the end)."""
+  return tuple(lax.padtype_to_pads((h, w), (size, size), (stride, stride), "SAME"))
+
+
+def _patches(x: jax.Array, size: int, pads: Pads, stride: int = 1) -> jax.Array:
+  """``(n, h, w, c) -> (n, h', w', size*size*c)`` padded patches every ``stride`` pixels,
+  ordered ``(dy, dx, c)``. Strided slices and pads only, so JAX differentiates it at any
+  order without a convolution (the transpose of a strided slice is an interior pad)."""
   xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-  h = xp.shape[1] - size + 1
-  w = xp.shape[2] - size + 1
-  return jnp.concatenate(
-      [xp[:, dy:dy + h, dx:dx + w] for dy in range(size) for dx in range(size)], axis=-1)
+  h = (xp.shape[1] - size) // stride + 1
+  w = (xp.shape[2] - size) // stride + 1
+  n, _, _, c = xp.shape
+  window = lambda dy, dx: lax.slice(xp, (0, dy, dx, 0), (n, dy + stride * (h - 1) + 1, dx + stride * (w - 1) + 1, c),
+                                    (1, stride, stride, 1))
+  return jnp.concatenate([window(dy, dx) for dy in range(size) for dx in range(size)], axis=-1)
 
 
 def im2col(x: jax.Array, size: int) -> jax.Array:
@@ -64,13 +74,13 @@ def _swap(pads: Pads) -> Pads:
   return (pads[0][1], pads[0][0]), (pads[1][1], pads[1][0])
 
 
-def _matmul_conv(x: jax.Array, kernel: jax.Array, pads: Pads) -> jax.Array:
+def _matmul_conv(x: jax.Array, kernel: jax.Array, pads: Pads, stride: int = 1) -> jax.Array:
   """The convolution as im2col patches times the flattened kernel."""
-  return _patches(x, kernel.shape[0], pads) @ kernel.reshape(-1, kernel.shape[-1])
+  return _patches(x, kernel.shape[0], pads, stride) @ kernel.reshape(-1, kernel.shape[-1])
 
 
-def _xla_conv(x: jax.Array, kernel: jax.Array, pads: Pads) -> jax.Array:
-  return lax.conv_general_dilated(x, kernel, (1, 1), pads, dimension_numbers=_DIMENSIONS)
+def _xla_conv(x: jax.Array, kernel: jax.Array, pads: Pads, stride: int = 1) -> jax.Array:
+  return lax.conv_general_dilated(x, kernel, (stride, stride), pads, dimension_numbers=_DIMENSIONS)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -113,21 +123,28 @@ def _weight_grad_bwd(size, pads, residuals, dw_bar):
 _weight_grad.defvjp(_weight_grad_fwd, _weight_grad_bwd)
 
 
-def conv2d(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """Stride-1 SAME convolution ``(n, h, w, c_in), (k, k, c_in, c_out) -> (n, h, w, c_out)``.
+def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
+  """SAME convolution ``(n, h, w, c_in), (k, k, c_in, c_out) -> (n, ⌈h/s⌉, ⌈w/s⌉, c_out)``.
 
-  Equal, up to float rounding, to ``lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
-  ("NHWC", "HWIO", "NHWC"))`` computed in ``jnp.result_type(x, kernel)``; the forward
-  pass is XLA's convolution, or im2col and one matrix product for 1×1 kernels and at most
-  four input channels (measured faster, ``benchmarks/RESULTS.md``). It has the custom VJP
-  described in the module docstring: reverse mode at any order; forward mode
-  (``jax.jvp``, ``jax.jacfwd``) is not defined for it — use ``impl="xla"`` there.
+  Equal, up to float rounding, to ``lax.conv_general_dilated(x, kernel, (s, s), "SAME",
+  ("NHWC", "HWIO", "NHWC"))`` computed in ``jnp.result_type(x, kernel)``. At stride 1 the
+  forward pass is XLA's convolution, or im2col and one matrix product for 1×1 kernels and at
+  most four input channels (measured faster, ``benchmarks/RESULTS.md``), with the custom VJP
+  described in the module docstring: reverse mode at any order; forward mode (``jax.jvp``,
+  ``jax.jacfwd``) is not defined for it — use ``impl="xla"`` there. Strided, it is strided
+  im2col and one matrix product (a quarter of the patches at stride 2), differentiated by JAX
+  in either mode: its derivatives are matrix products, slices and pads, never a convolution.
   """
   if kernel.ndim != 4 or kernel.shape[0] != kernel.shape[1] or x.ndim != 4 or x.shape[-1] != kernel.shape[2]:
     raise ValueError(f"conv2d: need x (n, h, w, c) and a square kernel (k, k, c, out); "
                      f"got x {x.shape}, kernel {kernel.shape}")
+  if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1:
+    raise ValueError(f"conv2d: stride must be a positive int, got {stride!r}")
   dtype = jnp.result_type(x, kernel)
-  return _conv(x.astype(dtype), kernel.astype(dtype), _same_pads(kernel.shape[0]))
+  x, kernel, size = x.astype(dtype), kernel.astype(dtype), kernel.shape[0]
+  if stride == 1:
+    return _conv(x, kernel, _same_pads(size))
+  return _matmul_conv(x, kernel, _strided_same_pads(x.shape[1], x.shape[2], size, stride), stride)
 
 
 def resolve_conv_impl(impl: ConvImpl) -> str:
@@ -162,7 +179,7 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
 
 
 class Conv(nn.Module):
-  """Stride-1 SAME convolution, ``(n, h, w, c_in) -> (n, h, w, features)``.
+  """SAME convolution, ``(n, h, w, c_in) -> (n, ⌈h/stride⌉, ⌈w/stride⌉, features)``.
 
   The kernel is a ``(size, size, c_in, features)`` param named ``kernel`` (as in
   ``nn.Conv``), plus a ``bias`` when ``use_bias``.
@@ -172,13 +189,17 @@ class Conv(nn.Module):
       inside task loops and at second order; no forward mode); ``"matmul"`` — im2col
       and one matrix product, differentiated by JAX; ``"xla"`` —
       ``lax.conv_general_dilated`` differentiated by JAX; ``"auto"`` (default) —
-      ``"vjp"`` on CPU, ``"xla"`` on GPU/TPU.
+      ``"vjp"`` on CPU, ``"xla"`` on GPU/TPU. Strided, ``"vjp"`` is ``"matmul"``
+      (:func:`conv2d`).
+    stride: the window's step in both spatial axes (the MAML and Reptile Omniglot
+      networks downsample by stride-2 convolutions instead of max-pooling).
   """
 
   features: int
   size: int = 3
   impl: ConvImpl = "auto"
   use_bias: bool = True
+  stride: int = 1
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -187,9 +208,10 @@ class Conv(nn.Module):
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
                         (self.size, self.size, c_in, self.features))
     if impl == "vjp":
-      y = conv2d(x, kernel)
+      y = conv2d(x, kernel, self.stride)
     else:
-      y = (_matmul_conv if impl == "matmul" else _xla_conv)(x, kernel, _same_pads(self.size))
+      pads = _strided_same_pads(x.shape[1], x.shape[2], self.size, self.stride)
+      y = (_matmul_conv if impl == "matmul" else _xla_conv)(x, kernel, pads, self.stride)
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,))
     return y
