@@ -64,11 +64,12 @@ def protocol(algo: str, ways: int, shots: int) -> tuple[dict, list[str]]:
     five = ways == 5
     steps = 100_000 if five else 200_000
     return (dict(meta_batch=5, inner_steps=5 if five else 10, inner_optimizer="adam",
-                 inner_lr=1e-3 if five else 5e-4, inner_batch=10 if five else 20, eval_inner_steps=50,
+                 inner_lr=1e-3 if five else 5e-4, carry_inner_state=True, inner_batch=10 if five else 20,
+                 eval_inner_steps=50,
                  eval_inner_batch=5 if five else 10, train_shots=10, queries=5, steps=steps,
                  outer_optimizer="sgd", outer_lr=1.0, outer_lr_decay="linear", outer_lr_decay_steps=steps,
                  downsample="stride"),
-            ["the inner Adam starts anew for every task (their TensorFlow Adam keeps its moments across tasks)",
+            ["the inner Adam's carried state is the mean over the task batch (theirs runs the tasks in turn)",
              "inner mini-batches cycle through the support with classes interleaved (theirs: reshuffled)",
              "tested on 15 queries per class, normalised together (theirs: one per class)"])
   if algo == "protonet":  # Snell et al. 2017, section 3.1

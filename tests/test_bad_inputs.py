@@ -248,6 +248,9 @@ CLI_CASES = [
     (["train", "--dataset", "omniglot", "--algo", "protonet", "--train-ways", "0"],
      "--train-ways must be a positive integer"),
     (["train", "--downsample", "avg_pool"], "invalid choice: 'avg_pool'"),
+    (["train", "--algo", "reptile", "--carry-inner-state"],
+     "--carry-inner-state carries Reptile's inner Adam state across tasks: it needs --algo reptile and "
+     "--inner-optimizer adam"),
     (["train", "--inner-optimizer", "rmsprop"], "invalid choice: 'rmsprop'"),
     (["train", "--inner-batch", "0"], "--inner-batch must be a positive integer"),
     (["train", "--dataset", "omniglot", "--algo", "protonet", "--inner-optimizer", "adam"],

@@ -198,6 +198,42 @@ def test_reptile_with_its_papers_inner_adam_mini_batches_and_meta_step_one(mlp, 
   _close(new.meta_params["params"], jax.tree.map(lambda *a: jnp.mean(jnp.stack(a), 0), *adapted))
 
 
+def test_reptile_carries_its_inner_adam_state_across_tasks_and_steps(mlp, batch, key):
+  """``carry_inner_state``: every task starts from the carried Adam moments, which become the
+  task-batch mean of the final ones; the outer optimizer never sees them; evaluation uses them."""
+  params, apply_fn = mlp
+  inner = optax.adam(0.01, b1=0.0)
+  config = learners.ReptileConfig(apply_fn, optimizer=optax.adam(1e-3), inner_steps=2, inner_optimizer=inner,
+                                  carry_inner_state=True)
+  state = gradient.init(config, params, key)
+  assert jax.tree.structure(state.opt_state) == jax.tree.structure(optax.adam(1e-3).init({"params": params}))
+  step = jax.jit(gradient.reptile_step, static_argnames="config")
+  carried = state.meta_params["inner_state"]
+  for _ in range(2):
+    finals, adapted = [], []
+    for i in range(4):
+      task = jax.tree.map(lambda x: x[i], batch)
+      p, s = state.meta_params["params"], carried
+      for _ in range(2):
+        g = jax.grad(lambda q: config.loss_fn(apply_fn(q, task.x_support), task.y_support))(p)
+        u, s = inner.update(g, s, p)
+        p = optax.apply_updates(p, u)
+      finals.append(s)
+      adapted.append(p)
+    carried = jax.tree.map(lambda *a: jnp.mean(jnp.stack(a), 0).astype(a[0].dtype), *finals)
+    before = state
+    state, metrics = step(state, batch, config=config)
+    assert "inner_state" not in metrics
+    _close(state.meta_params["inner_state"], carried)
+    assert int(state.meta_params["inner_state"][0].count) == int(before.meta_params["inner_state"][0].count) + 2
+  fresh = dataclasses.replace(config, carry_inner_state=False)
+  scores = [gradient.evaluate(s, batch, config=c)["loss"] for s, c in (
+      (state, config), (state._replace(meta_params={"params": state.meta_params["params"]}), fresh))]
+  assert not np.allclose(scores[0], scores[1], rtol=1e-4)   # evaluation adapts from the carried moments
+  with pytest.raises(ValueError, match="carry_inner_state carries an inner_optimizer's state; none was given"):
+    learners.ReptileConfig(apply_fn, carry_inner_state=True)
+
+
 def test_evaluation_adapts_on_its_own_mini_batches(mlp, batch, key):
   params, apply_fn = mlp
   scores = {}

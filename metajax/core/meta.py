@@ -110,16 +110,35 @@ def mean_task_grads(
   return jax.tree.map(lambda x: x / n, total)
 
 
+# Entries of a ``meta_params`` dict that are carried state, not learned: the outer optimizer
+# never sees them (MAML++'s BatchNorm running statistics, Reptile's carried inner-optimizer state).
+CARRIED = ("bn_stats", "inner_state")
+
+
+def learned(meta_params: PyTree) -> PyTree:
+  """``meta_params`` without its :data:`CARRIED` entries: what the outer optimizer updates."""
+  if not isinstance(meta_params, dict):
+    return meta_params
+  return {k: v for k, v in meta_params.items() if k not in CARRIED}
+
+
 def initial_state(optimizer: optax.GradientTransformation, meta_params: PyTree, key: Array) -> MetaState:
-  """The :class:`MetaState` at step 0: ``meta_params``, ``optimizer.init(meta_params)``, ``key``."""
-  return MetaState(meta_params, optimizer.init(meta_params), jnp.zeros((), jnp.int32), key)
+  """The :class:`MetaState` at step 0: ``meta_params``, ``optimizer.init`` of their
+  :func:`learned` part, ``key``."""
+  return MetaState(meta_params, optimizer.init(learned(meta_params)), jnp.zeros((), jnp.int32), key)
 
 
 def apply_outer_update(optimizer: optax.GradientTransformation, state: MetaState,
                        grads: PyTree) -> MetaState:
-  """``state`` after one ``optimizer`` step along the meta-gradient ``grads`` (step + 1)."""
-  updates, opt_state = optimizer.update(grads, state.opt_state, state.meta_params)
-  return MetaState(optax.apply_updates(state.meta_params, updates), opt_state, state.step + 1, state.key)
+  """``state`` after one ``optimizer`` step of its :func:`learned` meta-parameters along the
+  meta-gradient ``grads`` (step + 1); :data:`CARRIED` entries stay as they are (and any
+  gradient ``grads`` holds for them is ignored)."""
+  params = learned(state.meta_params)
+  updates, opt_state = optimizer.update(learned(grads), state.opt_state, params)
+  new = optax.apply_updates(params, updates)
+  if isinstance(state.meta_params, dict):
+    new = {**state.meta_params, **new}
+  return MetaState(new, opt_state, state.step + 1, state.key)
 
 
 def mean_and_ci95(values: Array | np.ndarray) -> tuple[float, float]:

@@ -71,6 +71,7 @@ class TrainArgs:
   inner_optimizer: InnerOptimizer = "sgd"
   inner_batch: Optional[int] = None
   eval_inner_batch: Optional[int] = None
+  carry_inner_state: bool = False
   outer_optimizer: OuterOptimizer = "adam"
   outer_lr: float = 1e-3
   outer_lr_decay_steps: int = 0
@@ -128,6 +129,9 @@ class TrainArgs:
                  "eval_queries", "chunk", "width", "checkpoint_every", "keep_checkpoints", "val_tasks") + \
         tuple(n for n in ("eval_inner_steps", "inner_batch", "eval_inner_batch") if getattr(self, n) is not None):
       check_positive_int(getattr(self, name), f"--{name.replace('_', '-')}")
+    if self.carry_inner_state and (self.algo != "reptile" or self.inner_optimizer == "sgd"):
+      raise ValueError("--carry-inner-state carries Reptile's inner Adam state across tasks: it needs "
+                       "--algo reptile and --inner-optimizer adam")
     classes = lambda ways: 1 if self.dataset == "sinusoid" else ways
     for name, support in (("inner_batch", self.train_shots * classes(self.train_ways)),
                           ("eval_inner_batch", self.shots * classes(self.ways))):

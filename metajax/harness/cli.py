@@ -37,8 +37,10 @@ HELP = {
     "queries": "query examples per task (per class) during training",
     "inner_steps": "inner gradient steps during meta-training",
     "inner_lr": "inner learning rate, initial value when learned",
-    "inner_optimizer": "inner-loop optimizer: sgd, or adam (Reptile's: beta1 0, at --inner-lr, new state per task); "
-                       "gradient-based learners",
+    "inner_optimizer": "inner-loop optimizer: sgd, or adam (Reptile's: beta1 0, at --inner-lr); gradient-based "
+                       "learners",
+    "carry_inner_state": "reptile: the inner Adam's state carries over from task to task (the paper's code); "
+                         "otherwise it starts anew for every task",
     "inner_batch": "support examples per inner step in meta-training, class-interleaved mini-batches cycling "
                    "through the support set (Reptile's inner loop; default: the whole support)",
     "eval_inner_batch": "the same at evaluation (default: the whole support)",

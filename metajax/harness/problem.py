@@ -65,7 +65,8 @@ def outer_optimizer(args: TrainArgs) -> optax.GradientTransformation:
 
 def inner_optimizer(args: TrainArgs) -> Optional[optax.GradientTransformation]:
   """``None`` (SGD at ``--inner-lr``), or Reptile's inner Adam: ``--inner-lr``, ``β1 = 0``
-  (Nichol et al. 2018, their code), its state new for every task."""
+  (Nichol et al. 2018, their code); its state is new for every task unless
+  ``--carry-inner-state``."""
   return None if args.inner_optimizer == "sgd" else optax.adam(args.inner_lr, b1=0.0)
 
 
@@ -81,6 +82,7 @@ def _problem(args: TrainArgs, x_shape: tuple, classes: bool, sample_fn: Callable
                            inner_steps=args.inner_steps, inner_lr=args.inner_lr,
                            eval_inner_steps=args.eval_inner_steps, inner_optimizer=inner_optimizer(args),
                            inner_batch_size=args.inner_batch, eval_inner_batch_size=args.eval_inner_batch,
+                           carry_inner_state=args.carry_inner_state,
                            optimizer=outer_optimizer(args), task_strategy=args.task_strategy)
     return entry.build(setup, k_init)
 

@@ -271,9 +271,28 @@ class MAMLConfig(InnerLoopConfig):
 
 @dataclasses.dataclass(frozen=True)
 class ReptileConfig(InnerLoopConfig):
-  """Reptile (Nichol et al. 2018): :class:`InnerLoopConfig` only. With ``optax.sgd(ε)``
-  as ``optimizer`` the outer step is exactly ``θ ← θ + ε·mean(φ − θ)``; the paper's
-  inner optimizer is Adam (``inner_optimizer=optax.adam(1e-3)``)."""
+  """Reptile (Nichol et al. 2018): :class:`InnerLoopConfig` plus
+
+  Attributes:
+    carry_inner_state: the ``inner_optimizer``'s state carries over from task to task and
+      from step to step, as the TensorFlow Adam of the paper's code does (its moments see
+      every task's gradients; a new Adam per task takes sign-like first steps). It is kept
+      in ``meta_params["inner_state"]`` (not learned: the outer optimizer never sees it);
+      every task of a step starts from it, and after the step it is the task-batch mean of
+      their final states (the paper runs a batch's tasks one after another). Evaluation
+      starts from it and leaves it as it is.
+
+  With ``optax.sgd(ε)`` as ``optimizer`` the outer step is exactly ``θ ← θ + ε·mean(φ − θ)``;
+  the paper's inner optimizer is Adam with ``β1 = 0``
+  (``inner_optimizer=optax.adam(1e-3, b1=0.0), carry_inner_state=True``).
+  """
+
+  carry_inner_state: bool = False
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.carry_inner_state and self.inner_optimizer is None:
+      raise ValueError("ReptileConfig: carry_inner_state carries an inner_optimizer's state; none was given")
 
 
 def init(config: InnerLoopConfig, params: PyTree, key: Array) -> MetaState:
@@ -291,6 +310,8 @@ def init(config: InnerLoopConfig, params: PyTree, key: Array) -> MetaState:
   stats = config.initial_stats()
   if stats is not None:
     meta_params["bn_stats"] = jax.tree.map(copies, stats)
+  if getattr(config, "carry_inner_state", False):
+    meta_params["inner_state"] = config.inner_optimizer.init(partition(params, _adapt_mask(config, params))[0])
   return initial_state(config.optimizer, meta_params, key)
 
 
@@ -315,7 +336,7 @@ def _model(config: InnerLoopConfig, meta_params: PyTree, steps: int, running: bo
   "stats": …}`` with the running averages when ``running``, else ``None``), ``mask``,
   ``per_step`` and ``lr`` (statistics are held per step and never adapt)."""
   params = meta_params["params"]
-  mask = None if config.adapt_filter is None else mask_from_filter(config.adapt_filter, params)
+  mask = _adapt_mask(config, params)
   per_step = config.per_step_mask(params)
   if per_step is not None:
     _check_copies(params, per_step, config.inner_steps)
@@ -329,6 +350,11 @@ def _model(config: InnerLoopConfig, meta_params: PyTree, steps: int, running: bo
               mask=None if mask is None else {"params": mask, "stats": like(stats, False)},
               per_step={"params": like(params, False) if per_step is None else per_step, "stats": like(stats, True)},
               lr=lr if scalar_lr else {"params": lr, "stats": like(stats, jnp.zeros((steps,)) if config.per_step_lr else 0.0)})
+
+
+def _adapt_mask(config: InnerLoopConfig, params: PyTree) -> Optional[PyTree]:
+  """Which leaves adapt (``adapt_filter``); ``None``: all."""
+  return None if config.adapt_filter is None else mask_from_filter(config.adapt_filter, params)
 
 
 def _check_copies(params: PyTree, per_step: PyTree, copies: int) -> None:
@@ -355,6 +381,8 @@ def adapt_task(config: InnerLoopConfig, meta_params: PyTree, task: Task, steps: 
   batch_size = config.inner_batch_size if training else config.eval_inner_batch_size
   if batch_size is not None:
     model["batches"] = interleaved_batches(task.y_support, batch_size, steps)
+  if "inner_state" in meta_params:
+    model["opt_state"] = meta_params["inner_state"]
   init_params = model.pop("params")
   collect = "bn_stats" in meta_params and not running
 
@@ -469,7 +497,8 @@ def reptile_grad(state: MetaState, task_batch: Task, *, config: ReptileConfig) -
   """Reptile's outer "gradient" ``mean(θ − φ)`` (``φ``: ``θ`` adapted to a task's support
   set), the gradient of ``objective = ½‖θ − φ‖²`` with ``φ`` held constant; metrics
   ``loss`` (query after adaptation), ``support_loss`` (before), ``objective`` and
-  ``metrics_fn``'s, task-batch means."""
+  ``metrics_fn``'s, task-batch means (with ``carry_inner_state`` also ``inner_state``, the
+  mean of the tasks' final inner-optimizer states, which :func:`reptile_step` keeps)."""
   check_task(task_batch, batched=True)
 
   def task_grad(task):
@@ -478,15 +507,26 @@ def reptile_grad(state: MetaState, task_batch: Task, *, config: ReptileConfig) -
     objective = 0.5 * sum(jnp.sum(jnp.square(d)) for d in jax.tree.leaves(delta))
     metrics = {**query_metrics(config, adapted, task), "support_loss": info.support_loss[0],
                "objective": objective}
+    if config.carry_inner_state:
+      metrics["inner_state"] = info.opt_state
     return {"params": delta}, metrics
 
-  return mean_task_grads(task_grad, task_batch, config.task_strategy)
+  grads, metrics = mean_task_grads(task_grad, task_batch, config.task_strategy)
+  if config.carry_inner_state:  # the mean of the (equal) integer step counts comes back as floats
+    metrics["inner_state"] = jax.tree.map(
+        lambda mean, old: jnp.round(mean).astype(old.dtype) if jnp.issubdtype(old.dtype, jnp.integer) else mean,
+        metrics["inner_state"], state.meta_params["inner_state"])
+  return grads, metrics
 
 
 def reptile_step(state: MetaState, task_batch: Task, *, config: ReptileConfig) -> tuple[MetaState, dict]:
-  """One Reptile outer step: :func:`reptile_grad`, then the outer optimizer."""
+  """One Reptile outer step: :func:`reptile_grad`, then the outer optimizer (and, with
+  ``carry_inner_state``, the tasks' mean final inner state, kept for the next step)."""
   grads, metrics = reptile_grad(state, task_batch, config=config)
-  return apply_outer_update(config.optimizer, state, grads), metrics
+  new = apply_outer_update(config.optimizer, state, grads)
+  if not config.carry_inner_state:
+    return new, metrics
+  return new._replace(meta_params={**new.meta_params, "inner_state": metrics.pop("inner_state")}), metrics
 
 
 def _eval_steps(config: InnerLoopConfig, inner_steps: Optional[int]) -> int:

@@ -47,6 +47,8 @@ class Setup:
     inner_optimizer: the inner loop's Optax transformation instead of SGD at ``inner_lr``,
       and ``inner_batch_size`` / ``eval_inner_batch_size``: its support mini-batches
       (learners with ``Entry.gradient_inner_loop`` only; ``None``: SGD, whole support).
+    carry_inner_state: Reptile's inner-optimizer state carried across tasks
+      (:class:`~metajax.learners.ReptileConfig`; reptile only).
     optimizer: the outer Optax optimizer.
     task_strategy: how the task axis runs.
   """
@@ -61,6 +63,7 @@ class Setup:
   inner_optimizer: Optional[optax.GradientTransformation] = None
   inner_batch_size: Optional[int] = None
   eval_inner_batch_size: Optional[int] = None
+  carry_inner_state: bool = False
   optimizer: optax.GradientTransformation = dataclasses.field(default_factory=lambda: optax.adam(1e-3))
   task_strategy: TaskStrategy = "auto"
 
@@ -147,6 +150,8 @@ def _gradient(factory: Callable[..., MetaLearner], per_step_batch_norm: bool = F
     model = setup.backbone()
     params, apply_fn = functional(model, model.init(key, setup.example()))
     options = dict(per_step_filter=gradient.is_batch_norm) if per_step_batch_norm and setup.images else {}
+    if setup.carry_inner_state:
+      options["carry_inner_state"] = True
     return factory(apply_fn, optimizer=setup.optimizer, inner_steps=setup.inner_steps, inner_lr=setup.inner_lr,
                    eval_inner_steps=setup.eval_inner_steps, inner_optimizer=setup.inner_optimizer,
                    inner_batch_size=setup.inner_batch_size, eval_inner_batch_size=setup.eval_inner_batch_size,
