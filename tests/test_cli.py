@@ -69,3 +69,20 @@ def test_train_mini_imagenet_from_a_folder_tree(tmp_path, capsys, monkeypatch):
                "--eval-queries", "1", "--eval-tasks", "4"]) == 0
   assert "eval on 4 new mini-imagenet tasks (3-way 1-shot, 1 inner step(s)) after 2 meta-steps: accuracy" in \
       capsys.readouterr().out
+
+
+def test_reptile_with_its_papers_protocol_resumes_exactly_with_its_carried_inner_state(tmp_path, capsys):
+  """Inner Adam whose state is carried (and checkpointed in meta_params), support mini-batches, outer
+  SGD with a linearly annealed step: an interrupted run continues to the same numbers."""
+  protocol = ["train", "--algo", "reptile", "--inner-optimizer", "adam", "--carry-inner-state", "--inner-lr", "0.01",
+              "--inner-steps", "3", "--inner-batch", "4", "--eval-inner-batch", "5", "--outer-optimizer", "sgd",
+              "--outer-lr", "1", "--outer-lr-decay", "linear", "--outer-lr-decay-steps", "6", "--meta-batch", "3",
+              "--shots", "5", "--train-shots", "8", "--chunk", "2", "--eval-tasks", "10"]
+  straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+  assert main(protocol + ["--steps", "6", "--out-dir", str(straight)]) == 0
+  assert main(protocol + ["--steps", "2", "--out-dir", str(resumed)]) == 0
+  assert main(protocol + ["--steps", "6", "--out-dir", str(resumed), "--resume"]) == 0
+  capsys.readouterr()
+  summaries = [json.loads((run / "summary.json").read_text()) for run in (straight, resumed)]
+  assert summaries[0]["steps"] == summaries[1]["steps"] == 6
+  assert summaries[0]["eval_loss"] == summaries[1]["eval_loss"] and np.isfinite(summaries[0]["eval_loss"])
