@@ -310,7 +310,7 @@ def init(config: InnerLoopConfig, params: PyTree, key: Array) -> MetaState:
   stats = config.initial_stats()
   if stats is not None:
     meta_params["bn_stats"] = jax.tree.map(copies, stats)
-  if getattr(config, "carry_inner_state", False):
+  if isinstance(config, ReptileConfig) and config.carry_inner_state:
     meta_params["inner_state"] = config.inner_optimizer.init(partition(params, _adapt_mask(config, params))[0])
   return initial_state(config.optimizer, meta_params, key)
 
