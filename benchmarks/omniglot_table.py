@@ -2,6 +2,7 @@
 
   python benchmarks/omniglot_table.py run --algo protonet --ways 5 --shots 1 --budget-minutes 30
   python benchmarks/omniglot_table.py run --algo maml --ways 20 --shots 1 --split lake
+  python benchmarks/omniglot_table.py test --algo reptile --ways 5 --shots 5 --model-shots 1
   python benchmarks/omniglot_table.py render      # table -> stdout and omniglot_table.png
 
 ``run`` trains one cell with its paper's protocol (:func:`protocol`; differences are
@@ -10,7 +11,8 @@ holds Orbax checkpoints: run the same command again (in another session, under
 ``nohup``) and it resumes where it stopped, exactly. Training stops at ``--steps``
 or at the first curve point past ``--budget-minutes`` of training time in all
 (evaluation excluded); then 600 test tasks give the cell's accuracy and 95% CI,
-written into ``benchmarks/results/omniglot_table.json`` (replacing that cell).
+written into ``benchmarks/results/omniglot_table.json`` (replacing that cell). ``test`` gives a
+cell the model of another that trains identically (Reptile's 1- and 5-shot cells of a way).
 
 Splits: ``vinyals`` (meta-train on trainval, test on the test characters, 28×28
 with rotations as classes) and ``lake`` (Lake et al. 2015: meta-train on
@@ -37,7 +39,7 @@ from metajax.core import mean_and_ci95  # noqa: E402
 from metajax.data import episodes, omniglot  # noqa: E402
 from metajax.harness.args import TrainArgs  # noqa: E402
 from metajax.harness.problem import build  # noqa: E402
-from metajax.harness.run import evaluate  # noqa: E402
+from metajax.harness.run import evaluate, load_run  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TABLE = RESULTS / "omniglot_table.json"
@@ -97,6 +99,13 @@ def lake_eval_tasks(data_dir: str, ways: int, shots: int, queries: int):
                                         groups=groups)
 
 
+def _tested_on_split(problem, ns: argparse.Namespace):
+  """``problem`` with ``ns.split``'s test tasks (Lake's differ from the CLI's test split)."""
+  if ns.split != "lake":
+    return problem
+  return problem._replace(eval_tasks=lake_eval_tasks(ns.data_dir, ns.ways, ns.shots, 15))
+
+
 def run_cell(ns: argparse.Namespace) -> dict:
   settings, differences = protocol(ns.algo, ns.ways, ns.shots)
   if ns.steps is not None:
@@ -108,30 +117,57 @@ def run_cell(ns: argparse.Namespace) -> dict:
   args = TrainArgs(dataset="omniglot", data_dir=ns.data_dir, algo=ns.algo, ways=ns.ways, shots=ns.shots,
                    eval_queries=15, eval_tasks=ns.test_tasks, train_split=train_split, eval_split=eval_split,
                    chunk=ns.curve_every, seed=ns.seed, out_dir=str(out_dir), resume=resume, **settings)
-  problem = build(args)
-  if ns.split == "lake":
-    problem = problem._replace(eval_tasks=lake_eval_tasks(ns.data_dir, ns.ways, ns.shots, 15))
+  problem = _tested_on_split(build(args), ns)
   curve_file = out_dir / "curve.jsonl"
   state, steps, train_time_s, curve = train_with_curve(
       args, problem, curve_tasks=ns.curve_tasks, budget_minutes=ns.budget_minutes, eval_chunk=ns.eval_chunk,
-      curve=_read_curve(curve_file), label=cell,
+      curve=_read_jsonl(curve_file), label=cell,
       on_point=lambda points: curve_file.write_text("".join(json.dumps(p) + "\n" for p in points)))
+  return _test_and_store(ns, args, problem, state, steps, train_time_s, curve, settings, differences)
+
+
+def test_cell(ns: argparse.Namespace) -> dict:
+  """Tests the model of the ``--model-shots`` cell on ``--shots``-shot tasks: for a protocol whose
+  training does not depend on the test shots (Reptile trains every cell of a way on 10 shots), the
+  other cell would train the identical model."""
+  settings, differences = protocol(ns.algo, ns.ways, ns.shots)
+  source_settings, _ = protocol(ns.algo, ns.ways, ns.model_shots)
+  if ns.model_shots == ns.shots:
+    raise SystemExit(f"--model-shots {ns.model_shots} is the cell itself; run it instead")
+  if "train_shots" not in settings or settings != source_settings:
+    raise SystemExit(f"{ns.algo}'s {ns.ways}w{ns.model_shots}s and {ns.ways}w{ns.shots}s cells train different "
+                     "models (their protocols differ, or train at the test shots); run the cell instead")
+  source = Path(ns.runs_dir) / f"{ns.split}_{ns.algo}_{ns.ways}w{ns.model_shots}s"
+  args, problem, state = load_run(source, shots=ns.shots, eval_queries=15, eval_tasks=ns.test_tasks,
+                                  data_dir=ns.data_dir)
+  problem = _tested_on_split(problem, ns)
+  steps = int(state.step)
+  timed = [p for p in _read_jsonl(source / "metrics.jsonl") if p["step"] == steps]
+  differences = differences + [f"the model of the {ns.ways}w{ns.model_shots}s cell (the same training), "
+                               f"tested at {ns.shots} shots; no learning curve of its own"]
+  return _test_and_store(ns, args, problem, state, steps, timed[-1]["time_s"] if timed else float("nan"), [],
+                         settings, differences, trained_by=source.name)
+
+
+def _test_and_store(ns, args, problem, state, steps, train_time_s, curve, settings, differences, **extra) -> dict:
+  """Tests ``state`` on ``ns.test_tasks`` tasks and writes the cell's row into the table."""
   final = evaluate(problem, state, ns.test_tasks, seed=10_000 + ns.seed, chunk=ns.eval_chunk)
   mean, ci = mean_and_ci95(final["accuracy"])
   paper = PAPER[ns.algo][CELLS.index((ns.ways, ns.shots))] if ns.split == "vinyals" else None
+  cell = f"{ns.split}_{ns.algo}_{ns.ways}w{ns.shots}s"
   row = {"algo": ns.algo, "ways": ns.ways, "shots": ns.shots, "accuracy": round(100 * mean, 2),
          "ci95": round(100 * ci, 2), "meta_steps": steps, "train_seconds": round(train_time_s, 1),
          "paper": paper, "split": ns.split, "planned_steps": args.steps, "test_tasks": ns.test_tasks,
          "protocol": {k: v for k, v in vars(args).items()
                       if k in settings or k in ("train_ways", "train_shots", "eval_inner_steps")},
-         "differences": differences, "curve": curve, "machine": machine()}
+         "differences": differences, "curve": curve, **extra, "machine": machine()}
   print(f"{cell}: {row['accuracy']:.2f} ± {row['ci95']:.2f} % over {ns.test_tasks} test tasks after "
         f"{row['meta_steps']} meta-steps ({row['train_seconds']:.0f} s of training); paper {paper}")
   _store(row)
   return row
 
 
-def _read_curve(path: Path) -> list[dict]:
+def _read_jsonl(path: Path) -> list[dict]:
   if not path.exists():
     return []
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -157,8 +193,9 @@ def render(_: argparse.Namespace) -> None:
   print("|---|---|---|---|---|---|---|---|")
   for r in rows:
     paper = "—" if r["paper"] is None else f"{r['paper']:.1f}"
+    shared = f" ({r['trained_by'].rsplit('_', 1)[1]}'s model)" if "trained_by" in r else ""
     print(f"| {r['split']} | {r['algo']} | {r['ways']}w{r['shots']}s | {r['accuracy']:.2f} ± {r['ci95']:.2f} | "
-          f"{paper} | {r['meta_steps']:,} ({r['planned_steps']:,}) | {r['train_seconds'] / 60:.1f} min | "
+          f"{paper} | {r['meta_steps']:,} ({r['planned_steps']:,}) | {r['train_seconds'] / 60:.1f} min{shared} | "
           f"{r['machine']['device']} |")
   import matplotlib
   matplotlib.use("Agg")
@@ -182,20 +219,25 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True)
   cell = sub.add_parser("run", help="train and test one cell (resumes its run directory)")
-  cell.add_argument("--algo", required=True, choices=sorted(PAPER))
-  cell.add_argument("--ways", type=int, required=True, choices=(5, 20))
-  cell.add_argument("--shots", type=int, required=True, choices=(1, 5))
-  cell.add_argument("--split", default="vinyals", choices=sorted(SPLITS))
+  retest = sub.add_parser("test", help="test another cell's trained model at these shots (same training)")
+  for command in (cell, retest):
+    command.add_argument("--algo", required=True, choices=sorted(PAPER))
+    command.add_argument("--ways", type=int, required=True, choices=(5, 20))
+    command.add_argument("--shots", type=int, required=True, choices=(1, 5))
+    command.add_argument("--split", default="vinyals", choices=sorted(SPLITS))
+    command.add_argument("--test-tasks", type=int, default=600)
+    command.add_argument("--eval-chunk", type=int, default=20, help="test tasks evaluated at once (memory)")
+    command.add_argument("--runs-dir", default=str(Path(__file__).parent / "runs"))
+    command.add_argument("--data-dir", default=os.environ.get("METAJAX_DATA", str(DEFAULT_DATA)))
+    command.add_argument("--seed", type=int, default=0)
   cell.add_argument("--steps", type=int, help="meta-steps (default: the paper's)")
   cell.add_argument("--budget-minutes", type=float, help="stop after this much training time in all")
   cell.add_argument("--curve-every", type=int, default=500, help="meta-steps between curve points")
   cell.add_argument("--curve-tasks", type=int, default=100)
-  cell.add_argument("--test-tasks", type=int, default=600)
-  cell.add_argument("--eval-chunk", type=int, default=20, help="test tasks evaluated at once (memory)")
-  cell.add_argument("--runs-dir", default=str(Path(__file__).parent / "runs"))
-  cell.add_argument("--data-dir", default=os.environ.get("METAJAX_DATA", str(DEFAULT_DATA)))
-  cell.add_argument("--seed", type=int, default=0)
   cell.set_defaults(fn=run_cell)
+  retest.add_argument("--model-shots", type=int, required=True, choices=(1, 5),
+                      help="the shots of the cell whose run directory holds the model")
+  retest.set_defaults(fn=test_cell)
   sub.add_parser("render", help="print the Markdown table, plot the curves").set_defaults(fn=render)
   ns = parser.parse_args()
   ns.fn(ns)

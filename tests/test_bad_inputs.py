@@ -325,6 +325,12 @@ def test_resume_with_changed_settings_is_refused_and_loses_nothing(saved_run, ca
   assert _snapshot(saved_run) == before
 
 
+def test_eval_at_bad_shots_is_refused_and_loses_nothing(saved_run, capsys):
+  before = _snapshot(saved_run)
+  _cli_error(["eval", saved_run, "--shots", "0"], "--shots must be a positive integer", capsys)
+  assert _snapshot(saved_run) == before
+
+
 def test_resume_beyond_requested_steps(saved_run, capsys):
   _cli_error(["train", "--steps", "10", "--chunk", "10", "--eval-tasks", "5", "--out-dir", saved_run,
               "--resume"], "beyond --steps 10", capsys)

@@ -106,9 +106,31 @@ def test_eval_command_reports_the_saved_run_beside_its_training_summary(tmp_path
   assert main(["eval", str(run_dir), "--eval-tasks", "30", "--eval-inner-steps", "3"]) == 0
   assert "eval on 30 new sinusoid tasks (10-shot, 3 inner step(s))" in capsys.readouterr().out
   assert (run_dir / "summary.json").read_text() == summary  # the training summary is never overwritten
-  written = json.loads((run_dir / "eval-300-30tasks-100queries-3inner.json").read_text())
+  written = json.loads((run_dir / "eval-300-30tasks-10shot-100queries-3inner.json").read_text())
   assert written["eval_tasks"] == 30 and written["eval_inner_steps"] == 3 and written["steps"] == 300
   assert {"eval_loss", "eval_loss_ci95", "eval_loss_median", "eval_diverged_tasks"} <= set(written)
+
+
+def test_eval_at_other_shots_tests_the_model_trained_at_the_runs_train_shots(tmp_path, capsys):
+  from metajax.harness.args import TrainArgs
+  from metajax.harness.problem import build
+  from metajax.harness.run import evaluate
+  run_dir = tmp_path / "run"
+  assert main(["train", "--steps", "200", "--chunk", "100", "--eval-tasks", "10", "--out-dir", str(run_dir)]) == 0
+  assert main(["eval", str(run_dir), "--eval-tasks", "40", "--shots", "3"]) == 0
+  assert "eval on 40 new sinusoid tasks (3-shot, 1 inner step(s))" in capsys.readouterr().out
+  written = json.loads((run_dir / "eval-200-40tasks-3shot-100queries-1inner.json").read_text())
+  args, _, state = load_run(run_dir)
+  assert (args.shots, args.train_shots) == (10, 10)
+  # The same checkpoint, tested by a problem that was built for 3-shot tests of a 10-shot-trained model.
+  problem = build(TrainArgs(**{**json.loads((run_dir / "run.json").read_text()), "shots": 3, "train_shots": 10,
+                               "eval_tasks": 40}))
+  expected = evaluate(problem, state, 40, seed=10_000)["loss"]
+  np.testing.assert_allclose(written["eval_loss"], np.mean(expected), rtol=1e-6)
+  at_ten = evaluate(load_run(run_dir, eval_tasks=40)[1], state, 40, seed=10_000)["loss"]
+  assert np.mean(expected) > np.mean(at_ten)  # fewer support points: a worse fit
+  with pytest.raises(ValueError, match="cannot override"):
+    load_run(run_dir, ways=3)
 
 
 def test_diverged_tasks_are_counted_and_the_median_reported():

@@ -24,6 +24,7 @@ from metajax.harness.args import RESUMABLE_CHANGES, TrainArgs
 from metajax.harness.problem import Problem, build
 
 RUN_FILE = "run.json"
+TEST_CHANGES = ("shots",)  # settings a trained run can be tested at, besides the resumable ones
 
 
 class Interrupted(KeyboardInterrupt):
@@ -232,18 +233,22 @@ def run(args: TrainArgs, log: Callable[[str], None] = print) -> dict:
 def load_run(run_dir: str | os.PathLike, **overrides: Any) -> tuple[TrainArgs, Problem, MetaState]:
   """Settings, problem and latest checkpointed state of a run directory.
 
-  ``overrides`` replace resumable settings (e.g. ``eval_tasks``, ``data_dir``).
+  ``overrides`` replace resumable settings (e.g. ``eval_tasks``, ``data_dir``) or
+  ``shots``: the run's model was trained at its ``train_shots`` (saved with the run), so
+  it can be tested on tasks with any number of support examples per class.
   """
   saved = read_run_file(Path(run_dir))
-  unknown = set(overrides) - set(RESUMABLE_CHANGES)
+  unknown = set(overrides) - set(RESUMABLE_CHANGES) - set(TEST_CHANGES)
   if unknown:
     raise ValueError(f"cannot override {sorted(unknown)} of a saved run")
   known = {f.name for f in dataclasses.fields(TrainArgs)}
-  args = TrainArgs(**{**{k: v for k, v in saved.items() if k in known},
-                      **{k: v for k, v in overrides.items() if v is not None}, "resume": False})
+  given = {k: v for k, v in overrides.items() if v is not None}
+  trained = TrainArgs(**{**{k: v for k, v in saved.items() if k in known},
+                         **{k: v for k, v in given.items() if k not in TEST_CHANGES}, "resume": False})
+  args = dataclasses.replace(trained, **{k: v for k, v in given.items() if k in TEST_CHANGES})
   problem = build(args)
   mngr = checkpoint.manager(Path(run_dir) / "checkpoints", create=False)
-  return args, problem, checkpoint.restore(mngr, problem.state, fingerprint=fingerprint(args))
+  return args, problem, checkpoint.restore(mngr, problem.state, fingerprint=fingerprint(trained))
 
 
 DIVERGENCE_FACTOR = 100.0  # a task diverged when its query loss is non-finite or above this × the median reference
@@ -272,8 +277,9 @@ def summarize(results: dict[str, np.ndarray]) -> dict:
 
 
 def eval_file_name(args: TrainArgs, step: int, inner_steps: bool) -> str:
-  """``eval-<step>-<tasks>tasks-<queries>queries[-<n>inner].json``: one file per evaluation setting."""
-  name = f"eval-{step}-{args.eval_tasks}tasks-{args.eval_queries}queries"
+  """``eval-<step>-<tasks>tasks-<shots>shot-<queries>queries[-<n>inner].json``: one file per evaluation
+  setting."""
+  name = f"eval-{step}-{args.eval_tasks}tasks-{args.shots}shot-{args.eval_queries}queries"
   if inner_steps:
     name += f"-{args.eval_inner_steps or args.inner_steps}inner"
   return name + ".json"
