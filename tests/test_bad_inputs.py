@@ -11,6 +11,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import optax
 import pytest
 
 import metajax
@@ -74,6 +75,15 @@ API_CASES = [
     ("registering a taken name", lambda tmp: learners.register("maml", None, inner_steps=True, eval_inner_steps=True),
      ValueError, "'maml' is already registered"),
     ("setup with a rank-2 input", lambda tmp: learners.Setup(x_shape=(28, 28)), ValueError, "x_shape must be"),
+    ("inner batches for a metric learner", lambda tmp: learners.registry.get("protonet").build(
+        learners.Setup(x_shape=(4,), ways=3, inner_batch_size=2), jax.random.PRNGKey(0)), ValueError,
+     "inner_batch_size would be ignored by 'protonet'; they apply to learners adapted by gradient steps: anil"),
+    ("an inner optimizer for the black-box RNN", lambda tmp: learners.registry.get("rnn").build(
+        learners.Setup(inner_optimizer=optax.adam(1e-3)), jax.random.PRNGKey(0)), ValueError,
+     "inner_optimizer would be ignored by 'rnn'"),
+    ("carried inner state for MAML", lambda tmp: learners.registry.get("maml").build(
+        learners.Setup(inner_optimizer=optax.adam(1e-3), carry_inner_state=True), jax.random.PRNGKey(0)), ValueError,
+     "carry_inner_state would be ignored by 'maml'; only reptile carries its inner state"),
     ("optimizer state without an optimizer", lambda tmp: adapt(
         {"w": jnp.ones(2)}, None, lambda p, _: jnp.sum(p["w"]), steps=1, lr=0.1, opt_state=()), ValueError,
      "`opt_state` is the state of an `optimizer`"),

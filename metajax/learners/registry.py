@@ -46,9 +46,10 @@ class Setup:
     eval_inner_steps: inner steps at evaluation (default ``inner_steps``).
     inner_optimizer: the inner loop's Optax transformation instead of SGD at ``inner_lr``,
       and ``inner_batch_size`` / ``eval_inner_batch_size``: its support mini-batches
-      (learners with ``Entry.gradient_inner_loop`` only; ``None``: SGD, whole support).
+      (learners with ``Entry.gradient_inner_loop`` only, the others' builds refuse them;
+      ``None``: SGD, whole support).
     carry_inner_state: Reptile's inner-optimizer state carried across tasks
-      (:class:`~metajax.learners.ReptileConfig`; reptile only).
+      (:class:`~metajax.learners.ReptileConfig`; reptile only, the others' builds refuse it).
     optimizer: the outer Optax optimizer.
     task_strategy: how the task axis runs.
   """
@@ -126,13 +127,29 @@ class Entry(NamedTuple):
 
 
 REGISTRY: dict[str, Entry] = {}
+GRADIENT_INNER_LOOP_OPTIONS = ("inner_optimizer", "inner_batch_size", "eval_inner_batch_size")
 
 
 def register(name: str, build: Build, **flags: bool) -> None:
-  """Adds ``name`` to :data:`REGISTRY` (``flags`` are :class:`Entry` fields)."""
+  """Adds ``name`` to :data:`REGISTRY` (``flags`` are :class:`Entry` fields). Its ``build``
+  refuses a :class:`Setup` whose inner-loop options the learner would ignore."""
   if name in REGISTRY:
     raise ValueError(f"a learner named {name!r} is already registered")
-  REGISTRY[name] = Entry(build, **flags)
+  entry = Entry(build, **flags)
+
+  def checked(setup: Setup, key: jax.Array) -> tuple[MetaLearner, PyTree]:
+    ignored = [f for f in GRADIENT_INNER_LOOP_OPTIONS if getattr(setup, f) is not None]
+    ignored = [] if entry.gradient_inner_loop else ignored
+    if setup.carry_inner_state and name != "reptile":
+      ignored.append("carry_inner_state")
+    if ignored:
+      raise ValueError(f"Setup: {', '.join(ignored)} would be ignored by {name!r}; "
+                       + ("only reptile carries its inner state" if ignored == ["carry_inner_state"] else
+                          "they apply to learners adapted by gradient steps: "
+                          + ", ".join(n for n, e in sorted(REGISTRY.items()) if e.gradient_inner_loop)))
+    return build(setup, key)
+
+  REGISTRY[name] = entry._replace(build=checked)
 
 
 def get(name: str) -> Entry:
@@ -150,7 +167,7 @@ def _gradient(factory: Callable[..., MetaLearner], per_step_batch_norm: bool = F
     model = setup.backbone()
     params, apply_fn = functional(model, model.init(key, setup.example()))
     options = dict(per_step_filter=gradient.is_batch_norm) if per_step_batch_norm and setup.images else {}
-    if setup.carry_inner_state:
+    if setup.carry_inner_state:  # reptile's alone (register's check)
       options["carry_inner_state"] = True
     return factory(apply_fn, optimizer=setup.optimizer, inner_steps=setup.inner_steps, inner_lr=setup.inner_lr,
                    eval_inner_steps=setup.eval_inner_steps, inner_optimizer=setup.inner_optimizer,
