@@ -24,11 +24,13 @@ The data folder is --data-dir or $METAJAX_DATA (default ../shared/data).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fcntl
 import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import jax.numpy as jnp
 
@@ -37,9 +39,10 @@ from _common import RESULTS, machine, train_with_curve  # noqa: E402
 
 from metajax.core import mean_and_ci95  # noqa: E402
 from metajax.data import episodes, omniglot  # noqa: E402
-from metajax.harness.args import TrainArgs  # noqa: E402
+from metajax.harness.args import RESUMABLE_CHANGES, TrainArgs  # noqa: E402
+from metajax.harness.checkpoint import CheckpointError  # noqa: E402
 from metajax.harness.problem import build  # noqa: E402
-from metajax.harness.run import evaluate, load_run  # noqa: E402
+from metajax.harness.run import RUN_FILE, TEST_CHANGES, evaluate, load_run, read_run_file  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TABLE = RESULTS / "omniglot_table.json"
@@ -106,17 +109,26 @@ def _tested_on_split(problem, ns: argparse.Namespace):
   return problem._replace(eval_tasks=lake_eval_tasks(ns.data_dir, ns.ways, ns.shots, 15))
 
 
+def _cell(ns: argparse.Namespace, shots: int) -> str:
+  return f"{ns.split}_{ns.algo}_{ns.ways}w{shots}s"
+
+
+def _cell_args(ns: argparse.Namespace, settings: dict, **run: Any) -> TrainArgs:
+  """The ``TrainArgs`` of ``ns``'s cell under its protocol ``settings``; ``run``: run-directory options."""
+  train_split, eval_split = SPLITS[ns.split]
+  return TrainArgs(dataset="omniglot", data_dir=ns.data_dir, algo=ns.algo, ways=ns.ways, shots=ns.shots,
+                   eval_queries=15, eval_tasks=ns.test_tasks, train_split=train_split, eval_split=eval_split,
+                   seed=ns.seed, **settings, **run)
+
+
 def run_cell(ns: argparse.Namespace) -> dict:
   settings, differences = protocol(ns.algo, ns.ways, ns.shots)
   if ns.steps is not None:
     settings["steps"] = ns.steps
-  train_split, eval_split = SPLITS[ns.split]
-  cell = f"{ns.split}_{ns.algo}_{ns.ways}w{ns.shots}s"
+  cell = _cell(ns, ns.shots)
   out_dir = Path(ns.runs_dir) / cell
   resume = (out_dir / "checkpoints").is_dir() and any((out_dir / "checkpoints").iterdir())
-  args = TrainArgs(dataset="omniglot", data_dir=ns.data_dir, algo=ns.algo, ways=ns.ways, shots=ns.shots,
-                   eval_queries=15, eval_tasks=ns.test_tasks, train_split=train_split, eval_split=eval_split,
-                   chunk=ns.curve_every, seed=ns.seed, out_dir=str(out_dir), resume=resume, **settings)
+  args = _cell_args(ns, settings, chunk=ns.curve_every, out_dir=str(out_dir), resume=resume)
   problem = _tested_on_split(build(args), ns)
   curve_file = out_dir / "curve.jsonl"
   state, steps, train_time_s, curve = train_with_curve(
@@ -126,27 +138,44 @@ def run_cell(ns: argparse.Namespace) -> dict:
   return _test_and_store(ns, args, problem, state, steps, train_time_s, curve, settings, differences)
 
 
+# Settings that leave the trained model as it is: resumable ones, test-time ones, and the chunk
+# (it only groups the meta-steps between checkpoints).
+SAME_MODEL = RESUMABLE_CHANGES + TEST_CHANGES + ("chunk",)
+
+
 def test_cell(ns: argparse.Namespace) -> dict:
-  """Tests the model of the ``--model-shots`` cell on ``--shots``-shot tasks: for a protocol whose
-  training does not depend on the test shots (Reptile trains every cell of a way on 10 shots), the
-  other cell would train the identical model."""
-  settings, differences = protocol(ns.algo, ns.ways, ns.shots)
-  source_settings, _ = protocol(ns.algo, ns.ways, ns.model_shots)
+  """Tests the model of the ``--model-shots`` cell on ``--shots``-shot tasks. Allowed only when the
+  source run's saved settings are the ones this cell's protocol would train with (Reptile trains
+  every cell of a way on 10 shots), so this cell would train the identical model."""
   if ns.model_shots == ns.shots:
     raise SystemExit(f"--model-shots {ns.model_shots} is the cell itself; run it instead")
-  if "train_shots" not in settings or settings != source_settings:
-    raise SystemExit(f"{ns.algo}'s {ns.ways}w{ns.model_shots}s and {ns.ways}w{ns.shots}s cells train different "
-                     "models (their protocols differ, or train at the test shots); run the cell instead")
-  source = Path(ns.runs_dir) / f"{ns.split}_{ns.algo}_{ns.ways}w{ns.model_shots}s"
-  args, problem, state = load_run(source, shots=ns.shots, eval_queries=15, eval_tasks=ns.test_tasks,
-                                  data_dir=ns.data_dir)
-  problem = _tested_on_split(problem, ns)
+  source = Path(ns.runs_dir) / _cell(ns, ns.model_shots)
+  train_again = (f"train it first: omniglot_table.py run --algo {ns.algo} --ways {ns.ways} "
+                 f"--shots {ns.model_shots} --split {ns.split} --runs-dir {ns.runs_dir}")
+  if not (source / RUN_FILE).is_file():
+    raise SystemExit(f"no trained {source.name} cell in {source.parent}; {train_again}")
+  settings, differences = protocol(ns.algo, ns.ways, ns.shots)
+  wanted, saved = dataclasses.asdict(_cell_args(ns, settings)), read_run_file(source)
+  differ = [f"--{k.replace('_', '-')} {saved.get(k)!r} (this cell: {v!r})" for k, v in wanted.items()
+            if k not in SAME_MODEL and saved.get(k) != v]
+  if differ:
+    raise SystemExit(f"{source.name} was not trained as {_cell(ns, ns.shots)} would be: {', '.join(differ)}; "
+                     "run the cell instead")
+  try:
+    args, problem, state = load_run(source, shots=ns.shots, eval_queries=15, eval_tasks=ns.test_tasks,
+                                    data_dir=ns.data_dir)
+  except CheckpointError as err:
+    raise SystemExit(f"{source}: {err}; {train_again}") from err
   steps = int(state.step)
-  timed = [p for p in _read_jsonl(source / "metrics.jsonl") if p["step"] == steps]
+  timed = [p["time_s"] for p in _read_jsonl(source / "metrics.jsonl") if p["step"] == steps]
+  if not timed:
+    raise SystemExit(f"{source}/metrics.jsonl has no training time for step {steps}, its newest checkpoint")
+  print(f"testing {source.name}'s model at meta-step {steps:,} of its planned {args.steps:,} on "
+        f"{ns.shots}-shot tasks")
   differences = differences + [f"the model of the {ns.ways}w{ns.model_shots}s cell (the same training), "
                                f"tested at {ns.shots} shots; no learning curve of its own"]
-  return _test_and_store(ns, args, problem, state, steps, timed[-1]["time_s"] if timed else float("nan"), [],
-                         settings, differences, trained_by=source.name)
+  return _test_and_store(ns, args, _tested_on_split(problem, ns), state, steps, timed[-1], [], settings,
+                         differences, trained_by=source.name)
 
 
 def _test_and_store(ns, args, problem, state, steps, train_time_s, curve, settings, differences, **extra) -> dict:
@@ -154,7 +183,7 @@ def _test_and_store(ns, args, problem, state, steps, train_time_s, curve, settin
   final = evaluate(problem, state, ns.test_tasks, seed=10_000 + ns.seed, chunk=ns.eval_chunk)
   mean, ci = mean_and_ci95(final["accuracy"])
   paper = PAPER[ns.algo][CELLS.index((ns.ways, ns.shots))] if ns.split == "vinyals" else None
-  cell = f"{ns.split}_{ns.algo}_{ns.ways}w{ns.shots}s"
+  cell = _cell(ns, ns.shots)
   row = {"algo": ns.algo, "ways": ns.ways, "shots": ns.shots, "accuracy": round(100 * mean, 2),
          "ci95": round(100 * ci, 2), "meta_steps": steps, "train_seconds": round(train_time_s, 1),
          "paper": paper, "split": ns.split, "planned_steps": args.steps, "test_tasks": ns.test_tasks,

@@ -77,13 +77,15 @@ API_CASES = [
     ("setup with a rank-2 input", lambda tmp: learners.Setup(x_shape=(28, 28)), ValueError, "x_shape must be"),
     ("inner batches for a metric learner", lambda tmp: learners.registry.get("protonet").build(
         learners.Setup(x_shape=(4,), ways=3, inner_batch_size=2), jax.random.PRNGKey(0)), ValueError,
-     "inner_batch_size would be ignored by 'protonet'; they apply to learners adapted by gradient steps: anil"),
-    ("an inner optimizer for the black-box RNN", lambda tmp: learners.registry.get("rnn").build(
-        learners.Setup(inner_optimizer=optax.adam(1e-3)), jax.random.PRNGKey(0)), ValueError,
-     "inner_optimizer would be ignored by 'rnn'"),
+     r"Setup: inner_batch_size set a gradient inner loop; protonet has none \(choose one of anil, fomaml, imaml, "
+     r"maml, maml\+\+, meta-sgd, reptile\)"),
+    ("an inner optimizer and a carried state for the black-box RNN", lambda tmp: learners.registry.get("rnn").build(
+        learners.Setup(inner_optimizer=optax.adam(1e-3), carry_inner_state=True), jax.random.PRNGKey(0)),
+     ValueError, "inner_optimizer set a gradient inner loop; rnn has none .*; carry_inner_state carries the inner "
+     r"optimizer's state across tasks, which rnn does not \(learners that do: reptile\)"),
     ("carried inner state for MAML", lambda tmp: learners.registry.get("maml").build(
         learners.Setup(inner_optimizer=optax.adam(1e-3), carry_inner_state=True), jax.random.PRNGKey(0)), ValueError,
-     "carry_inner_state would be ignored by 'maml'; only reptile carries its inner state"),
+     "Setup: carry_inner_state carries the inner optimizer's state across tasks, which maml does not"),
     ("optimizer state without an optimizer", lambda tmp: adapt(
         {"w": jnp.ones(2)}, None, lambda p, _: jnp.sum(p["w"]), steps=1, lr=0.1, opt_state=()), ValueError,
      "`opt_state` is the state of an `optimizer`"),
@@ -259,14 +261,16 @@ CLI_CASES = [
      "--train-ways must be a positive integer"),
     (["train", "--downsample", "avg_pool"], "invalid choice: 'avg_pool'"),
     (["train", "--algo", "reptile", "--carry-inner-state"],
-     "--carry-inner-state carries Reptile's inner Adam state across tasks: it needs --algo reptile and "
-     "--inner-optimizer adam"),
+     "--carry-inner-state carries the inner Adam's state across tasks: it needs --inner-optimizer adam"),
+    (["train", "--inner-optimizer", "adam", "--carry-inner-state"],
+     "--carry-inner-state carries the inner optimizer's state across tasks, which maml does not (learners that "
+     "do: reptile)"),
     (["train", "--inner-optimizer", "rmsprop"], "invalid choice: 'rmsprop'"),
     (["train", "--inner-batch", "0"], "--inner-batch must be a positive integer"),
     (["train", "--dataset", "omniglot", "--algo", "protonet", "--inner-optimizer", "adam"],
-     "--inner-optimizer, --inner-batch and --eval-inner-batch set a gradient inner loop; protonet has none"),
+     "--inner-optimizer set a gradient inner loop; protonet has none (choose one of anil, fomaml"),
     (["train", "--algo", "rnn", "--eval-inner-batch", "5"],
-     "--inner-optimizer, --inner-batch and --eval-inner-batch set a gradient inner loop; rnn has none"),
+     "--eval-inner-batch set a gradient inner loop; rnn has none"),
     (["train", "--shots", "5", "--inner-batch", "6"], "--inner-batch 6 exceeds the 5 support examples of a training task"),
     (["train", "--dataset", "omniglot", "--ways", "20", "--eval-inner-batch", "21"],
      "--eval-inner-batch 21 exceeds the 20 support examples of an evaluation task"),

@@ -116,18 +116,19 @@ def test_eval_at_other_shots_tests_the_model_trained_at_the_runs_train_shots(tmp
   from metajax.harness.problem import build
   from metajax.harness.run import evaluate
   run_dir = tmp_path / "run"
-  assert main(["train", "--steps", "200", "--chunk", "100", "--eval-tasks", "10", "--out-dir", str(run_dir)]) == 0
+  assert main(["train", "--steps", "200", "--chunk", "100", "--eval-tasks", "10", "--shots", "5", "--train-shots",
+               "10", "--out-dir", str(run_dir)]) == 0
   assert main(["eval", str(run_dir), "--eval-tasks", "40", "--shots", "3"]) == 0
-  assert "eval on 40 new sinusoid tasks (3-shot, 1 inner step(s))" in capsys.readouterr().out
+  assert "eval on 40 new sinusoid tasks (3-shot of a 10-shot-trained model, 1 inner step(s))" in capsys.readouterr().out
   written = json.loads((run_dir / "eval-200-40tasks-3shot-100queries-1inner.json").read_text())
-  args, _, state = load_run(run_dir)
-  assert (args.shots, args.train_shots) == (10, 10)
-  # The same checkpoint, tested by a problem that was built for 3-shot tests of a 10-shot-trained model.
-  problem = build(TrainArgs(**{**json.loads((run_dir / "run.json").read_text()), "shots": 3, "train_shots": 10,
-                               "eval_tasks": 40}))
-  expected = evaluate(problem, state, 40, seed=10_000)["loss"]
+  assert (written["shots"], written["train_shots"]) == (3, 10)
+  args, _, state = load_run(run_dir, shots=3, eval_tasks=40)
+  assert (args.shots, args.train_shots) == (3, 10)
+  # The same checkpoint, tested by a problem built from scratch for 3-shot tests of a 10-shot-trained model.
+  fresh = build(TrainArgs(**{**json.loads((run_dir / "run.json").read_text()), "shots": 3, "eval_tasks": 40}))
+  expected = evaluate(fresh, state, 40, seed=10_000)["loss"]
   np.testing.assert_allclose(written["eval_loss"], np.mean(expected), rtol=1e-6)
-  at_ten = evaluate(load_run(run_dir, eval_tasks=40)[1], state, 40, seed=10_000)["loss"]
+  at_ten = evaluate(load_run(run_dir, shots=10)[1], state, 40, seed=10_000)["loss"]
   assert np.mean(expected) > np.mean(at_ten)  # fewer support points: a worse fit
   with pytest.raises(ValueError, match="cannot override"):
     load_run(run_dir, ways=3)

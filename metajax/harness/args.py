@@ -108,11 +108,12 @@ class TrainArgs:
     for name, choices in CHOICES.items():
       if getattr(self, name) not in choices:
         raise ValueError(f"--{name.replace('_', '-')}: unknown value {getattr(self, name)!r}; choose one of {choices}")
-    inner_loop = (self.inner_optimizer != "sgd", self.inner_batch is not None, self.eval_inner_batch is not None)
-    if any(inner_loop) and not entry.gradient_inner_loop:
-      raise ValueError(f"--inner-optimizer, --inner-batch and --eval-inner-batch set a gradient inner loop; "
-                       f"{self.algo} has none (choose one of "
-                       f"{', '.join(n for n, e in sorted(registry.REGISTRY.items()) if e.gradient_inner_loop)})")
+    why = registry.ignored_options(self.algo, [flag for flag, given in (
+        ("--inner-optimizer", self.inner_optimizer != "sgd"), ("--inner-batch", self.inner_batch is not None),
+        ("--eval-inner-batch", self.eval_inner_batch is not None)) if given],
+        carry="--carry-inner-state" if self.carry_inner_state else None)
+    if why:
+      raise ValueError(why)
     defaults = {**DATASET_DEFAULTS[self.dataset], **ALGO_DEFAULTS.get((self.algo, self.dataset), {})}
     for name, value in defaults.items():
       if getattr(self, name) is None:
@@ -129,9 +130,9 @@ class TrainArgs:
                  "eval_queries", "chunk", "width", "checkpoint_every", "keep_checkpoints", "val_tasks") + \
         tuple(n for n in ("eval_inner_steps", "inner_batch", "eval_inner_batch") if getattr(self, n) is not None):
       check_positive_int(getattr(self, name), f"--{name.replace('_', '-')}")
-    if self.carry_inner_state and (self.algo != "reptile" or self.inner_optimizer == "sgd"):
-      raise ValueError("--carry-inner-state carries Reptile's inner Adam state across tasks: it needs "
-                       "--algo reptile and --inner-optimizer adam")
+    if self.carry_inner_state and self.inner_optimizer == "sgd":
+      raise ValueError("--carry-inner-state carries the inner Adam's state across tasks: it needs "
+                       "--inner-optimizer adam")
     classes = lambda ways: 1 if self.dataset == "sinusoid" else ways
     for name, support in (("inner_batch", self.train_shots * classes(self.train_ways)),
                           ("eval_inner_batch", self.shots * classes(self.ways))):

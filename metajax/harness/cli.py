@@ -101,6 +101,7 @@ def _parser() -> argparse.ArgumentParser:
   evaluate.add_argument("--eval-inner-steps", type=int, help=HELP["eval_inner_steps"])
   evaluate.add_argument("--shots", type=int, help="support examples per test task (per class; default: the run's "
                         "--shots). The model is the one trained at the run's --train-shots")
+  evaluate.add_argument("--eval-inner-batch", type=int, help=HELP["eval_inner_batch"] + " (default: the run's)")
   evaluate.add_argument("--data-dir", help=HELP["data_dir"] + " (default: the run's)")
   plot = sub.add_parser("plot", help="write PNG learning curves of a run directory")
   plot.add_argument("run_dir", help="a directory written by metajax train --out-dir")
@@ -143,7 +144,7 @@ def _main(ns: argparse.Namespace) -> None:
   elif ns.command == "eval":
     args, problem, state = load_run(_run_dir(ns.run_dir), eval_tasks=ns.eval_tasks,
                                     eval_inner_steps=ns.eval_inner_steps, data_dir=ns.data_dir,
-                                    shots=ns.shots, out_dir=ns.run_dir)
+                                    shots=ns.shots, eval_inner_batch=ns.eval_inner_batch, out_dir=ns.run_dir)
     report(args, problem, state, out_name=eval_file_name(args, int(state.step), problem.entry.inner_steps))
   else:
     from metajax.harness import plots

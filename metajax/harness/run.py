@@ -24,7 +24,7 @@ from metajax.harness.args import RESUMABLE_CHANGES, TrainArgs
 from metajax.harness.problem import Problem, build
 
 RUN_FILE = "run.json"
-TEST_CHANGES = ("shots",)  # settings a trained run can be tested at, besides the resumable ones
+TEST_CHANGES = ("shots", "eval_inner_batch")  # settings a trained run can be tested at, besides the resumable ones
 
 
 class Interrupted(KeyboardInterrupt):
@@ -233,9 +233,10 @@ def run(args: TrainArgs, log: Callable[[str], None] = print) -> dict:
 def load_run(run_dir: str | os.PathLike, **overrides: Any) -> tuple[TrainArgs, Problem, MetaState]:
   """Settings, problem and latest checkpointed state of a run directory.
 
-  ``overrides`` replace resumable settings (e.g. ``eval_tasks``, ``data_dir``) or
-  ``shots``: the run's model was trained at its ``train_shots`` (saved with the run), so
-  it can be tested on tasks with any number of support examples per class.
+  ``overrides`` replace resumable settings (e.g. ``eval_tasks``, ``data_dir``) or the
+  ``TEST_CHANGES``: the run's model was trained at its ``train_shots`` (saved with the run),
+  so it can be tested on tasks with any number of ``shots`` per class (and inner mini-batches
+  of ``eval_inner_batch`` at test).
   """
   saved = read_run_file(Path(run_dir))
   unknown = set(overrides) - set(RESUMABLE_CHANGES) - set(TEST_CHANGES)
@@ -292,7 +293,7 @@ def report(args: TrainArgs, problem: Problem, state: MetaState, log: Callable[[s
   diverged, see :func:`summarize`), writes ``out_name`` in the run directory; returns the summary."""
   results = evaluate(problem, state, args.eval_tasks, args.seed + 10_000, args.eval_inner_steps)
   summary = {"dataset": args.dataset, "algo": args.algo, "steps": int(state.step), "eval_tasks": args.eval_tasks,
-             "eval_queries": args.eval_queries}
+             "shots": args.shots, "train_shots": args.train_shots, "eval_queries": args.eval_queries}
   if problem.entry.inner_steps:
     summary["eval_inner_steps"] = args.eval_inner_steps or args.inner_steps
   if train_time is not None:
@@ -305,6 +306,8 @@ def report(args: TrainArgs, problem: Problem, state: MetaState, log: Callable[[s
   if f"eval_{name}_before" in summary:
     line += f", before adaptation {show(f'eval_{name}_before')}{unit}"
   shape = f"{args.ways}-way {args.shots}-shot" if classification else f"{args.shots}-shot"
+  if args.train_shots != args.shots:
+    shape += f" of a {args.train_shots}-shot-trained model"
   if problem.entry.inner_steps:
     shape += f", {summary['eval_inner_steps']} inner step(s)"
   trained = f"; trained in {train_time:.1f} s" if train_time is not None else ""

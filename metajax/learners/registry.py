@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -115,6 +115,7 @@ class Entry(NamedTuple):
       trains 60-way and tests 5-way).
     gradient_inner_loop: adapts by :func:`~metajax.core.adapt` gradient steps, so
       ``Setup.inner_optimizer`` and the inner mini-batch sizes apply.
+    carries_inner_state: ``Setup.carry_inner_state`` applies (Reptile's carried inner Adam).
   """
 
   build: Build
@@ -124,6 +125,7 @@ class Entry(NamedTuple):
   mean_of_task_grads: bool = True
   ways_free: bool = False
   gradient_inner_loop: bool = False
+  carries_inner_state: bool = False
 
 
 REGISTRY: dict[str, Entry] = {}
@@ -132,24 +134,34 @@ GRADIENT_INNER_LOOP_OPTIONS = ("inner_optimizer", "inner_batch_size", "eval_inne
 
 def register(name: str, build: Build, **flags: bool) -> None:
   """Adds ``name`` to :data:`REGISTRY` (``flags`` are :class:`Entry` fields). Its ``build``
-  refuses a :class:`Setup` whose inner-loop options the learner would ignore."""
+  refuses a :class:`Setup` with inner-loop options the learner would ignore."""
   if name in REGISTRY:
     raise ValueError(f"a learner named {name!r} is already registered")
-  entry = Entry(build, **flags)
 
+  @functools.wraps(build)
   def checked(setup: Setup, key: jax.Array) -> tuple[MetaLearner, PyTree]:
-    ignored = [f for f in GRADIENT_INNER_LOOP_OPTIONS if getattr(setup, f) is not None]
-    ignored = [] if entry.gradient_inner_loop else ignored
-    if setup.carry_inner_state and name != "reptile":
-      ignored.append("carry_inner_state")
-    if ignored:
-      raise ValueError(f"Setup: {', '.join(ignored)} would be ignored by {name!r}; "
-                       + ("only reptile carries its inner state" if ignored == ["carry_inner_state"] else
-                          "they apply to learners adapted by gradient steps: "
-                          + ", ".join(n for n, e in sorted(REGISTRY.items()) if e.gradient_inner_loop)))
+    why = ignored_options(name, [f for f in ("inner_optimizer", "inner_batch_size", "eval_inner_batch_size")
+                                 if getattr(setup, f) is not None],
+                          carry="carry_inner_state" if setup.carry_inner_state else None)
+    if why:
+      raise ValueError(f"Setup: {why}")
     return build(setup, key)
 
-  REGISTRY[name] = entry._replace(build=checked)
+  REGISTRY[name] = Entry(checked, **flags)
+
+
+def ignored_options(name: str, inner_loop: Sequence[str], carry: Optional[str] = None) -> Optional[str]:
+  """Why learner ``name`` would ignore the given gradient inner-loop options and the option
+  ``carry`` that carries the inner state (each spelled as the caller names it); ``None`` if it
+  uses them all."""
+  entry, why = get(name), []
+  if inner_loop and not entry.gradient_inner_loop:
+    why.append(f"{', '.join(inner_loop)} set a gradient inner loop; {name} has none (choose one of "
+               f"{', '.join(n for n, e in sorted(REGISTRY.items()) if e.gradient_inner_loop)})")
+  if carry and not entry.carries_inner_state:
+    why.append(f"{carry} carries the inner optimizer's state across tasks, which {name} does not (learners "
+               f"that do: {', '.join(n for n, e in sorted(REGISTRY.items()) if e.carries_inner_state)})")
+  return "; ".join(why) or None
 
 
 def get(name: str) -> Entry:
@@ -167,7 +179,7 @@ def _gradient(factory: Callable[..., MetaLearner], per_step_batch_norm: bool = F
     model = setup.backbone()
     params, apply_fn = functional(model, model.init(key, setup.example()))
     options = dict(per_step_filter=gradient.is_batch_norm) if per_step_batch_norm and setup.images else {}
-    if setup.carry_inner_state:  # reptile's alone (register's check)
+    if setup.carry_inner_state:  # only for entries that carry it (register's check)
       options["carry_inner_state"] = True
     return factory(apply_fn, optimizer=setup.optimizer, inner_steps=setup.inner_steps, inner_lr=setup.inner_lr,
                    eval_inner_steps=setup.eval_inner_steps, inner_optimizer=setup.inner_optimizer,
@@ -244,7 +256,8 @@ def _learned_optimizer(setup: Setup, key: jax.Array) -> tuple[MetaLearner, PyTre
 
 for _name, _factory in (("maml", gradient.maml), ("fomaml", gradient.fomaml), ("meta-sgd", gradient.meta_sgd),
                         ("anil", gradient.anil), ("reptile", gradient.reptile), ("imaml", implicit.imaml)):
-  register(_name, _gradient(_factory), inner_steps=True, eval_inner_steps=True, gradient_inner_loop=True)
+  register(_name, _gradient(_factory), inner_steps=True, eval_inner_steps=True, gradient_inner_loop=True,
+           carries_inner_state=_factory is gradient.reptile)
 register("maml++", _gradient(gradient.maml_plus_plus, per_step_batch_norm=True), inner_steps=True,
          eval_inner_steps=True, gradient_inner_loop=True)
 # Matching networks normalise only the support embeddings: with post-ReLU features the plain cosine
