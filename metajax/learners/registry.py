@@ -140,8 +140,7 @@ def register(name: str, build: Build, **flags: bool) -> None:
 
   @functools.wraps(build)
   def checked(setup: Setup, key: jax.Array) -> tuple[MetaLearner, PyTree]:
-    why = ignored_options(name, [f for f in ("inner_optimizer", "inner_batch_size", "eval_inner_batch_size")
-                                 if getattr(setup, f) is not None],
+    why = ignored_options(name, [f for f in GRADIENT_INNER_LOOP_OPTIONS if getattr(setup, f) is not None],
                           carry="carry_inner_state" if setup.carry_inner_state else None)
     if why:
       raise ValueError(f"Setup: {why}")
