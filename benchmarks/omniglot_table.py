@@ -63,8 +63,10 @@ def protocol(algo: str, ways: int, shots: int) -> tuple[dict, list[str]]:
   if algo in ("maml", "fomaml"):  # Finn et al. 2017, section 5.2 and their code
     five = ways == 5
     return (dict(meta_batch=32 if five else 16, inner_steps=1 if five else 5, inner_lr=0.4 if five else 0.1,
-                 eval_inner_steps=3 if five else 5, queries=shots, steps=60_000, downsample="stride"),
-            ["the 2x2x64 features are flattened into the head (their code averages them)"])
+                 eval_inner_steps=3 if five else 5, queries=shots, steps=60_000, downsample="stride",
+                 conv_features="mean"),
+            ["BatchNorm has a scale, and the inner loop adapts it and the shift (theirs: a shift only, "
+             "meta-learned but not adapted)"])
   if algo == "reptile":  # Nichol et al. 2018, appendix A and their run_omniglot.py commands (transductive)
     five = ways == 5
     steps = 100_000 if five else 200_000

@@ -83,6 +83,12 @@ API_CASES = [
         learners.Setup(inner_optimizer=optax.adam(1e-3), carry_inner_state=True), jax.random.PRNGKey(0)),
      ValueError, "inner_optimizer set a gradient inner loop; rnn has none .*; carry_inner_state carries the inner "
      r"optimizer's state across tasks, which rnn does not \(learners that do: reptile\)"),
+    ("setup with unknown conv features", lambda tmp: learners.Setup(conv_features="maps"), ValueError,
+     r"Setup: unknown conv_features 'maps'; choose one of \('flatten', 'mean'\)"),
+    ("averaged conv features for the relation network", lambda tmp: learners.registry.get("relation").build(
+        learners.Setup(x_shape=(28, 28, 1), ways=5, conv_features="mean"), jax.random.PRNGKey(0)), ValueError,
+     "Setup: conv_features 'mean' does not apply to relation, whose relation module compares the embedding's "
+     "feature maps"),
     ("carried inner state for MAML", lambda tmp: learners.registry.get("maml").build(
         learners.Setup(inner_optimizer=optax.adam(1e-3), carry_inner_state=True), jax.random.PRNGKey(0)), ValueError,
      "Setup: carry_inner_state carries the inner optimizer's state across tasks, which maml does not"),
@@ -107,6 +113,8 @@ API_CASES = [
      ValueError, r"adapt: `batches` must be \(steps=3, batch\) integer indices; got int32 \(2, 2\)"),
     ("Conv4 with an unknown downsampling", lambda tmp: metajax.models.Conv4(downsample="avg").init(
         jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1))), ValueError, "Conv4: unknown downsample 'avg'"),
+    ("Conv4 with unknown features", lambda tmp: metajax.models.Conv4(features="sum").init(
+        jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1))), ValueError, "Conv4: unknown features 'sum'"),
     ("a stride of zero", lambda tmp: metajax.models.conv2d(jnp.zeros((1, 4, 4, 1)), jnp.zeros((3, 3, 1, 1)), 0),
      ValueError, "conv2d: stride must be a positive int, got 0"),
     ("negative MSL annealing", lambda tmp: maml.MAMLConfig(_apply(), msl_anneal_steps=-1), ValueError,
@@ -260,6 +268,7 @@ CLI_CASES = [
     (["train", "--dataset", "omniglot", "--algo", "protonet", "--train-ways", "0"],
      "--train-ways must be a positive integer"),
     (["train", "--downsample", "avg_pool"], "invalid choice: 'avg_pool'"),
+    (["train", "--conv-features", "maps"], "invalid choice: 'maps'"),
     (["train", "--algo", "reptile", "--carry-inner-state"],
      "--carry-inner-state carries the inner Adam's state across tasks: it needs --inner-optimizer adam"),
     (["train", "--inner-optimizer", "adam", "--carry-inner-state"],

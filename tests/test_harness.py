@@ -16,8 +16,9 @@ import pytest
 from PIL import Image
 
 from metajax.harness import checkpoint
+from metajax.harness.args import LATER_OPTIONS, TrainArgs
 from metajax.harness.cli import main
-from metajax.harness.run import load_run
+from metajax.harness.run import fingerprint, load_run
 
 TRAIN = ["train", "--steps", "6000", "--chunk", "200", "--eval-tasks", "20"]
 
@@ -172,6 +173,28 @@ def test_training_time_accumulates_across_resumes_and_a_torn_metrics_line_is_dro
   assert times[1] == first and times == sorted(times) and times[2] > first
   summary = json.loads((run_dir / "summary.json").read_text())
   assert summary["train_time_s"] >= times[-1]
+
+
+def test_checkpoint_fingerprints_of_older_runs_still_match():
+  # Digests of these settings before any LATER_OPTIONS existed: an option added to TrainArgs must
+  # go into LATER_OPTIONS (at the value older runs had), or every saved run stops resuming.
+  assert fingerprint(TrainArgs()) == "1f1e8a52af540e99"
+  assert fingerprint(TrainArgs(dataset="omniglot", algo="reptile", inner_optimizer="adam", carry_inner_state=True,
+                               downsample="stride")) == "32cca90eaab2439b"
+  assert fingerprint(TrainArgs(dataset="omniglot", conv_features="mean")) != fingerprint(TrainArgs(dataset="omniglot"))
+
+
+def test_a_run_saved_before_an_option_existed_resumes_with_its_old_value(tmp_path, capsys):
+  run_dir = tmp_path / "run"
+  base = ["train", "--chunk", "10", "--eval-tasks", "5", "--out-dir", str(run_dir)]
+  assert main(base + ["--steps", "10"]) == 0
+  saved = json.loads((run_dir / "run.json").read_text())
+  (run_dir / "run.json").write_text(json.dumps({k: v for k, v in saved.items() if k not in LATER_OPTIONS}))
+  assert main(base + ["--steps", "20", "--conv-features", "mean", "--resume"]) == 2
+  assert "--conv-features was 'flatten' in the saved run, not 'mean'" in capsys.readouterr().err
+  assert main(base + ["--steps", "20", "--resume"]) == 0
+  args, _, state = load_run(run_dir)
+  assert int(state.step) == 20 and args.conv_features == "flatten"
 
 
 def test_protonet_trains_on_train_ways_and_shots_and_evaluates_on_ways(tmp_path, monkeypatch):

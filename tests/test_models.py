@@ -194,7 +194,7 @@ def test_auto_strategy_runs_image_tasks_as_a_loop_on_one_cpu_device(key):
 
 
 def test_relation_embedding_keeps_maps_and_relation_module_scores_pairs(key):
-  embed = metajax.models.Conv4(num_classes=None, width=8, pooled_blocks=2, flatten=False)
+  embed = metajax.models.Conv4(num_classes=None, width=8, pooled_blocks=2, features="maps")
   x = jnp.zeros((3, 28, 28, 1))
   params, embed_fn = metajax.models.functional(embed, embed.init(key, x))
   maps = embed_fn(params, x)
@@ -206,8 +206,8 @@ def test_relation_embedding_keeps_maps_and_relation_module_scores_pairs(key):
   assert rel_params["hidden"]["kernel"].shape == (8, 4)  # 7 -> 3 -> 1 spatially, 8 channels
   with pytest.raises(ValueError, match="pooled_blocks must be in"):
     metajax.models.Conv4(num_classes=None, pooled_blocks=5).init(key, x)
-  with pytest.raises(ValueError, match="flatten=False returns feature maps and needs num_classes=None"):
-    metajax.models.Conv4(num_classes=5, flatten=False).init(key, x)
+  with pytest.raises(ValueError, match="features=.maps. returns feature maps and needs num_classes=None"):
+    metajax.models.Conv4(num_classes=5, features="maps").init(key, x)
   with pytest.raises(ValueError, match=r"expected \(m, h, w, 2c\)"):
     module.init(key, jnp.zeros((3, 16)))
 
@@ -235,7 +235,7 @@ def test_strided_conv2d_and_its_derivatives_equal_lax_conv_at_float64(hw, c_in):
 
 def test_strided_conv4_halves_by_stride_and_its_impls_agree(key):
   x = jax.random.normal(key, (3, 28, 28, 1))
-  strided = metajax.models.Conv4(num_classes=None, width=8, downsample="stride", flatten=False, conv_impl="xla")
+  strided = metajax.models.Conv4(num_classes=None, width=8, downsample="stride", features="maps", conv_impl="xla")
   variables = strided.init(key, x)
   maps = {impl: strided.clone(conv_impl=impl).apply(variables, x, mutable=["batch_stats"])[0]
           for impl in ("vjp", "matmul", "xla")}
@@ -246,5 +246,24 @@ def test_strided_conv4_halves_by_stride_and_its_impls_agree(key):
   pooled = metajax.models.Conv4(num_classes=None, width=8)
   chex.assert_trees_all_equal_shapes(pooled.init(key, x), variables)
   assert "max_pool" not in str(jax.make_jaxpr(lambda v: strided.apply(v, x, mutable=["batch_stats"]))(variables))
-  relation_maps = metajax.models.Conv4(num_classes=None, width=8, downsample="stride", pooled_blocks=2, flatten=False)
+  relation_maps = metajax.models.Conv4(num_classes=None, width=8, downsample="stride", pooled_blocks=2, features="maps")
   assert relation_maps.apply(variables, x, mutable=["batch_stats"])[0].shape == (3, 7, 7, 8)
+
+
+def test_conv4_features_flatten_average_or_keep_the_last_maps(key):
+  x = jax.random.normal(key, (3, 28, 28, 1))
+  maps_net = metajax.models.Conv4(num_classes=None, width=8, downsample="stride", features="maps")
+  variables = maps_net.init(key, x)
+  maps = maps_net.apply(variables, x, mutable=["batch_stats"])[0]
+  for features, expected in (("flatten", maps.reshape(3, -1)), ("mean", maps.mean(axis=(1, 2)))):
+    out = maps_net.clone(features=features).apply(variables, x, mutable=["batch_stats"])[0]
+    np.testing.assert_allclose(out, expected, rtol=1e-6, err_msg=features)
+  # The head reads 2*2*8 flattened features, or 8 averaged ones (MAML's Omniglot network).
+  for features, fan_in in (("flatten", 32), ("mean", 8)):
+    head = metajax.models.Conv4(num_classes=5, width=8, downsample="stride", features=features).init(key, x)
+    assert head["params"]["head"]["kernel"].shape == (fan_in, 5)
+  # Max-pooled 28x28 inputs end at 1x1, where flattening and averaging are the same network.
+  pooled = {f: metajax.models.Conv4(num_classes=5, width=8, features=f) for f in ("flatten", "mean")}
+  variables = pooled["flatten"].init(key, x)
+  np.testing.assert_allclose(*(net.apply(variables, x, mutable=["batch_stats"])[0] for net in pooled.values()),
+                             rtol=1e-6)

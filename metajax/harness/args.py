@@ -7,15 +7,15 @@ from typing import Literal, Optional
 from metajax.core.meta import TASK_STRATEGIES, TaskStrategy
 from metajax.core.validate import check_finite_number, check_nonnegative_int, check_positive_int
 from metajax.learners import registry
-from metajax.models.conv4 import DOWNSAMPLES, Downsample
+from metajax.models.conv4 import DOWNSAMPLES, VECTOR_FEATURES, Downsample, VectorFeatures
 
 Dataset = Literal["sinusoid", "omniglot", "mini-imagenet", "cifar-fs", "fc100", "tiered-imagenet", "cub"]
 InnerOptimizer = Literal["sgd", "adam"]
 OuterOptimizer = Literal["adam", "sgd"]
 LRDecay = Literal["cosine", "linear"]
 # The string options and their choices (the CLI's ``choices``; checked in TrainArgs).
-CHOICES = {"downsample": DOWNSAMPLES, "inner_optimizer": ("sgd", "adam"), "outer_optimizer": ("adam", "sgd"),
-           "outer_lr_decay": ("cosine", "linear")}
+CHOICES = {"downsample": DOWNSAMPLES, "conv_features": VECTOR_FEATURES, "inner_optimizer": ("sgd", "adam"),
+           "outer_optimizer": ("adam", "sgd"), "outer_lr_decay": ("cosine", "linear")}
 
 # Per-dataset defaults for options left unset: the MAML paper's settings, with steps cut so that a
 # default image run takes about 10 minutes on 2 CPU cores (MAML: ~2 s per Omniglot step).
@@ -79,6 +79,7 @@ class TrainArgs:
   clip_grad_norm: Optional[float] = None
   width: Optional[int] = None
   downsample: Downsample = "max_pool"
+  conv_features: VectorFeatures = "flatten"
   eval_tasks: Optional[int] = None
   eval_queries: Optional[int] = None
   eval_inner_steps: Optional[int] = None
@@ -149,6 +150,9 @@ class TrainArgs:
       check_finite_number(getattr(self, name), f"--{name.replace('_', '-')}", positive=True)
 
 
+# Options added after run directories were first saved, with the value a run.json that lacks one had.
+# Checkpoint fingerprints leave them out at those values, so older runs still resume.
+LATER_OPTIONS = {"conv_features": "flatten"}
 # Options that may differ between a run and its resumption (everything else must match).
 RESUMABLE_CHANGES = ("steps", "resume", "devices", "eval_tasks", "eval_queries", "eval_inner_steps", "out_dir",
                      "data_dir", "checkpoint_every", "keep_checkpoints", "val_every", "val_tasks")

@@ -53,6 +53,8 @@ HELP = {
     "width": "channels of the Conv4 blocks (image datasets; hidden size of the sinusoid rnn)",
     "downsample": "how Conv4 halves the resolution: max_pool, or stride (stride-2 convolutions: the MAML and "
                   "Reptile Omniglot network, about a quarter of the work)",
+    "conv_features": "how Conv4's last feature maps enter the head: flatten, or mean (averaged over space, "
+                     "MAML's Omniglot code; the two agree on max-pooled 28x28 inputs)",
     "eval_tasks": "new tasks in the final evaluation",
     "eval_queries": "query examples per evaluation task (per class)",
     "eval_inner_steps": "inner steps at evaluation (default: same as --inner-steps)",

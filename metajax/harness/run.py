@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from metajax.core import MetaState, distributed, mean_and_ci95, train_steps
 from metajax.harness import checkpoint
-from metajax.harness.args import RESUMABLE_CHANGES, TrainArgs
+from metajax.harness.args import LATER_OPTIONS, RESUMABLE_CHANGES, TrainArgs
 from metajax.harness.problem import Problem, build
 
 RUN_FILE = "run.json"
@@ -73,19 +73,25 @@ class _DeferredInterrupt:
 
 
 def read_run_file(run_dir: Path) -> dict:
-  """The saved settings of a run directory, with errors naming the folder or file."""
+  """The saved settings of a run directory (with ``LATER_OPTIONS`` an older run lacks), with
+  errors naming the folder or file."""
   run_file = run_dir / RUN_FILE
   if not run_file.is_file():
     raise FileNotFoundError(f"{run_dir} holds no {RUN_FILE}; is it a metajax run directory?")
   try:
-    return json.loads(run_file.read_text())
+    saved = json.loads(run_file.read_text())
   except (json.JSONDecodeError, UnicodeDecodeError) as err:
     raise ValueError(f"{run_file} is not valid JSON ({err})") from err
+  if not isinstance(saved, dict):
+    raise ValueError(f"{run_file} holds {type(saved).__name__}, not the settings of a run")
+  return {**LATER_OPTIONS, **saved}
 
 
 def fingerprint(args: TrainArgs) -> str:
-  """A digest of the settings a run's checkpoints depend on (all but ``RESUMABLE_CHANGES``)."""
-  fixed = {k: v for k, v in dataclasses.asdict(args).items() if k not in RESUMABLE_CHANGES}
+  """A digest of the settings a run's checkpoints depend on (all but ``RESUMABLE_CHANGES``, and
+  ``LATER_OPTIONS`` at the value older runs had)."""
+  fixed = {k: v for k, v in dataclasses.asdict(args).items()
+           if k not in RESUMABLE_CHANGES and not (k in LATER_OPTIONS and v == LATER_OPTIONS[k])}
   return hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:16]
 
 

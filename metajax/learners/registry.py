@@ -25,7 +25,7 @@ from metajax.core.protocol import MetaLearner
 from metajax.learners import gradient, implicit, learned_opt, metric, recurrent
 from metajax.learners.forward import accuracy_metrics
 from metajax.models import MLP, Conv4, RelationModule, functional
-from metajax.models.conv4 import DOWNSAMPLES, Downsample
+from metajax.models.conv4 import DOWNSAMPLES, Downsample, VectorFeatures, VECTOR_FEATURES
 
 PyTree = Any
 Build = Callable[["Setup", jax.Array], tuple[MetaLearner, PyTree]]
@@ -41,6 +41,9 @@ class Setup:
     ways: classes per task; ``None`` is regression onto one output.
     width: channels of the Conv4 blocks.
     downsample: how the Conv4 blocks halve the resolution (:class:`~metajax.models.Conv4`).
+    conv_features: how Conv4's last maps become vectors, ``"flatten"`` or ``"mean"`` over space
+      (:class:`~metajax.models.Conv4`'s ``features``; the Relation network compares the maps
+      themselves, and its build refuses ``"mean"``).
     inner_steps: inner steps (the Meta-LSTM's updates; the learned optimizer's horizon).
     inner_lr: inner learning rate (initial value when learned).
     eval_inner_steps: inner steps at evaluation (default ``inner_steps``).
@@ -58,6 +61,7 @@ class Setup:
   ways: Optional[int] = None
   width: int = 64
   downsample: Downsample = "max_pool"
+  conv_features: VectorFeatures = "flatten"
   inner_steps: int = 1
   inner_lr: float = 0.01
   eval_inner_steps: Optional[int] = None
@@ -73,6 +77,8 @@ class Setup:
       raise ValueError(f"Setup: x_shape must be (features,) or (height, width, channels), got {self.x_shape}")
     if self.downsample not in DOWNSAMPLES:
       raise ValueError(f"Setup: unknown downsample {self.downsample!r}; choose one of {DOWNSAMPLES}")
+    if self.conv_features not in VECTOR_FEATURES:
+      raise ValueError(f"Setup: unknown conv_features {self.conv_features!r}; choose one of {VECTOR_FEATURES}")
 
   @property
   def images(self) -> bool:
@@ -86,7 +92,8 @@ class Setup:
     """Conv4 (``ways`` logits, or features without ``head``) for images; the 40-40 MLP
     for vectors (``None`` without ``head``: the input is its own feature vector)."""
     if self.images:
-      return Conv4(num_classes=self.ways if head else None, width=self.width, downsample=self.downsample)
+      return Conv4(num_classes=self.ways if head else None, width=self.width, downsample=self.downsample,
+                   features=self.conv_features)
     return MLP(hidden=(40, 40), out=self.ways or 1) if head else None
 
   def embedding(self) -> nn.Module:
@@ -206,7 +213,10 @@ def _metric(factory: Callable[..., MetaLearner], fce: bool = False) -> Build:
       fce_params, fce_fn = functional(context, context.init(k_head, feature, feature))
       return factory(embed_fn, setup.ways, fce_fn=fce_fn, **common), {"embed": params, "fce": fce_params}
     if setup.images:
-      embed = Conv4(num_classes=None, width=setup.width, pooled_blocks=2, flatten=False,
+      if setup.conv_features != "flatten":
+        raise ValueError(f"Setup: conv_features {setup.conv_features!r} does not apply to relation, whose "
+                         "relation module compares the embedding's feature maps")
+      embed = Conv4(num_classes=None, width=setup.width, pooled_blocks=2, features="maps",
                     downsample=setup.downsample)
       relation = RelationModule(width=setup.width)
     else:

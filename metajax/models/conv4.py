@@ -11,6 +11,10 @@ from metajax.models.layers import Conv, ConvImpl, max_pool_2x2
 
 Downsample = Literal["max_pool", "stride"]
 DOWNSAMPLES = ("max_pool", "stride")
+Features = Literal["flatten", "mean", "maps"]
+FEATURES = ("flatten", "mean", "maps")
+VectorFeatures = Literal["flatten", "mean"]  # the ``features`` that give vectors
+VECTOR_FEATURES = ("flatten", "mean")
 
 
 class Conv4(nn.Module):
@@ -35,8 +39,11 @@ class Conv4(nn.Module):
       Relation network's embedding pools only in the first two (Sung et al., 2018).
     downsample: how those blocks halve it, ``"max_pool"`` (2×2, after the ReLU) or
       ``"stride"`` (the block's convolution takes stride 2, SAME: ``⌈h/2⌉``).
-    flatten: features as ``(n, d)`` vectors, or the ``(n, h', w', width)`` maps
-      (``num_classes=None`` only).
+    features: what the last block's ``(n, h', w', width)`` maps become: ``"flatten"``,
+      ``(n, h'·w'·width)`` vectors (Reptile's code); ``"mean"``, ``(n, width)`` averages over
+      space (MAML's Omniglot code, ``tf.reduce_mean(hidden4, [1, 2])``); or ``"maps"``, the
+      maps themselves (``num_classes=None`` only). Max-pooled 28×28 inputs end at 1×1, where
+      all three agree.
     conv_impl: see :class:`metajax.models.Conv` (``"auto"``: fast custom-VJP convolution on
       CPU, XLA's on GPU/TPU; pass ``"xla"`` for forward-mode ``jax.jvp``/``jax.jacfwd``).
   """
@@ -45,7 +52,7 @@ class Conv4(nn.Module):
   width: int = 64
   conv_impl: ConvImpl = "auto"
   pooled_blocks: int = 4
-  flatten: bool = True
+  features: Features = "flatten"
   downsample: Downsample = "max_pool"
 
   @nn.compact
@@ -54,16 +61,18 @@ class Conv4(nn.Module):
       raise ValueError(f"Conv4: pooled_blocks must be in [0, 4], got {self.pooled_blocks}")
     if self.downsample not in DOWNSAMPLES:
       raise ValueError(f"Conv4: unknown downsample {self.downsample!r}; choose one of {DOWNSAMPLES}")
-    if self.num_classes is not None and not self.flatten:
-      raise ValueError("Conv4: flatten=False returns feature maps and needs num_classes=None")
+    if self.features not in FEATURES:
+      raise ValueError(f"Conv4: unknown features {self.features!r}; choose one of {FEATURES}")
+    if self.num_classes is not None and self.features == "maps":
+      raise ValueError("Conv4: features='maps' returns feature maps and needs num_classes=None")
     for i in range(4):
       halve = i < self.pooled_blocks
       x = conv_block(x, self.width, self.conv_impl, pool=halve and self.downsample == "max_pool",
                      stride=2 if halve and self.downsample == "stride" else 1, index=i,
                      use_running_average=use_running_average)
-    if not self.flatten:
+    if self.features == "maps":
       return x
-    x = x.reshape(x.shape[0], -1)
+    x = x.mean(axis=(1, 2)) if self.features == "mean" else x.reshape(x.shape[0], -1)
     if self.num_classes is None:
       return x
     return nn.Dense(self.num_classes, name="head")(x)
