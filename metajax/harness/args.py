@@ -126,7 +126,7 @@ class TrainArgs:
     if self.train_ways != self.ways and not entry.ways_free:
       raise ValueError(f"--train-ways {self.train_ways} differs from --ways {self.ways}, but {self.algo}'s "
                        f"parameters depend on the number of classes; only "
-                       f"{', '.join(n for n, e in sorted(registry.REGISTRY.items()) if e.ways_free)} train with other ways")
+                       f"{registry.names_with('ways_free')} train with other ways")
     for name in ("steps", "meta_batch", "ways", "train_ways", "shots", "train_shots", "queries", "inner_steps", "eval_tasks",
                  "eval_queries", "chunk", "width", "checkpoint_every", "keep_checkpoints", "val_tasks") + \
         tuple(n for n in ("eval_inner_steps", "inner_batch", "eval_inner_batch") if getattr(self, n) is not None):

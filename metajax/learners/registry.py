@@ -163,11 +163,16 @@ def ignored_options(name: str, inner_loop: Sequence[str], carry: Optional[str] =
   entry, why = get(name), []
   if inner_loop and not entry.gradient_inner_loop:
     why.append(f"{', '.join(inner_loop)} set a gradient inner loop; {name} has none (choose one of "
-               f"{', '.join(n for n, e in sorted(REGISTRY.items()) if e.gradient_inner_loop)})")
+               f"{names_with('gradient_inner_loop')})")
   if carry and not entry.carries_inner_state:
     why.append(f"{carry} carries the inner optimizer's state across tasks, which {name} does not (learners "
-               f"that do: {', '.join(n for n, e in sorted(REGISTRY.items()) if e.carries_inner_state)})")
+               f"that do: {names_with('carries_inner_state')})")
   return "; ".join(why) or None
+
+
+def names_with(flag: str) -> str:
+  """The registered names whose :class:`Entry` sets ``flag``, sorted and comma-separated (for errors)."""
+  return ", ".join(n for n, e in sorted(REGISTRY.items()) if getattr(e, flag))
 
 
 def get(name: str) -> Entry:

@@ -1,0 +1,69 @@
+"""The Omniglot table script's protocols and its refusals to test one cell with another's model
+(``benchmarks/omniglot_table.py``; no training, no data)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from metajax.harness.run import RUN_FILE
+
+_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "omniglot_table.py"
+_spec = importlib.util.spec_from_file_location("omniglot_table", _SCRIPT)
+table = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(table)
+
+
+def _ns(tmp_path: Path, **kw) -> argparse.Namespace:
+  fields = dict(algo="reptile", ways=5, shots=5, model_shots=1, split="vinyals", test_tasks=600, eval_chunk=20,
+                runs_dir=str(tmp_path), data_dir=str(tmp_path / "data"), seed=0)
+  return argparse.Namespace(**{**fields, **kw})
+
+
+@pytest.mark.parametrize("algo", sorted(table.PAPER))
+def test_every_protocol_gives_valid_settings_at_every_cell(algo, tmp_path):
+  for ways, shots in table.CELLS:
+    settings, differences = table.protocol(algo, ways, shots)
+    args = table._cell_args(_ns(tmp_path, algo=algo, ways=ways, shots=shots), settings)
+    assert all(getattr(args, k) == v for k, v in settings.items()), (algo, ways, shots)
+    assert all(isinstance(d, str) and d for d in differences)
+  with pytest.raises(ValueError, match="no Omniglot protocol for 'anil'"):
+    table.protocol("anil", 5, 1)
+
+
+def _save_source(ns: argparse.Namespace, **changes) -> Path:
+  """A run directory of ``ns``'s model cell holding only the ``run.json`` it would be trained with."""
+  source_ns = argparse.Namespace(**{**vars(ns), "shots": ns.model_shots})
+  settings, _ = table.protocol(ns.algo, ns.ways, ns.model_shots)
+  args = dataclasses.replace(table._cell_args(source_ns, settings), **changes)
+  source = Path(ns.runs_dir) / table._cell(ns, ns.model_shots)
+  source.mkdir(parents=True)
+  (source / RUN_FILE).write_text(json.dumps(dataclasses.asdict(args)))
+  return source
+
+
+def test_testing_with_another_cells_model_is_refused_unless_it_trained_identically(tmp_path):
+  ns = _ns(tmp_path)
+  with pytest.raises(SystemExit, match="--model-shots 5 is the cell itself; run it instead"):
+    table.test_cell(_ns(tmp_path, model_shots=5))
+  with pytest.raises(SystemExit, match="no trained vinyals_reptile_5w1s cell .*; train it first: "
+                                       "omniglot_table.py run --algo reptile --ways 5 --shots 1"):
+    table.test_cell(ns)
+  # Reptile trains both shot cells on 10 shots: a source trained otherwise is named setting by setting.
+  _save_source(ns, train_shots=5, inner_lr=0.01)
+  with pytest.raises(SystemExit, match=r"vinyals_reptile_5w1s was not trained as vinyals_reptile_5w5s would be: "
+                                       r"--train-shots 5 \(this cell: 10\), --inner-lr 0.01 \(this cell: 0.001\)"):
+    table.test_cell(ns)
+
+
+def test_a_source_differing_only_in_resumable_and_test_settings_is_accepted(tmp_path):
+  # It passes the settings check and stops only at loading its (absent) data.
+  ns = _ns(tmp_path)
+  _save_source(ns, steps=10, chunk=7, eval_tasks=3, out_dir="elsewhere", shots=1)
+  with pytest.raises(FileNotFoundError, match=f"data directory '{tmp_path / 'data'}' does not exist"):
+    table.test_cell(ns)
+
