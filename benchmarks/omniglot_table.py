@@ -66,7 +66,8 @@ def protocol(algo: str, ways: int, shots: int) -> tuple[dict, list[str]]:
                  eval_inner_steps=3 if five else 5, queries=shots, steps=60_000, downsample="stride",
                  conv_features="mean"),
             ["BatchNorm has a scale, and the inner loop adapts it and the shift (theirs: a shift only, "
-             "meta-learned but not adapted)"])
+             "meta-learned but not adapted)",
+             "the Vinyals characters (theirs: 1,100 drawn at random to train on, the last 423 to test on)"])
   if algo == "reptile":  # Nichol et al. 2018, appendix A and their run_omniglot.py commands (transductive)
     five = ways == 5
     steps = 100_000 if five else 200_000
@@ -78,7 +79,9 @@ def protocol(algo: str, ways: int, shots: int) -> tuple[dict, list[str]]:
                  downsample="stride"),
             ["the inner Adam's carried state is the mean over the task batch (theirs runs the tasks in turn)",
              "inner mini-batches cycle through the support with classes interleaved (theirs: reshuffled)",
-             "tested on 15 queries per class, normalised together (theirs: one per class)"])
+             "tested on 15 queries per class, normalised together (theirs: one per class)",
+             "the Vinyals characters, tested with rotations as classes (theirs: 1,200 drawn at random to train "
+             "on, the other 423 tested unrotated; benchmarks/omniglot_unrotated.py)"])
   if algo == "protonet":  # Snell et al. 2017, section 3.1
     return (dict(meta_batch=1, train_ways=60, queries=5, steps=40_000),
             ["constant Adam 1e-3 (the paper halves it every 2,000 episodes)"])
