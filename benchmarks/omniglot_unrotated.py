@@ -42,9 +42,9 @@ def main() -> None:
   for shots in ns.shots:
     args, problem, state = load_run(ns.run_dir, shots=shots, eval_queries=15, eval_tasks=ns.tasks,
                                     data_dir=ns.data_dir)
-    if args.eval_split != "test" or args.train_split != "trainval":
-      raise SystemExit(f"{ns.run_dir} trained on {args.train_split} and tests on {args.eval_split}; this "
-                       "compares tests of a Vinyals trainval/test run")
+    if (args.dataset, args.train_split, args.eval_split) != ("omniglot", "trainval", "test"):
+      raise SystemExit(f"{ns.run_dir} is a {args.dataset} run on {args.train_split}/{args.eval_split}; this "
+                       "compares tests of an Omniglot run on the Vinyals trainval/test split")
     unrotated = lambda key, n, ways=args.ways, shots=shots: episodes.sample(
         key, characters, num_tasks=n, ways=ways, shots=shots, queries=15)
     for name, tasks in (("rotations as classes", problem.eval_tasks), ("unrotated", unrotated)):

@@ -87,8 +87,12 @@ API_CASES = [
      r"Setup: unknown conv_features 'maps'; choose one of \('flatten', 'mean'\)"),
     ("averaged conv features for the relation network", lambda tmp: learners.registry.get("relation").build(
         learners.Setup(x_shape=(28, 28, 1), ways=5, conv_features="mean"), jax.random.PRNGKey(0)), ValueError,
-     "Setup: conv_features 'mean' does not apply to relation, whose relation module compares the embedding's "
-     "feature maps"),
+     "Setup: conv_features 'mean' makes Conv4's feature maps vectors; relation compares the maps themselves"),
+    ("a sequential carry without a carried state", lambda tmp: learners.Setup(carry_mode="sequential"),
+     ValueError, "Setup: carry_mode 'sequential' says how tasks share a carried inner state; set "
+                 "carry_inner_state=True"),
+    ("an unknown registry flag", lambda tmp: learners.registry.names_with("ways_fre"), ValueError,
+     "names_with: 'ways_fre' is not an Entry flag"),
     ("carried inner state for MAML", lambda tmp: learners.registry.get("maml").build(
         learners.Setup(inner_optimizer=optax.adam(1e-3), carry_inner_state=True), jax.random.PRNGKey(0)), ValueError,
      "Setup: carry_inner_state carries the inner optimizer's state across tasks, which maml does not"),
@@ -269,6 +273,11 @@ CLI_CASES = [
      "--train-ways must be a positive integer"),
     (["train", "--downsample", "avg_pool"], "invalid choice: 'avg_pool'"),
     (["train", "--conv-features", "maps"], "invalid choice: 'maps'"),
+    (["train", "--dataset", "omniglot", "--algo", "relation", "--conv-features", "mean"],
+     "--conv-features mean makes Conv4's feature maps vectors; relation compares the maps themselves"),
+    (["train", "--algo", "reptile", "--inner-optimizer", "adam", "--carry-mode", "sequential"],
+     "--carry-mode sequential says how tasks share a carried inner state: it needs --carry-inner-state"),
+    (["train", "--carry-mode", "serial"], "invalid choice: 'serial'"),
     (["train", "--algo", "reptile", "--carry-inner-state"],
      "--carry-inner-state carries the inner Adam's state across tasks: it needs --inner-optimizer adam"),
     (["train", "--inner-optimizer", "adam", "--carry-inner-state"],
@@ -301,6 +310,13 @@ def test_cli_impossible_episodes(extra, message, capsys, tmp_path, monkeypatch):
   monkeypatch.setenv("METAJAX_CACHE", str(tmp_path))
   _cli_error(["train", "--dataset", "omniglot", "--data-dir", SHARED, "--train-split", "background_small1",
               "--eval-split", "background_small1", *extra], message, capsys)
+
+
+def test_cli_refuses_ignored_options_before_it_writes_a_run_directory(tmp_path, capsys):
+  run_dir = tmp_path / "run"
+  _cli_error(["train", "--dataset", "omniglot", "--algo", "relation", "--conv-features", "mean", "--out-dir", run_dir],
+             "relation compares the maps themselves", capsys)
+  assert not run_dir.exists()
 
 
 def test_cli_output_directory_not_writable(tmp_path, capsys):

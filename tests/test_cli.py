@@ -71,10 +71,12 @@ def test_train_mini_imagenet_from_a_folder_tree(tmp_path, capsys, monkeypatch):
       capsys.readouterr().out
 
 
-def test_reptile_with_its_papers_protocol_resumes_exactly_with_its_carried_inner_state(tmp_path, capsys):
+@pytest.mark.parametrize("carry_mode", ["mean", "sequential"])
+def test_reptile_with_its_papers_protocol_resumes_exactly_with_its_carried_inner_state(carry_mode, tmp_path, capsys):
   """Inner Adam whose state is carried (and checkpointed in meta_params), support mini-batches, outer
   SGD with a linearly annealed step: an interrupted run continues to the same numbers."""
-  protocol = ["train", "--algo", "reptile", "--inner-optimizer", "adam", "--carry-inner-state", "--inner-lr", "0.01",
+  protocol = ["train", "--algo", "reptile", "--inner-optimizer", "adam", "--carry-inner-state", "--carry-mode",
+              carry_mode, "--inner-lr", "0.01",
               "--inner-steps", "3", "--inner-batch", "4", "--eval-inner-batch", "5", "--outer-optimizer", "sgd",
               "--outer-lr", "1", "--outer-lr-decay", "linear", "--outer-lr-decay-steps", "6", "--meta-batch", "3",
               "--shots", "5", "--train-shots", "8", "--chunk", "2", "--eval-tasks", "10"]

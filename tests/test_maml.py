@@ -234,6 +234,38 @@ def test_reptile_carries_its_inner_adam_state_across_tasks_and_steps(mlp, batch,
     learners.ReptileConfig(apply_fn, carry_inner_state=True)
 
 
+def test_reptile_sequential_carry_runs_the_tasks_in_turn_through_one_inner_adam(mlp, batch, key):
+  """``carry_mode="sequential"``: each task adapts from the Adam state the previous one left (the
+  paper's code), against a Python loop over the tasks; the mean mode differs."""
+  params, apply_fn = mlp
+  inner = optax.adam(0.01, b1=0.0)
+  config = learners.ReptileConfig(apply_fn, optimizer=optax.sgd(1.0), inner_steps=2, inner_optimizer=inner,
+                                  carry_inner_state=True, carry_mode="sequential")
+  state = gradient.init(config, params, key)
+  theta, s = state.meta_params["params"], state.meta_params["inner_state"]
+  deltas = []
+  for i in range(4):
+    task, p = jax.tree.map(lambda x: x[i], batch), theta
+    for _ in range(2):
+      g = jax.grad(lambda q: config.loss_fn(apply_fn(q, task.x_support), task.y_support))(p)
+      u, s = inner.update(g, s, p)
+      p = optax.apply_updates(p, u)
+    deltas.append(jax.tree.map(jnp.subtract, theta, p))
+  grads, metrics = jax.jit(gradient.reptile_grad, static_argnames="config")(state, batch, config=config)
+  _close(grads["params"], jax.tree.map(lambda *d: jnp.mean(jnp.stack(d), 0), *deltas))
+  _close(metrics["inner_state"], s)
+  assert int(metrics["inner_state"][0].count) == 8  # 4 tasks x 2 steps through one Adam
+  new, _ = jax.jit(gradient.reptile_step, static_argnames="config")(state, batch, config=config)
+  _close(new.meta_params["inner_state"], s)
+  mean_grads, _ = gradient.reptile_grad(state, batch, config=dataclasses.replace(config, carry_mode="mean"))
+  assert not np.allclose(mean_grads["params"]["head"]["kernel"], grads["params"]["head"]["kernel"], rtol=1e-4)
+  with pytest.raises(ValueError, match="carry_mode 'sequential' says how tasks share a carried inner state; "
+                                       "set carry_inner_state=True"):
+    learners.ReptileConfig(apply_fn, inner_optimizer=inner, carry_mode="sequential")
+  with pytest.raises(ValueError, match="unknown carry_mode 'serial'"):
+    learners.ReptileConfig(apply_fn, inner_optimizer=inner, carry_inner_state=True, carry_mode="serial")
+
+
 def test_evaluation_adapts_on_its_own_mini_batches(mlp, batch, key):
   params, apply_fn = mlp
   scores = {}

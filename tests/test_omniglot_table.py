@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from metajax.harness.args import LATER_OPTIONS
 from metajax.harness.run import RUN_FILE
 
 _SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "omniglot_table.py"
@@ -61,9 +62,12 @@ def test_testing_with_another_cells_model_is_refused_unless_it_trained_identical
 
 
 def test_a_source_differing_only_in_resumable_and_test_settings_is_accepted(tmp_path):
-  # It passes the settings check and stops only at loading its (absent) data.
+  # It passes the settings check (also as saved before LATER_OPTIONS existed) and stops only at
+  # loading its (absent) data.
   ns = _ns(tmp_path)
-  _save_source(ns, steps=10, chunk=7, eval_tasks=3, out_dir="elsewhere", shots=1)
+  run_file = _save_source(ns, steps=10, chunk=7, eval_tasks=3, out_dir="elsewhere", shots=1) / RUN_FILE
+  saved = json.loads(run_file.read_text())
+  run_file.write_text(json.dumps({k: v for k, v in saved.items() if k not in LATER_OPTIONS}))
   with pytest.raises(FileNotFoundError, match=f"data directory '{tmp_path / 'data'}' does not exist"):
     table.test_cell(ns)
 

@@ -7,6 +7,7 @@ from typing import Literal, Optional
 from metajax.core.meta import TASK_STRATEGIES, TaskStrategy
 from metajax.core.validate import check_finite_number, check_nonnegative_int, check_positive_int
 from metajax.learners import registry
+from metajax.learners.gradient import CARRY_MODES, CarryMode
 from metajax.models.conv4 import DOWNSAMPLES, VECTOR_FEATURES, Downsample, VectorFeatures
 
 Dataset = Literal["sinusoid", "omniglot", "mini-imagenet", "cifar-fs", "fc100", "tiered-imagenet", "cub"]
@@ -15,7 +16,7 @@ OuterOptimizer = Literal["adam", "sgd"]
 LRDecay = Literal["cosine", "linear"]
 # The string options and their choices (the CLI's ``choices``; checked in TrainArgs).
 CHOICES = {"downsample": DOWNSAMPLES, "conv_features": VECTOR_FEATURES, "inner_optimizer": ("sgd", "adam"),
-           "outer_optimizer": ("adam", "sgd"), "outer_lr_decay": ("cosine", "linear")}
+           "carry_mode": CARRY_MODES, "outer_optimizer": ("adam", "sgd"), "outer_lr_decay": ("cosine", "linear")}
 
 # Per-dataset defaults for options left unset: the MAML paper's settings, with steps cut so that a
 # default image run takes about 10 minutes on 2 CPU cores (MAML: ~2 s per Omniglot step).
@@ -72,6 +73,7 @@ class TrainArgs:
   inner_batch: Optional[int] = None
   eval_inner_batch: Optional[int] = None
   carry_inner_state: bool = False
+  carry_mode: CarryMode = "mean"
   outer_optimizer: OuterOptimizer = "adam"
   outer_lr: float = 1e-3
   outer_lr_decay_steps: int = 0
@@ -112,7 +114,8 @@ class TrainArgs:
     why = registry.ignored_options(self.algo, [flag for flag, given in (
         ("--inner-optimizer", self.inner_optimizer != "sgd"), ("--inner-batch", self.inner_batch is not None),
         ("--eval-inner-batch", self.eval_inner_batch is not None)) if given],
-        carry="--carry-inner-state" if self.carry_inner_state else None)
+        carry="--carry-inner-state" if self.carry_inner_state else None,
+        features=f"--conv-features {self.conv_features}" if self.conv_features != "flatten" else None)
     if why:
       raise ValueError(why)
     defaults = {**DATASET_DEFAULTS[self.dataset], **ALGO_DEFAULTS.get((self.algo, self.dataset), {})}
@@ -134,6 +137,9 @@ class TrainArgs:
     if self.carry_inner_state and self.inner_optimizer == "sgd":
       raise ValueError("--carry-inner-state carries the inner Adam's state across tasks: it needs "
                        "--inner-optimizer adam")
+    if self.carry_mode != "mean" and not self.carry_inner_state:
+      raise ValueError(f"--carry-mode {self.carry_mode} says how tasks share a carried inner state: it needs "
+                       "--carry-inner-state")
     classes = lambda ways: 1 if self.dataset == "sinusoid" else ways
     for name, support in (("inner_batch", self.train_shots * classes(self.train_ways)),
                           ("eval_inner_batch", self.shots * classes(self.ways))):
@@ -152,7 +158,7 @@ class TrainArgs:
 
 # Options added after run directories were first saved, with the value a run.json that lacks one had.
 # Checkpoint fingerprints leave them out at those values, so older runs still resume.
-LATER_OPTIONS = {"conv_features": "flatten"}
+LATER_OPTIONS = {"conv_features": "flatten", "carry_mode": "mean"}
 # Options that may differ between a run and its resumption (everything else must match).
 RESUMABLE_CHANGES = ("steps", "resume", "devices", "eval_tasks", "eval_queries", "eval_inner_steps", "out_dir",
                      "data_dir", "checkpoint_every", "keep_checkpoints", "val_every", "val_tasks")

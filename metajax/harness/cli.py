@@ -41,6 +41,9 @@ HELP = {
                        "learners",
     "carry_inner_state": "reptile: the inner Adam's state carries over from task to task (the paper's code); "
                          "otherwise it starts anew for every task",
+    "carry_mode": "with --carry-inner-state, how a step's tasks share that state: mean (each starts from the "
+                  "step's state; their final states' mean carries on) or sequential (one after another, as the "
+                  "paper's code)",
     "inner_batch": "support examples per inner step in meta-training, class-interleaved mini-batches cycling "
                    "through the support set (Reptile's inner loop; default: the whole support)",
     "eval_inner_batch": "the same at evaluation (default: the whole support)",
@@ -53,8 +56,9 @@ HELP = {
     "width": "channels of the Conv4 blocks (image datasets; hidden size of the sinusoid rnn)",
     "downsample": "how Conv4 halves the resolution: max_pool, or stride (stride-2 convolutions: the MAML and "
                   "Reptile Omniglot network, about a quarter of the work)",
-    "conv_features": "how Conv4's last feature maps enter the head: flatten, or mean (averaged over space, "
-                     "MAML's Omniglot code; the two agree on max-pooled 28x28 inputs)",
+    "conv_features": "how Conv4's last feature maps become vectors (the head's input, or the metric learners' "
+                     "embedding; image datasets): flatten, or mean (averaged over space: MAML's Omniglot code; "
+                     "the same on max-pooled 28x28 inputs); relation compares the maps and refuses mean",
     "eval_tasks": "new tasks in the final evaluation",
     "eval_queries": "query examples per evaluation task (per class)",
     "eval_inner_steps": "inner steps at evaluation (default: same as --inner-steps)",

@@ -83,7 +83,7 @@ def _problem(args: TrainArgs, x_shape: tuple, classes: bool, sample_fn: Callable
                            inner_steps=args.inner_steps, inner_lr=args.inner_lr,
                            eval_inner_steps=args.eval_inner_steps, inner_optimizer=inner_optimizer(args),
                            inner_batch_size=args.inner_batch, eval_inner_batch_size=args.eval_inner_batch,
-                           carry_inner_state=args.carry_inner_state,
+                           carry_inner_state=args.carry_inner_state, carry_mode=args.carry_mode,
                            optimizer=outer_optimizer(args), task_strategy=args.task_strategy)
     return entry.build(setup, k_init)
 

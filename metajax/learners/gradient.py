@@ -34,7 +34,7 @@ from metajax.core.meta import MetaState, TaskStrategy, apply_outer_update, initi
 from metajax.core.meta import mean_task_grads
 from metajax.core.meta import resolve_strategy
 from metajax.core.protocol import MetaLearner, bind
-from metajax.core.tasks import Task, check_task
+from metajax.core.tasks import Task, check_task, num_tasks
 from metajax.core.tree import combine, mask_from_filter, partition, path_name
 from metajax.core.validate import check_finite_number, check_nonnegative_int, check_positive_int
 
@@ -269,6 +269,10 @@ class MAMLConfig(InnerLoopConfig):
     return rates
 
 
+CarryMode = Literal["mean", "sequential"]
+CARRY_MODES = ("mean", "sequential")
+
+
 @dataclasses.dataclass(frozen=True)
 class ReptileConfig(InnerLoopConfig):
   """Reptile (Nichol et al. 2018): :class:`InnerLoopConfig` plus
@@ -278,9 +282,12 @@ class ReptileConfig(InnerLoopConfig):
       from step to step, as the TensorFlow Adam of the paper's code does (its moments see
       every task's gradients; a new Adam per task takes sign-like first steps). It is kept
       in ``meta_params["inner_state"]`` (not learned: the outer optimizer never sees it);
-      every task of a step starts from it, and after the step it is the task-batch mean of
-      their final states (the paper runs a batch's tasks one after another). Evaluation
-      starts from it and leaves it as it is.
+      evaluation starts from it and leaves it as it is.
+    carry_mode: how a step's tasks share the carried state. ``"mean"``: every task starts
+      from the step's state, and the task-batch mean of their final states carries on (the
+      tasks stay independent, so ``task_strategy`` applies). ``"sequential"``: the tasks
+      adapt one after another, each from the state the previous one left, as the paper's
+      code runs them (a scan over the task batch, whatever ``task_strategy``).
 
   With ``optax.sgd(ε)`` as ``optimizer`` the outer step is exactly ``θ ← θ + ε·mean(φ − θ)``;
   the paper's inner optimizer is Adam with ``β1 = 0``
@@ -288,11 +295,17 @@ class ReptileConfig(InnerLoopConfig):
   """
 
   carry_inner_state: bool = False
+  carry_mode: CarryMode = "mean"
 
   def __post_init__(self):
     super().__post_init__()
     if self.carry_inner_state and self.inner_optimizer is None:
       raise ValueError("ReptileConfig: carry_inner_state carries an inner_optimizer's state; none was given")
+    if self.carry_mode not in CARRY_MODES:
+      raise ValueError(f"ReptileConfig: unknown carry_mode {self.carry_mode!r}; choose one of {CARRY_MODES}")
+    if self.carry_mode != "mean" and not self.carry_inner_state:
+      raise ValueError(f"ReptileConfig: carry_mode {self.carry_mode!r} says how tasks share a carried inner "
+                       "state; set carry_inner_state=True")
 
 
 def init(config: InnerLoopConfig, params: PyTree, key: Array) -> MetaState:
@@ -498,11 +511,12 @@ def reptile_grad(state: MetaState, task_batch: Task, *, config: ReptileConfig) -
   set), the gradient of ``objective = ½‖θ − φ‖²`` with ``φ`` held constant; metrics
   ``loss`` (query after adaptation), ``support_loss`` (before), ``objective`` and
   ``metrics_fn``'s, task-batch means (with ``carry_inner_state`` also ``inner_state``, the
-  mean of the tasks' final inner-optimizer states, which :func:`reptile_step` keeps)."""
+  inner-optimizer state to carry on by ``carry_mode``, which :func:`reptile_step` keeps)."""
   check_task(task_batch, batched=True)
 
-  def task_grad(task):
-    adapted, info = adapt_task(config, state.meta_params, task, config.inner_steps, True, False)
+  def task_grad(task, inner_state=None):
+    meta_params = state.meta_params if inner_state is None else {**state.meta_params, "inner_state": inner_state}
+    adapted, info = adapt_task(config, meta_params, task, config.inner_steps, True, False)
     delta = jax.tree.map(lambda t, a: t - a, state.meta_params["params"], jax.lax.stop_gradient(adapted))
     objective = 0.5 * sum(jnp.sum(jnp.square(d)) for d in jax.tree.leaves(delta))
     metrics = {**query_metrics(config, adapted, task), "support_loss": info.support_loss[0],
@@ -511,12 +525,34 @@ def reptile_grad(state: MetaState, task_batch: Task, *, config: ReptileConfig) -
       metrics["inner_state"] = info.opt_state
     return {"params": delta}, metrics
 
+  if config.carry_mode == "sequential":
+    return _tasks_in_turn(task_grad, task_batch, state.meta_params["inner_state"])
   grads, metrics = mean_task_grads(task_grad, task_batch, config.task_strategy)
   if config.carry_inner_state:  # the mean of the (equal) integer step counts comes back as floats
     metrics["inner_state"] = jax.tree.map(
         lambda mean, old: jnp.round(mean).astype(old.dtype) if jnp.issubdtype(old.dtype, jnp.integer) else mean,
         metrics["inner_state"], state.meta_params["inner_state"])
   return grads, metrics
+
+
+def _tasks_in_turn(task_grad: Callable[..., tuple[PyTree, dict]], task_batch: Task,
+                   inner_state: PyTree) -> tuple[PyTree, dict]:
+  """Task-batch means of ``task_grad(task, inner_state) -> (grads, metrics)`` over the tasks in
+  turn, each starting from the ``metrics["inner_state"]`` the previous one left; that of the last
+  task is returned as ``metrics["inner_state"]``."""
+  def body(carry, task):
+    total, inner = carry
+    grads, metrics = task_grad(task, inner)
+    inner = metrics.pop("inner_state")
+    return (jax.tree.map(jnp.add, total, (grads, metrics)), inner), None
+
+  first = jax.tree.map(lambda x: x[0], task_batch)
+  shapes = jax.eval_shape(task_grad, first, inner_state)
+  shapes[1].pop("inner_state")
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  (total, inner), _ = jax.lax.scan(body, (zeros, inner_state), task_batch)
+  grads, metrics = jax.tree.map(lambda x: x / num_tasks(task_batch), total)
+  return grads, {**metrics, "inner_state": inner}
 
 
 def reptile_step(state: MetaState, task_batch: Task, *, config: ReptileConfig) -> tuple[MetaState, dict]:

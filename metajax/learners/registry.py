@@ -23,9 +23,10 @@ from metajax.core import losses
 from metajax.core.meta import TaskStrategy
 from metajax.core.protocol import MetaLearner
 from metajax.learners import gradient, implicit, learned_opt, metric, recurrent
+from metajax.learners.gradient import CARRY_MODES, CarryMode
 from metajax.learners.forward import accuracy_metrics
 from metajax.models import MLP, Conv4, RelationModule, functional
-from metajax.models.conv4 import DOWNSAMPLES, Downsample, VectorFeatures, VECTOR_FEATURES
+from metajax.models.conv4 import DOWNSAMPLES, VECTOR_FEATURES, Downsample, VectorFeatures
 
 PyTree = Any
 Build = Callable[["Setup", jax.Array], tuple[MetaLearner, PyTree]]
@@ -41,9 +42,10 @@ class Setup:
     ways: classes per task; ``None`` is regression onto one output.
     width: channels of the Conv4 blocks.
     downsample: how the Conv4 blocks halve the resolution (:class:`~metajax.models.Conv4`).
-    conv_features: how Conv4's last maps become vectors, ``"flatten"`` or ``"mean"`` over space
-      (:class:`~metajax.models.Conv4`'s ``features``; the Relation network compares the maps
-      themselves, and its build refuses ``"mean"``).
+    conv_features: how Conv4's last maps become vectors (the head's input, or the metric
+      learners' embedding), ``"flatten"`` or ``"mean"`` over space
+      (:class:`~metajax.models.Conv4`'s ``features``); learners with ``Entry.feature_maps``
+      compare the maps themselves, and their builds refuse ``"mean"``.
     inner_steps: inner steps (the Meta-LSTM's updates; the learned optimizer's horizon).
     inner_lr: inner learning rate (initial value when learned).
     eval_inner_steps: inner steps at evaluation (default ``inner_steps``).
@@ -52,7 +54,8 @@ class Setup:
       (learners with ``Entry.gradient_inner_loop`` only, the others' builds refuse them;
       ``None``: SGD, whole support).
     carry_inner_state: Reptile's inner-optimizer state carried across tasks
-      (:class:`~metajax.learners.ReptileConfig`; reptile only, the others' builds refuse it).
+      (:class:`~metajax.learners.ReptileConfig`; reptile only, the others' builds refuse it),
+      and ``carry_mode`` how a step's tasks share it (``"sequential"`` needs it).
     optimizer: the outer Optax optimizer.
     task_strategy: how the task axis runs.
   """
@@ -69,6 +72,7 @@ class Setup:
   inner_batch_size: Optional[int] = None
   eval_inner_batch_size: Optional[int] = None
   carry_inner_state: bool = False
+  carry_mode: CarryMode = "mean"
   optimizer: optax.GradientTransformation = dataclasses.field(default_factory=lambda: optax.adam(1e-3))
   task_strategy: TaskStrategy = "auto"
 
@@ -79,6 +83,11 @@ class Setup:
       raise ValueError(f"Setup: unknown downsample {self.downsample!r}; choose one of {DOWNSAMPLES}")
     if self.conv_features not in VECTOR_FEATURES:
       raise ValueError(f"Setup: unknown conv_features {self.conv_features!r}; choose one of {VECTOR_FEATURES}")
+    if self.carry_mode not in CARRY_MODES:
+      raise ValueError(f"Setup: unknown carry_mode {self.carry_mode!r}; choose one of {CARRY_MODES}")
+    if self.carry_mode != "mean" and not self.carry_inner_state:
+      raise ValueError(f"Setup: carry_mode {self.carry_mode!r} says how tasks share a carried inner state; "
+                       "set carry_inner_state=True")
 
   @property
   def images(self) -> bool:
@@ -123,6 +132,8 @@ class Entry(NamedTuple):
     gradient_inner_loop: adapts by :func:`~metajax.core.adapt` gradient steps, so
       ``Setup.inner_optimizer`` and the inner mini-batch sizes apply.
     carries_inner_state: ``Setup.carry_inner_state`` applies (Reptile's carried inner Adam).
+    feature_maps: compares Conv4 feature maps, not vectors, so ``Setup.conv_features`` does not
+      apply (the Relation network).
   """
 
   build: Build
@@ -133,6 +144,7 @@ class Entry(NamedTuple):
   ways_free: bool = False
   gradient_inner_loop: bool = False
   carries_inner_state: bool = False
+  feature_maps: bool = False
 
 
 REGISTRY: dict[str, Entry] = {}
@@ -141,14 +153,16 @@ GRADIENT_INNER_LOOP_OPTIONS = ("inner_optimizer", "inner_batch_size", "eval_inne
 
 def register(name: str, build: Build, **flags: bool) -> None:
   """Adds ``name`` to :data:`REGISTRY` (``flags`` are :class:`Entry` fields). Its ``build``
-  refuses a :class:`Setup` with inner-loop options the learner would ignore."""
+  refuses a :class:`Setup` with options the learner would ignore (:func:`ignored_options`)."""
   if name in REGISTRY:
     raise ValueError(f"a learner named {name!r} is already registered")
 
   @functools.wraps(build)
   def checked(setup: Setup, key: jax.Array) -> tuple[MetaLearner, PyTree]:
     why = ignored_options(name, [f for f in GRADIENT_INNER_LOOP_OPTIONS if getattr(setup, f) is not None],
-                          carry="carry_inner_state" if setup.carry_inner_state else None)
+                          carry="carry_inner_state" if setup.carry_inner_state else None,
+                          features=f"conv_features {setup.conv_features!r}" if setup.conv_features != "flatten"
+                          else None)
     if why:
       raise ValueError(f"Setup: {why}")
     return build(setup, key)
@@ -156,10 +170,11 @@ def register(name: str, build: Build, **flags: bool) -> None:
   REGISTRY[name] = Entry(checked, **flags)
 
 
-def ignored_options(name: str, inner_loop: Sequence[str], carry: Optional[str] = None) -> Optional[str]:
-  """Why learner ``name`` would ignore the given gradient inner-loop options and the option
-  ``carry`` that carries the inner state (each spelled as the caller names it); ``None`` if it
-  uses them all."""
+def ignored_options(name: str, inner_loop: Sequence[str], carry: Optional[str] = None,
+                    features: Optional[str] = None) -> Optional[str]:
+  """Why learner ``name`` would ignore the given gradient inner-loop options, the option ``carry``
+  that carries the inner state and the option ``features`` that makes Conv4's maps vectors (each
+  spelled as the caller names it); ``None`` if it uses them all."""
   entry, why = get(name), []
   if inner_loop and not entry.gradient_inner_loop:
     why.append(f"{', '.join(inner_loop)} set a gradient inner loop; {name} has none (choose one of "
@@ -167,11 +182,15 @@ def ignored_options(name: str, inner_loop: Sequence[str], carry: Optional[str] =
   if carry and not entry.carries_inner_state:
     why.append(f"{carry} carries the inner optimizer's state across tasks, which {name} does not (learners "
                f"that do: {names_with('carries_inner_state')})")
+  if features and entry.feature_maps:
+    why.append(f"{features} makes Conv4's feature maps vectors; {name} compares the maps themselves")
   return "; ".join(why) or None
 
 
 def names_with(flag: str) -> str:
   """The registered names whose :class:`Entry` sets ``flag``, sorted and comma-separated (for errors)."""
+  if flag not in Entry._fields or flag == "build":
+    raise ValueError(f"names_with: {flag!r} is not an Entry flag; choose one of {Entry._fields[1:]}")
   return ", ".join(n for n, e in sorted(REGISTRY.items()) if getattr(e, flag))
 
 
@@ -191,7 +210,7 @@ def _gradient(factory: Callable[..., MetaLearner], per_step_batch_norm: bool = F
     params, apply_fn = functional(model, model.init(key, setup.example()))
     options = dict(per_step_filter=gradient.is_batch_norm) if per_step_batch_norm and setup.images else {}
     if setup.carry_inner_state:  # only for entries that carry it (register's check)
-      options["carry_inner_state"] = True
+      options.update(carry_inner_state=True, carry_mode=setup.carry_mode)
     return factory(apply_fn, optimizer=setup.optimizer, inner_steps=setup.inner_steps, inner_lr=setup.inner_lr,
                    eval_inner_steps=setup.eval_inner_steps, inner_optimizer=setup.inner_optimizer,
                    inner_batch_size=setup.inner_batch_size, eval_inner_batch_size=setup.eval_inner_batch_size,
@@ -218,9 +237,6 @@ def _metric(factory: Callable[..., MetaLearner], fce: bool = False) -> Build:
       fce_params, fce_fn = functional(context, context.init(k_head, feature, feature))
       return factory(embed_fn, setup.ways, fce_fn=fce_fn, **common), {"embed": params, "fce": fce_params}
     if setup.images:
-      if setup.conv_features != "flatten":
-        raise ValueError(f"Setup: conv_features {setup.conv_features!r} does not apply to relation, whose "
-                         "relation module compares the embedding's feature maps")
       embed = Conv4(num_classes=None, width=setup.width, pooled_blocks=2, features="maps",
                     downsample=setup.downsample)
       relation = RelationModule(width=setup.width)
@@ -279,7 +295,8 @@ register("maml++", _gradient(gradient.maml_plus_plus, per_step_batch_norm=True),
 _matching = functools.partial(metric.matching, normalize_query=False)
 for _name, _build in (("protonet", _metric(metric.prototypical)), ("matching", _metric(_matching)),
                       ("matching-fce", _metric(_matching, fce=True)), ("relation", _metric(metric.relation))):
-  register(_name, _build, inner_steps=False, eval_inner_steps=False, classification_only=True, ways_free=True)
+  register(_name, _build, inner_steps=False, eval_inner_steps=False, classification_only=True, ways_free=True,
+           feature_maps=_name == "relation")
 register("rnn", _black_box_rnn, inner_steps=False, eval_inner_steps=False)
 register("meta-lstm", _meta_lstm, inner_steps=True, eval_inner_steps=False)
 register("learned-opt", _learned_optimizer, inner_steps=True, eval_inner_steps=True, mean_of_task_grads=False)

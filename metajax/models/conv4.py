@@ -43,7 +43,7 @@ class Conv4(nn.Module):
       ``(n, h'·w'·width)`` vectors (Reptile's code); ``"mean"``, ``(n, width)`` averages over
       space (MAML's Omniglot code, ``tf.reduce_mean(hidden4, [1, 2])``); or ``"maps"``, the
       maps themselves (``num_classes=None`` only). Max-pooled 28×28 inputs end at 1×1, where
-      all three agree.
+      the three hold the same values.
     conv_impl: see :class:`metajax.models.Conv` (``"auto"``: fast custom-VJP convolution on
       CPU, XLA's on GPU/TPU; pass ``"xla"`` for forward-mode ``jax.jvp``/``jax.jacfwd``).
   """
