@@ -13,6 +13,8 @@ or at the first curve point past ``--budget-minutes`` of training time in all
 (evaluation excluded); then 600 test tasks give the cell's accuracy and 95% CI,
 written into ``benchmarks/results/omniglot_table.json`` (replacing that cell). ``test`` gives a
 cell the model of another that trains identically (Reptile's 1- and 5-shot cells of a way).
+``run --set NAME=VALUE`` (repeatable) changes a protocol setting for an ablation: its run directory
+is named by the changes, and its row goes to ``results/omniglot_ablations.json``, never the table.
 
 Splits: ``vinyals`` (meta-train on trainval, test on the test characters, 28×28
 with rotations as classes) and ``lake`` (Lake et al. 2015: meta-train on
@@ -46,6 +48,7 @@ from metajax.harness.run import RUN_FILE, TEST_CHANGES, evaluate, load_run, read
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TABLE = RESULTS / "omniglot_table.json"
+ABLATIONS = RESULTS / "omniglot_ablations.json"
 CELLS = ((5, 1), (5, 5), (20, 1), (20, 5))
 # Each paper's Omniglot accuracy (%), Vinyals split, at CELLS. Reptile: its transductive
 # numbers (Nichol et al. 2018, table 1), since BatchNorm here uses the test batch's statistics.
@@ -116,7 +119,31 @@ def _tested_on_split(problem, ns: argparse.Namespace):
 
 
 def _cell(ns: argparse.Namespace, shots: int) -> str:
-  return f"{ns.split}_{ns.algo}_{ns.ways}w{shots}s"
+  changes = "".join(f"_{k}-{v}" for k, v in _overrides(ns).items())
+  return f"{ns.split}_{ns.algo}_{ns.ways}w{shots}s{changes}"
+
+
+# Settings that leave the trained model as it is: resumable ones, test-time ones, and the chunk
+# (it only groups the meta-steps between checkpoints).
+SAME_MODEL = RESUMABLE_CHANGES + TEST_CHANGES + ("chunk",)
+# TrainArgs fields a cell's command line fixes (--algo, --ways, ...): ``--set`` may not change them.
+CELL_FIELDS = ("dataset", "data_dir", "algo", "ways", "shots", "eval_queries", "eval_tasks", "train_split",
+               "eval_split", "seed", "out_dir", "resume")
+
+
+def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
+  """``ns.set``'s ``NAME=VALUE`` pairs as ``TrainArgs`` settings (VALUE read as JSON, else a string)."""
+  fields, out = {f.name for f in dataclasses.fields(TrainArgs)}, {}
+  for pair in getattr(ns, "set", None) or []:
+    name, sep, value = pair.partition("=")
+    if not sep or name not in fields or name in CELL_FIELDS + SAME_MODEL:
+      raise SystemExit(f"--set {pair!r}: expected NAME=VALUE with NAME a training setting of TrainArgs (not "
+                       f"one of the cell's own options or {', '.join(SAME_MODEL)})")
+    try:
+      out[name] = json.loads(value)
+    except json.JSONDecodeError:
+      out[name] = value
+  return out
 
 
 def _cell_args(ns: argparse.Namespace, settings: dict, **run: Any) -> TrainArgs:
@@ -129,6 +156,10 @@ def _cell_args(ns: argparse.Namespace, settings: dict, **run: Any) -> TrainArgs:
 
 def run_cell(ns: argparse.Namespace) -> dict:
   settings, differences = protocol(ns.algo, ns.ways, ns.shots)
+  overrides = _overrides(ns)
+  differences = differences + [f"ablation: {k}={v!r} (the protocol's: {settings.get(k, 'the default')!r})"
+                               for k, v in overrides.items()]
+  settings.update(overrides)
   if ns.steps is not None:
     settings["steps"] = ns.steps
   cell = _cell(ns, ns.shots)
@@ -141,12 +172,8 @@ def run_cell(ns: argparse.Namespace) -> dict:
       args, problem, curve_tasks=ns.curve_tasks, budget_minutes=ns.budget_minutes, eval_chunk=ns.eval_chunk,
       curve=_read_jsonl(curve_file), label=cell,
       on_point=lambda points: curve_file.write_text("".join(json.dumps(p) + "\n" for p in points)))
-  return _test_and_store(ns, args, problem, state, steps, train_time_s, curve, settings, differences)
-
-
-# Settings that leave the trained model as it is: resumable ones, test-time ones, and the chunk
-# (it only groups the meta-steps between checkpoints).
-SAME_MODEL = RESUMABLE_CHANGES + TEST_CHANGES + ("chunk",)
+  return _test_and_store(ns, args, problem, state, steps, train_time_s, curve, settings, differences,
+                         **({"ablation": overrides} if overrides else {}))
 
 
 def test_cell(ns: argparse.Namespace) -> dict:
@@ -198,7 +225,7 @@ def _test_and_store(ns, args, problem, state, steps, train_time_s, curve, settin
          "differences": differences, "curve": curve, **extra, "machine": machine()}
   print(f"{cell}: {row['accuracy']:.2f} ± {row['ci95']:.2f} % over {ns.test_tasks} test tasks after "
         f"{row['meta_steps']} meta-steps ({row['train_seconds']:.0f} s of training); paper {paper}")
-  _store(row)
+  _store(row, ABLATIONS if "ablation" in extra else TABLE)
   return row
 
 
@@ -208,17 +235,17 @@ def _read_jsonl(path: Path) -> list[dict]:
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _store(row: dict) -> None:
-  """Writes ``row`` into the table, replacing the cell it measures (cells may run in parallel:
-  the read-modify-write holds a lock)."""
-  TABLE.parent.mkdir(parents=True, exist_ok=True)
-  with open(TABLE.with_suffix(".lock"), "w") as lock:
+def _store(row: dict, table: Path) -> None:
+  """Writes ``row`` into ``table``, replacing the row of the same cell (and ablation); cells may
+  run in parallel: the read-modify-write holds a lock."""
+  table.parent.mkdir(parents=True, exist_ok=True)
+  with open(table.with_suffix(".lock"), "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
-    rows = json.loads(TABLE.read_text()) if TABLE.exists() else []
-    key = lambda r: (r["split"], r["algo"], r["ways"], r["shots"])
+    rows = json.loads(table.read_text()) if table.exists() else []
+    key = lambda r: (r["split"], r["algo"], r["ways"], r["shots"], json.dumps(r.get("ablation"), sort_keys=True))
     rows = sorted([r for r in rows if key(r) != key(row)] + [row], key=lambda r: (
-        r["split"] != "vinyals", list(PAPER).index(r["algo"]), CELLS.index((r["ways"], r["shots"]))))
-    TABLE.write_text(json.dumps(rows, indent=1))
+        r["split"] != "vinyals", list(PAPER).index(r["algo"]), CELLS.index((r["ways"], r["shots"])), key(r)[-1]))
+    table.write_text(json.dumps(rows, indent=1))
 
 
 def render(_: argparse.Namespace) -> None:
@@ -269,6 +296,8 @@ def main() -> None:
   cell.add_argument("--budget-minutes", type=float, help="stop after this much training time in all")
   cell.add_argument("--curve-every", type=int, default=500, help="meta-steps between curve points")
   cell.add_argument("--curve-tasks", type=int, default=100)
+  cell.add_argument("--set", action="append", metavar="NAME=VALUE",
+                    help="an ablation: change a protocol setting (repeatable; the row goes to omniglot_ablations.json)")
   cell.set_defaults(fn=run_cell)
   retest.add_argument("--model-shots", type=int, required=True, choices=(1, 5),
                       help="the shots of the cell whose run directory holds the model")

@@ -71,3 +71,20 @@ def test_a_source_differing_only_in_resumable_and_test_settings_is_accepted(tmp_
   with pytest.raises(FileNotFoundError, match=f"data directory '{tmp_path / 'data'}' does not exist"):
     table.test_cell(ns)
 
+
+
+def test_an_ablation_names_its_run_directory_and_refuses_the_cells_own_options(tmp_path):
+  ns = _ns(tmp_path, shots=1, set=["carry_mode=sequential", "inner_lr=0.002"])
+  assert table._overrides(ns) == {"carry_mode": "sequential", "inner_lr": 0.002}
+  assert table._cell(ns, 1) == "vinyals_reptile_5w1s_carry_mode-sequential_inner_lr-0.002"
+  for bad in ("ways=20", "steps=10", "carry_mode", "no_such_setting=1"):
+    with pytest.raises(SystemExit, match=f"--set '{bad}': expected NAME=VALUE with NAME a training setting"):
+      table._overrides(_ns(tmp_path, set=[bad]))
+
+
+def test_an_ablation_row_replaces_only_its_own_row(tmp_path):
+  path, row = tmp_path / "rows.json", {"split": "vinyals", "algo": "reptile", "ways": 5, "shots": 1, "accuracy": 1}
+  ablation = {**row, "ablation": {"carry_mode": "sequential"}}
+  for r in (row, ablation, {**ablation, "accuracy": 2}):
+    table._store(r, path)
+  assert json.loads(path.read_text()) == [row, {**ablation, "accuracy": 2}]
