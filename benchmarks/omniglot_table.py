@@ -157,7 +157,8 @@ def _cell_args(ns: argparse.Namespace, settings: dict, **run: Any) -> TrainArgs:
 def run_cell(ns: argparse.Namespace) -> dict:
   settings, differences = protocol(ns.algo, ns.ways, ns.shots)
   overrides = _overrides(ns)
-  differences = differences + [f"ablation: {k}={v!r} (the protocol's: {settings.get(k, 'the default')!r})"
+  defaults = {f.name: f.default for f in dataclasses.fields(TrainArgs)}
+  differences = differences + [f"ablation: {k}={v!r} (the protocol's: {settings.get(k, defaults[k])!r})"
                                for k, v in overrides.items()]
   settings.update(overrides)
   if ns.steps is not None:
