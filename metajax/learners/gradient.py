@@ -557,7 +557,7 @@ def _tasks_in_turn(task_grad: Callable[..., tuple[PyTree, dict]], task_batch: Ta
 
 def reptile_step(state: MetaState, task_batch: Task, *, config: ReptileConfig) -> tuple[MetaState, dict]:
   """One Reptile outer step: :func:`reptile_grad`, then the outer optimizer (and, with
-  ``carry_inner_state``, the tasks' mean final inner state, kept for the next step)."""
+  ``carry_inner_state``, the inner state its ``carry_mode`` carries on, kept for the next step)."""
   grads, metrics = reptile_grad(state, task_batch, config=config)
   new = apply_outer_update(config.optimizer, state, grads)
   if not config.carry_inner_state:

@@ -23,8 +23,8 @@ from metajax.core import losses
 from metajax.core.meta import TaskStrategy
 from metajax.core.protocol import MetaLearner
 from metajax.learners import gradient, implicit, learned_opt, metric, recurrent
-from metajax.learners.gradient import CARRY_MODES, CarryMode
 from metajax.learners.forward import accuracy_metrics
+from metajax.learners.gradient import CARRY_MODES, CarryMode
 from metajax.models import MLP, Conv4, RelationModule, functional
 from metajax.models.conv4 import DOWNSAMPLES, VECTOR_FEATURES, Downsample, VectorFeatures
 
