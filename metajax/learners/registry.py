@@ -125,7 +125,8 @@ class Entry(NamedTuple):
     eval_inner_steps: ``evaluate``/``predict`` accept an ``inner_steps`` override.
     classification_only: needs ``Setup.ways``.
     mean_of_task_grads: ``meta_step`` is one optimizer step on the mean of
-      independent per-task gradients (so a batch equals its tasks one by one under SGD).
+      independent per-task gradients (so a batch equals its tasks one by one under SGD);
+      for reptile, with ``Setup.carry_mode="mean"`` (``"sequential"`` chains the tasks).
     ways_free: the parameters do not depend on ``Setup.ways``, so a learner built for
       one number of classes shares its state with one built for another (ProtoNet
       trains 60-way and tests 5-way).
