@@ -15,6 +15,7 @@ from metajax.core.xla_cpu import use_fast_cpu_convolutions
 
 use_fast_cpu_convolutions()  # the library's documented CPU setting, as the CLI applies it
 RESULTS = Path(__file__).resolve().parent / "results"
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data beside the repository
 
 
 def machine() -> dict:

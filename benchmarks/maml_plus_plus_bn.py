@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine, save  # noqa: E402
+from _common import DEFAULT_DATA, machine, save  # noqa: E402
 
 from metajax.core import losses, mean_and_ci95  # noqa: E402
 from metajax.data import episodes, omniglot  # noqa: E402
@@ -30,7 +30,6 @@ from metajax.learners import RunningStats, gradient, is_batch_norm  # noqa: E402
 from metajax.learners.forward import accuracy_metrics  # noqa: E402
 from metajax.models import Conv4, functional_with_stats  # noqa: E402
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def main() -> None:

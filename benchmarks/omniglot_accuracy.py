@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine, save, train_with_curve  # noqa: E402
+from _common import DEFAULT_DATA, machine, save, train_with_curve  # noqa: E402
 
 from metajax.core import mean_and_ci95  # noqa: E402
 from metajax.harness.args import TrainArgs  # noqa: E402
@@ -27,7 +27,6 @@ from metajax.harness.problem import build  # noqa: E402
 from metajax.harness.run import evaluate  # noqa: E402
 from metajax.learners import REGISTRY  # noqa: E402
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def main() -> None:

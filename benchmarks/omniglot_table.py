@@ -37,7 +37,7 @@ from typing import Any
 import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import RESULTS, machine, train_with_curve  # noqa: E402
+from _common import DEFAULT_DATA, RESULTS, machine, train_with_curve  # noqa: E402
 
 from metajax.core import mean_and_ci95  # noqa: E402
 from metajax.data import episodes, omniglot  # noqa: E402
@@ -46,7 +46,6 @@ from metajax.harness.checkpoint import CheckpointError  # noqa: E402
 from metajax.harness.problem import build  # noqa: E402
 from metajax.harness.run import RUN_FILE, TEST_CHANGES, evaluate, load_run, read_run_file  # noqa: E402
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TABLE = RESULTS / "omniglot_table.json"
 ABLATIONS = RESULTS / "omniglot_ablations.json"
 CELLS = ((5, 1), (5, 5), (20, 1), (20, 5))

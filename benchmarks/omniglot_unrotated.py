@@ -18,13 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine, save  # noqa: E402
+from _common import DEFAULT_DATA, machine, save  # noqa: E402
 
 from metajax.core import mean_and_ci95  # noqa: E402
 from metajax.data import episodes, omniglot  # noqa: E402
 from metajax.harness.run import evaluate, load_run  # noqa: E402
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def main() -> None:

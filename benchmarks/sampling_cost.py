@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine, save  # noqa: E402
+from _common import DEFAULT_DATA, machine, save  # noqa: E402
 
 import metajax  # noqa: E402
 from metajax import maml  # noqa: E402
@@ -35,7 +35,7 @@ def _time(fn, *args, repeats=5):
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+  parser.add_argument("--data-dir", default=str(DEFAULT_DATA))
   ns = parser.parse_args()
   images = jnp.asarray(omniglot.load("trainval", ns.data_dir).images)
   rows = []

@@ -17,10 +17,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import machine, run_json_lines, save  # noqa: E402
+from _common import DEFAULT_DATA, machine, run_json_lines, save  # noqa: E402
 
 CONFIGS = ("sinusoid", "omniglot", "mini")
-DEFAULT_DATA = HERE.parents[1] / "shared" / "data"
 
 
 def metajax_rows(config: str, order: str, remat: bool, repeats: int) -> list[dict]:
