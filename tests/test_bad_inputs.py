@@ -276,7 +276,7 @@ CLI_CASES = [
     (["train", "--dataset", "omniglot", "--algo", "relation", "--conv-features", "mean"],
      "--conv-features mean makes Conv4's feature maps vectors; relation compares the maps themselves"),
     (["train", "--algo", "reptile", "--inner-optimizer", "adam", "--carry-mode", "sequential"],
-     "--carry-mode sequential says how tasks share a carried inner state: it needs --carry-inner-state"),
+     "--carry-mode 'sequential' says how tasks share a carried inner state; set --carry-inner-state"),
     (["train", "--carry-mode", "serial"], "invalid choice: 'serial'"),
     (["train", "--algo", "reptile", "--carry-inner-state"],
      "--carry-inner-state carries the inner Adam's state across tasks: it needs --inner-optimizer adam"),

@@ -7,7 +7,7 @@ from typing import Literal, Optional
 from metajax.core.meta import TASK_STRATEGIES, TaskStrategy
 from metajax.core.validate import check_finite_number, check_nonnegative_int, check_positive_int
 from metajax.learners import registry
-from metajax.learners.gradient import CARRY_MODES, CarryMode
+from metajax.learners.gradient import CARRY_MODES, CarryMode, check_carry_mode
 from metajax.models.conv4 import DOWNSAMPLES, VECTOR_FEATURES, Downsample, VectorFeatures
 
 Dataset = Literal["sinusoid", "omniglot", "mini-imagenet", "cifar-fs", "fc100", "tiered-imagenet", "cub"]
@@ -137,9 +137,7 @@ class TrainArgs:
     if self.carry_inner_state and self.inner_optimizer == "sgd":
       raise ValueError("--carry-inner-state carries the inner Adam's state across tasks: it needs "
                        "--inner-optimizer adam")
-    if self.carry_mode != "mean" and not self.carry_inner_state:
-      raise ValueError(f"--carry-mode {self.carry_mode} says how tasks share a carried inner state: it needs "
-                       "--carry-inner-state")
+    check_carry_mode(self.carry_mode, self.carry_inner_state, "", names=("--carry-mode", "--carry-inner-state"))
     classes = lambda ways: 1 if self.dataset == "sinusoid" else ways
     for name, support in (("inner_batch", self.train_shots * classes(self.train_ways)),
                           ("eval_inner_batch", self.shots * classes(self.ways))):

@@ -273,6 +273,17 @@ CarryMode = Literal["mean", "sequential"]
 CARRY_MODES = ("mean", "sequential")
 
 
+def check_carry_mode(carry_mode: str, carry_inner_state: bool, owner: str,
+                     names: tuple[str, str] = ("carry_mode", "carry_inner_state=True")) -> None:
+  """Raise ``ValueError`` for an unknown ``carry_mode`` or one that needs a carried inner
+  state that is off. ``owner`` prefixes the message; ``names`` spell the two options."""
+  mode, carry = names
+  if carry_mode not in CARRY_MODES:
+    raise ValueError(f"{owner}unknown {mode} {carry_mode!r}; choose one of {CARRY_MODES}")
+  if carry_mode != "mean" and not carry_inner_state:
+    raise ValueError(f"{owner}{mode} {carry_mode!r} says how tasks share a carried inner state; set {carry}")
+
+
 @dataclasses.dataclass(frozen=True)
 class ReptileConfig(InnerLoopConfig):
   """Reptile (Nichol et al. 2018): :class:`InnerLoopConfig` plus
@@ -301,11 +312,7 @@ class ReptileConfig(InnerLoopConfig):
     super().__post_init__()
     if self.carry_inner_state and self.inner_optimizer is None:
       raise ValueError("ReptileConfig: carry_inner_state carries an inner_optimizer's state; none was given")
-    if self.carry_mode not in CARRY_MODES:
-      raise ValueError(f"ReptileConfig: unknown carry_mode {self.carry_mode!r}; choose one of {CARRY_MODES}")
-    if self.carry_mode != "mean" and not self.carry_inner_state:
-      raise ValueError(f"ReptileConfig: carry_mode {self.carry_mode!r} says how tasks share a carried inner "
-                       "state; set carry_inner_state=True")
+    check_carry_mode(self.carry_mode, self.carry_inner_state, "ReptileConfig: ")
 
 
 def init(config: InnerLoopConfig, params: PyTree, key: Array) -> MetaState:

@@ -24,7 +24,7 @@ from metajax.core.meta import TaskStrategy
 from metajax.core.protocol import MetaLearner
 from metajax.learners import gradient, implicit, learned_opt, metric, recurrent
 from metajax.learners.forward import accuracy_metrics
-from metajax.learners.gradient import CARRY_MODES, CarryMode
+from metajax.learners.gradient import CarryMode, check_carry_mode
 from metajax.models import MLP, Conv4, RelationModule, functional
 from metajax.models.conv4 import DOWNSAMPLES, VECTOR_FEATURES, Downsample, VectorFeatures
 
@@ -83,11 +83,7 @@ class Setup:
       raise ValueError(f"Setup: unknown downsample {self.downsample!r}; choose one of {DOWNSAMPLES}")
     if self.conv_features not in VECTOR_FEATURES:
       raise ValueError(f"Setup: unknown conv_features {self.conv_features!r}; choose one of {VECTOR_FEATURES}")
-    if self.carry_mode not in CARRY_MODES:
-      raise ValueError(f"Setup: unknown carry_mode {self.carry_mode!r}; choose one of {CARRY_MODES}")
-    if self.carry_mode != "mean" and not self.carry_inner_state:
-      raise ValueError(f"Setup: carry_mode {self.carry_mode!r} says how tasks share a carried inner state; "
-                       "set carry_inner_state=True")
+    check_carry_mode(self.carry_mode, self.carry_inner_state, "Setup: ")
 
   @property
   def images(self) -> bool:
