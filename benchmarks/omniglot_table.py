@@ -131,19 +131,21 @@ CELL_FIELDS = ("dataset", "data_dir", "algo", "ways", "shots", "eval_queries", "
                "eval_split", "seed", "out_dir", "resume")
 
 
+def _setting(pair: str) -> tuple[str, Any]:
+  """``--set``'s ``NAME=VALUE`` as a ``TrainArgs`` setting (VALUE read as JSON, else a string)."""
+  name, sep, value = pair.partition("=")
+  if not sep or name not in {f.name for f in dataclasses.fields(TrainArgs)} or name in CELL_FIELDS + SAME_MODEL:
+    raise argparse.ArgumentTypeError(f"{pair!r}: expected NAME=VALUE with NAME a training setting of TrainArgs "
+                                     f"(not one of the cell's own options or {', '.join(SAME_MODEL)})")
+  try:
+    return name, json.loads(value)
+  except json.JSONDecodeError:
+    return name, value
+
+
 def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
-  """``ns.set``'s ``NAME=VALUE`` pairs as ``TrainArgs`` settings (VALUE read as JSON, else a string)."""
-  fields, out = {f.name for f in dataclasses.fields(TrainArgs)}, {}
-  for pair in getattr(ns, "set", None) or []:
-    name, sep, value = pair.partition("=")
-    if not sep or name not in fields or name in CELL_FIELDS + SAME_MODEL:
-      raise SystemExit(f"--set {pair!r}: expected NAME=VALUE with NAME a training setting of TrainArgs (not "
-                       f"one of the cell's own options or {', '.join(SAME_MODEL)})")
-    try:
-      out[name] = json.loads(value)
-    except json.JSONDecodeError:
-      out[name] = value
-  return out
+  """The ablation's settings, ``--set`` in order (none for ``test``)."""
+  return dict(getattr(ns, "set", None) or [])
 
 
 def _cell_args(ns: argparse.Namespace, settings: dict, **run: Any) -> TrainArgs:
@@ -297,7 +299,7 @@ def main() -> None:
   cell.add_argument("--budget-minutes", type=float, help="stop after this much training time in all")
   cell.add_argument("--curve-every", type=int, default=500, help="meta-steps between curve points")
   cell.add_argument("--curve-tasks", type=int, default=100)
-  cell.add_argument("--set", action="append", metavar="NAME=VALUE",
+  cell.add_argument("--set", action="append", type=_setting, metavar="NAME=VALUE",
                     help="an ablation: change a protocol setting (repeatable; the row goes to omniglot_ablations.json)")
   cell.set_defaults(fn=run_cell)
   retest.add_argument("--model-shots", type=int, required=True, choices=(1, 5),

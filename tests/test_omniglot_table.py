@@ -72,14 +72,13 @@ def test_a_source_differing_only_in_resumable_and_test_settings_is_accepted(tmp_
     table.test_cell(ns)
 
 
-
 def test_an_ablation_names_its_run_directory_and_refuses_the_cells_own_options(tmp_path):
-  ns = _ns(tmp_path, shots=1, set=["carry_mode=sequential", "inner_lr=0.002"])
+  ns = _ns(tmp_path, shots=1, set=[table._setting("carry_mode=sequential"), table._setting("inner_lr=0.002")])
   assert table._overrides(ns) == {"carry_mode": "sequential", "inner_lr": 0.002}
   assert table._cell(ns, 1) == "vinyals_reptile_5w1s_carry_mode-sequential_inner_lr-0.002"
   for bad in ("ways=20", "steps=10", "carry_mode", "no_such_setting=1"):
-    with pytest.raises(SystemExit, match=f"--set '{bad}': expected NAME=VALUE with NAME a training setting"):
-      table._overrides(_ns(tmp_path, set=[bad]))
+    with pytest.raises(argparse.ArgumentTypeError, match=f"'{bad}': expected NAME=VALUE with NAME a training setting"):
+      table._setting(bad)
 
 
 def test_an_ablation_row_replaces_only_its_own_row(tmp_path):
