@@ -22,8 +22,7 @@ from _common import DEFAULT_DATA, machine, save  # noqa: E402
 
 from metajax.core import mean_and_ci95  # noqa: E402
 from metajax.data import episodes, omniglot  # noqa: E402
-from metajax.harness.run import evaluate, load_run  # noqa: E402
-
+from metajax.harness.run import evaluate, load_run, read_run_file  # noqa: E402
 
 
 def main() -> None:
@@ -34,16 +33,18 @@ def main() -> None:
   parser.add_argument("--seed", type=int, default=0, help="as omniglot_table.py's --seed (task seeds 10,000 + it)")
   parser.add_argument("--data-dir", default=os.environ.get("METAJAX_DATA", str(DEFAULT_DATA)))
   ns = parser.parse_args()
+  saved = read_run_file(Path(ns.run_dir))
+  dataset, train_split, eval_split = (saved.get(k) for k in ("dataset", "train_split", "eval_split"))
+  if (dataset, train_split, eval_split) != ("omniglot", "trainval", "test"):
+    raise SystemExit(f"{ns.run_dir} is a {dataset} run on {train_split}/{eval_split}; this compares tests "
+                     "of an Omniglot run on the Vinyals trainval/test split")
   test = omniglot.load("test", ns.data_dir)
   upright = np.char.endswith(test.names.astype(str), "/rot000")
   characters = jnp.asarray(test.images[upright])
   rows = []
   for shots in ns.shots:
     args, problem, state = load_run(ns.run_dir, shots=shots, eval_queries=15, eval_tasks=ns.tasks,
-                                    data_dir=ns.data_dir)
-    if (args.dataset, args.train_split, args.eval_split) != ("omniglot", "trainval", "test"):
-      raise SystemExit(f"{ns.run_dir} is a {args.dataset} run on {args.train_split}/{args.eval_split}; this "
-                       "compares tests of an Omniglot run on the Vinyals trainval/test split")
+                                    data_dir=ns.data_dir)  # the problem's test tasks depend on the shots
     unrotated = lambda key, n, ways=args.ways, shots=shots: episodes.sample(
         key, characters, num_tasks=n, ways=ways, shots=shots, queries=15)
     for name, tasks in (("rotations as classes", problem.eval_tasks), ("unrotated", unrotated)):
