@@ -1,0 +1,69 @@
+"""Probe: is the FOMAML 20w1s gap between the stride-2 and max-pool networks one of the
+differences from Finn et al.'s network that the MAML protocol lists? The table's FOMAML 20w1s
+cell (protocol, seeds, the 100 curve tasks), 1,000 steps, with one change to the network:
+
+  invert  images inverted, strokes 1 on 0 (their data generator's ``1.0 - image``)
+  head    head kernel from a standard normal (their ``tf.random_normal``)
+  bn      BatchNorm without a scale, its shift meta-learned but not adapted in the inner loop
+  all     the three together
+
+  python benchmarks/probes/omniglot_fomaml_network.py invert [--out-dir /root/metajax-runs/ablate]
+
+Swaps the registry's backbone and fomaml build in this process only; writes
+``<out-dir>/fomaml_20w1s_<variant>.json`` with the curve. RESULTS.md has the findings."""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+from pathlib import Path
+
+import flax.linen as nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import omniglot_table as T  # noqa: E402
+from _common import train_with_curve  # noqa: E402
+
+from metajax.harness.problem import build  # noqa: E402
+from metajax.learners import gradient, registry  # noqa: E402
+from metajax.models.conv4 import Conv4  # noqa: E402
+from metajax.models.layers import Conv  # noqa: E402
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument("variant", choices=("invert", "head", "bn", "all"))
+parser.add_argument("--out-dir", default="/root/metajax-runs/ablate")
+cli = parser.parse_args()
+head_normal = cli.variant in ("head", "all")
+bn_shift = cli.variant in ("bn", "all")
+invert = cli.variant in ("invert", "all")
+
+
+class Net(Conv4):
+  @nn.compact
+  def __call__(self, x, use_running_average=False):
+    if invert:  # strokes 1 on 0, as Finn et al.'s data generator (1.0 - image)
+      x = 1.0 - x
+    for i in range(4):
+      x = Conv(self.width, impl=self.conv_impl, use_bias=False, stride=2, name=f"conv_{i}")(x)
+      x = nn.BatchNorm(momentum=0.0, use_scale=not bn_shift, name=f"norm_{i}")(x, use_running_average=False)
+      x = nn.relu(x)
+    x = x.mean(axis=(1, 2))
+    init = nn.initializers.normal(1.0) if head_normal else nn.initializers.lecun_normal()
+    return nn.Dense(self.num_classes, kernel_init=init, name="head")(x)
+
+
+registry.Setup.backbone = lambda self, head=True: Net(num_classes=self.ways, width=self.width)  # this process only
+if bn_shift:
+  entry = registry.REGISTRY["fomaml"]
+  registry.REGISTRY["fomaml"] = entry._replace(build=registry._gradient(
+      functools.partial(gradient.fomaml, adapt_filter=lambda p: not gradient.is_batch_norm(p))))
+ns = argparse.Namespace(algo="fomaml", ways=20, shots=1, split="vinyals", test_tasks=600, eval_chunk=20,
+                        runs_dir=cli.out_dir, data_dir=str(T.DEFAULT_DATA), seed=0)
+settings, _ = T.protocol("fomaml", 20, 1)
+settings["steps"] = 1000
+out = f"{cli.out_dir}/fomaml_20w1s_{cli.variant}"
+args = T._cell_args(ns, settings, chunk=250, out_dir=out, resume=False)
+problem = build(args)
+state, steps, t, curve = train_with_curve(args, problem, curve_tasks=100, eval_chunk=20, label=cli.variant)
+json.dump({"variant": cli.variant, "curve": curve, "train_s": t}, open(out + ".json", "w"), indent=1)
