@@ -81,7 +81,7 @@ def protocol(algo: str, ways: int, shots: int) -> tuple[dict, list[str]]:
                  outer_optimizer="sgd", outer_lr=1.0, outer_lr_decay="linear", outer_lr_decay_steps=steps,
                  downsample="stride"),
             ["the inner Adam's carried state is the mean over the task batch (theirs runs the tasks in turn: "
-             "--carry-mode sequential, whose 5w1s curve matched this one within noise to 5,500 steps)",
+             "--carry-mode sequential, whose 5w1s curve matched the mean carry's within noise to 5,500 steps)",
              "inner mini-batches cycle through the support with classes interleaved (theirs: reshuffled)",
              "tested on 15 queries per class, normalised together (theirs: one per class)",
              "the Vinyals characters, tested with rotations as classes (theirs: 1,200 drawn at random to train "

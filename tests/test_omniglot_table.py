@@ -81,6 +81,15 @@ def test_an_ablation_names_its_run_directory_and_refuses_the_cells_own_options(t
       table._setting(bad)
 
 
+def test_a_bad_set_is_a_usage_error_of_the_run_command(monkeypatch, capsys):
+  monkeypatch.setattr("sys.argv", ["omniglot_table.py", "run", "--algo", "reptile", "--ways", "5", "--shots", "1",
+                                   "--set", "ways=20"])
+  with pytest.raises(SystemExit) as exit_info:
+    table.main()
+  assert exit_info.value.code == 2
+  assert "argument --set: 'ways=20': expected NAME=VALUE" in capsys.readouterr().err
+
+
 def test_an_ablation_row_replaces_only_its_own_row(tmp_path):
   path, row = tmp_path / "rows.json", {"split": "vinyals", "algo": "reptile", "ways": 5, "shots": 1, "accuracy": 1}
   ablation = {**row, "ablation": {"carry_mode": "sequential"}}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import flax.linen as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import omniglot_table as T  # noqa: E402
-from _common import train_with_curve  # noqa: E402
+from _common import DEFAULT_DATA, machine, train_with_curve  # noqa: E402
 
 from metajax.harness.problem import build  # noqa: E402
 from metajax.learners import gradient, registry  # noqa: E402
@@ -33,6 +34,7 @@ from metajax.models.layers import Conv  # noqa: E402
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("variant", choices=("invert", "head", "bn", "all"))
 parser.add_argument("--out-dir", default="/root/metajax-runs/ablate")
+parser.add_argument("--data-dir", default=os.environ.get("METAJAX_DATA", str(DEFAULT_DATA)))
 cli = parser.parse_args()
 head_normal = cli.variant in ("head", "all")
 bn_shift = cli.variant in ("bn", "all")
@@ -40,6 +42,9 @@ invert = cli.variant in ("invert", "all")
 
 
 class Net(Conv4):
+  """The protocol's network (stride-2 blocks, averaged features, batch-statistics BatchNorm) with
+  the variant's change; for this FOMAML cell only (no features-only or running-statistics use)."""
+
   @nn.compact
   def __call__(self, x, use_running_average=False):
     if invert:  # strokes 1 on 0, as Finn et al.'s data generator (1.0 - image)
@@ -59,11 +64,12 @@ if bn_shift:
   registry.REGISTRY["fomaml"] = entry._replace(build=registry._gradient(
       functools.partial(gradient.fomaml, adapt_filter=lambda p: not gradient.is_batch_norm(p))))
 ns = argparse.Namespace(algo="fomaml", ways=20, shots=1, split="vinyals", test_tasks=600, eval_chunk=20,
-                        runs_dir=cli.out_dir, data_dir=str(T.DEFAULT_DATA), seed=0)
+                        runs_dir=cli.out_dir, data_dir=cli.data_dir, seed=0)
 settings, _ = T.protocol("fomaml", 20, 1)
 settings["steps"] = 1000
 out = f"{cli.out_dir}/fomaml_20w1s_{cli.variant}"
 args = T._cell_args(ns, settings, chunk=250, out_dir=out, resume=False)
 problem = build(args)
 state, steps, t, curve = train_with_curve(args, problem, curve_tasks=100, eval_chunk=20, label=cli.variant)
-json.dump({"variant": cli.variant, "curve": curve, "train_s": t}, open(out + ".json", "w"), indent=1)
+Path(out + ".json").write_text(json.dumps(
+    {"variant": cli.variant, "curve": curve, "train_s": t, "machine": machine()}, indent=1))

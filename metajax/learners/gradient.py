@@ -276,7 +276,8 @@ CARRY_MODES = ("mean", "sequential")
 def check_carry_mode(carry_mode: str, carry_inner_state: bool, owner: str,
                      names: tuple[str, str] = ("carry_mode", "carry_inner_state=True")) -> None:
   """Raise ``ValueError`` for an unknown ``carry_mode`` or one that needs a carried inner
-  state that is off. ``owner`` prefixes the message; ``names`` spell the two options."""
+  state that is off. ``owner`` prefixes the message; ``names``: how the message spells the
+  mode option and the setting that turns the carried state on."""
   mode, carry = names
   if carry_mode not in CARRY_MODES:
     raise ValueError(f"{owner}unknown {mode} {carry_mode!r}; choose one of {CARRY_MODES}")
