@@ -4,7 +4,7 @@
 - XLA skips its expensive backend optimisations (``JAX_DISABLE_MOST_OPTIMIZATIONS``, JAX's own
   switch for when compiling costs more than running) unless the variable is already set. The
   suite's tiny shapes make it compile-bound: on 2 cores the Conv4 BatchNorm strategies test takes
-  42 instead of 62 CPU-seconds. Benchmarks and the CLI are not affected.
+  42 instead of 62 CPU-seconds. Runs outside pytest (benchmarks, the CLI) are not affected.
 """
 import os
 

@@ -116,15 +116,15 @@ def test_conv_impls_agree_and_auto_is_the_custom_vjp_on_cpu(key):
 
 def test_conv4_shapes(key):
   """Traced, not run (``jax.eval_shape``): eager Conv4 compiles each op at each shape."""
-  for hw, c, width in (((28, 28), 1, 8), ((84, 84), 3, 4)):
-    model = metajax.models.Conv4(num_classes=5, width=width)
-    x = jax.ShapeDtypeStruct((3, *hw, c), jnp.float32)
-    variables = jax.eval_shape(model.init, key, x)
-    assert jax.eval_shape(lambda v, x: model.apply(v, x, mutable=["batch_stats"])[0], variables, x).shape == (3, 5)
-  embed = metajax.models.Conv4(num_classes=None, width=8)
-  x = jax.ShapeDtypeStruct((2, 28, 28, 1), jnp.float32)
-  out = jax.eval_shape(lambda x: embed.apply(embed.init(key, x), x, mutable=["batch_stats"])[0], x)
-  assert out.shape == (2, 8)
+  def output_shape(model, x_shape):
+    def forward(x):
+      params, apply_fn = metajax.models.functional(model, model.init(key, x))
+      return apply_fn(params, x)
+    return jax.eval_shape(forward, jax.ShapeDtypeStruct(x_shape, jnp.float32)).shape
+
+  assert output_shape(metajax.models.Conv4(num_classes=5, width=8), (3, 28, 28, 1)) == (3, 5)
+  assert output_shape(metajax.models.Conv4(num_classes=5, width=4), (3, 84, 84, 3)) == (3, 5)
+  assert output_shape(metajax.models.Conv4(num_classes=None, width=8), (2, 28, 28, 1)) == (2, 8)
 
 
 def test_batchnorm_normalises_with_the_statistics_of_the_batch(key):
