@@ -114,6 +114,13 @@ def test_conv_impls_agree_and_auto_is_the_custom_vjp_on_cpu(key):
   assert ("custom_vjp_call" in jaxpr) == (jax.default_backend() == "cpu")
 
 
+def test_conv_kernel_init_defaults_to_nn_conv_and_takes_another(key):
+  x = jnp.zeros((1, 5, 5, 2))
+  kernel = lambda **kw: metajax.models.Conv(3, **kw).init(key, x)["params"]["kernel"]
+  np.testing.assert_array_equal(kernel(), nn.Conv(3, (3, 3)).init(key, x)["params"]["kernel"])
+  np.testing.assert_array_equal(kernel(kernel_init=nn.initializers.constant(0.5)), np.full((3, 3, 2, 3), 0.5))
+
+
 def test_conv4_shapes(key):
   """Traced, not run (``jax.eval_shape``): eager Conv4 compiles each op at each shape."""
   def output_shape(model, x_shape):

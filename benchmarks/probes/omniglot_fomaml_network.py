@@ -1,16 +1,20 @@
 """Probe: is the FOMAML 20w1s gap between the stride-2 and max-pool networks one of the
-differences from Finn et al.'s network that the MAML protocol lists? The table's FOMAML 20w1s
-cell (protocol, seeds, the 100 curve tasks), 1,000 steps, with one change to the network:
+differences from Finn et al.'s network that the MAML protocol lists? The table's FOMAML cell
+(protocol, seeds, the 100 curve tasks; 20w1s and 1,000 steps unless told), with one change to
+the network:
 
   invert  images inverted, strokes 1 on 0 (their data generator's ``1.0 - image``)
   head    head kernel from a standard normal (their ``tf.random_normal``)
   bn      BatchNorm without a scale, its shift meta-learned but not adapted in the inner loop
   all     the three together
+  xavier  conv kernels Glorot-uniform (their ``xavier_initializer_conv2d``; here LeCun normal,
+          the same variance except the first layer's, 5.7x larger in standard deviation)
 
-  python benchmarks/probes/omniglot_fomaml_network.py invert [--out-dir /root/metajax-runs/ablate]
+  python benchmarks/probes/omniglot_fomaml_network.py invert [--ways 5 --shots 1 --steps 5000]
+      [--out-dir /root/metajax-runs/ablate]
 
 Swaps the registry's backbone and fomaml build in this process only; writes
-``<out-dir>/fomaml_20w1s_<variant>.json`` with the curve. RESULTS.md has the findings."""
+``<out-dir>/fomaml_<W>w<S>s_<variant>.json`` with the curve. RESULTS.md has the findings."""
 from __future__ import annotations
 
 import argparse
@@ -32,13 +36,18 @@ from metajax.models.conv4 import Conv4  # noqa: E402
 from metajax.models.layers import Conv  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-parser.add_argument("variant", choices=("invert", "head", "bn", "all"))
+parser.add_argument("variant", choices=("invert", "head", "bn", "all", "xavier"))
+parser.add_argument("--ways", type=int, default=20)
+parser.add_argument("--shots", type=int, default=1)
+parser.add_argument("--steps", type=int, default=1000)
+parser.add_argument("--curve-every", type=int, default=250)
 parser.add_argument("--out-dir", default="/root/metajax-runs/ablate")
 parser.add_argument("--data-dir", default=os.environ.get("METAJAX_DATA", str(DEFAULT_DATA)))
 cli = parser.parse_args()
 head_normal = cli.variant in ("head", "all")
 bn_shift = cli.variant in ("bn", "all")
 invert = cli.variant in ("invert", "all")
+conv_init = nn.initializers.xavier_uniform() if cli.variant == "xavier" else nn.initializers.lecun_normal()
 
 
 class Net(Conv4):
@@ -50,7 +59,7 @@ class Net(Conv4):
     if invert:  # strokes 1 on 0, as Finn et al.'s data generator (1.0 - image)
       x = 1.0 - x
     for i in range(4):
-      x = Conv(self.width, impl=self.conv_impl, use_bias=False, stride=2, name=f"conv_{i}")(x)
+      x = Conv(self.width, impl=self.conv_impl, use_bias=False, stride=2, kernel_init=conv_init, name=f"conv_{i}")(x)
       x = nn.BatchNorm(momentum=0.0, use_scale=not bn_shift, name=f"norm_{i}")(x, use_running_average=False)
       x = nn.relu(x)
     x = x.mean(axis=(1, 2))
@@ -63,12 +72,12 @@ if bn_shift:
   entry = registry.REGISTRY["fomaml"]
   registry.REGISTRY["fomaml"] = entry._replace(build=registry._gradient(
       functools.partial(gradient.fomaml, adapt_filter=lambda p: not gradient.is_batch_norm(p))))
-ns = argparse.Namespace(algo="fomaml", ways=20, shots=1, split="vinyals", test_tasks=600, eval_chunk=20,
+ns = argparse.Namespace(algo="fomaml", ways=cli.ways, shots=cli.shots, split="vinyals", test_tasks=600, eval_chunk=20,
                         runs_dir=cli.out_dir, data_dir=cli.data_dir, seed=0)
-settings, _ = T.protocol("fomaml", 20, 1)
-settings["steps"] = 1000
-out = f"{cli.out_dir}/fomaml_20w1s_{cli.variant}"
-args = T._cell_args(ns, settings, chunk=250, out_dir=out, resume=False)
+settings, _ = T.protocol("fomaml", cli.ways, cli.shots)
+settings["steps"] = cli.steps
+out = f"{cli.out_dir}/fomaml_{cli.ways}w{cli.shots}s_{cli.variant}"
+args = T._cell_args(ns, settings, chunk=cli.curve_every, out_dir=out, resume=False)
 problem = build(args)
 state, steps, t, curve = train_with_curve(args, problem, curve_tasks=100, eval_chunk=20, label=cli.variant)
 Path(out + ".json").write_text(json.dumps(

@@ -193,6 +193,7 @@ class Conv(nn.Module):
       (:func:`conv2d`).
     stride: the window's step in both spatial axes (the MAML and Reptile Omniglot
       networks downsample by stride-2 convolutions instead of max-pooling).
+    kernel_init: the kernel's initializer (``nn.Conv``'s default, LeCun normal).
   """
 
   features: int
@@ -200,12 +201,13 @@ class Conv(nn.Module):
   impl: ConvImpl = "auto"
   use_bias: bool = True
   stride: int = 1
+  kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     impl = resolve_conv_impl(self.impl)
     c_in = x.shape[-1]
-    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+    kernel = self.param("kernel", self.kernel_init,
                         (self.size, self.size, c_in, self.features))
     if impl == "vjp":
       y = conv2d(x, kernel, self.stride)
