@@ -70,6 +70,9 @@ def protocol(algo: str, ways: int, shots: int) -> tuple[dict, list[str]]:
             ["BatchNorm has a scale, and the inner loop adapts it and the shift (theirs: a shift only, "
              "meta-learned but not adapted)",
              "the head starts LeCun-normal, std 1/8 (theirs: standard normal)",
+             "conv kernels start LeCun-normal (theirs: Glorot-uniform, the first layer's std 5.7x smaller; "
+             "with theirs, the FOMAML 20w1s curve was the same within noise: "
+             "benchmarks/probes/omniglot_fomaml_network.py xavier)",
              "the Vinyals characters (theirs: 1,100 drawn at random to train on, the last 423 to test on)"])
   if algo == "reptile":  # Nichol et al. 2018, appendix A and their run_omniglot.py commands (transductive)
     five = ways == 5
