@@ -96,3 +96,18 @@ def test_an_ablation_row_replaces_only_its_own_row(tmp_path):
   for r in (row, ablation, {**ablation, "accuracy": 2}):
     table._store(r, path)
   assert json.loads(path.read_text()) == [row, {**ablation, "accuracy": 2}]
+
+
+@pytest.mark.parametrize("algo,ways,accuracy,ci95,paper,met", [
+    ("protonet", 5, 98.70, 0.15, 98.8, True),   # within its CI below the paper
+    ("protonet", 5, 98.60, 0.15, 98.8, False),  # outside it
+    ("relation", 20, 99.30, 0.08, 99.1, True),  # above the paper
+    ("maml", 5, 97.70, 0.27, 98.7, True),       # 1 point under at 5-way
+    ("maml", 5, 97.69, 0.27, 98.7, False),
+    ("reptile", 20, 86.43, 0.36, 89.43, True),  # 3 points under at 20-way
+    ("matching", 20, 90.70, 0.24, 93.8, False),
+    ("maml", 20, 60.31, 0.82, None, None),      # Lake's split: no paper number
+])
+def test_meets_target_follows_the_issues_rule_per_learner(algo, ways, accuracy, ci95, paper, met):
+  row = dict(algo=algo, ways=ways, accuracy=accuracy, ci95=ci95, paper=paper)
+  assert table.meets_target(row) is met
