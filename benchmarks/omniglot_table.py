@@ -3,6 +3,7 @@
   python benchmarks/omniglot_table.py run --algo protonet --ways 5 --shots 1 --budget-minutes 30
   python benchmarks/omniglot_table.py run --algo maml --ways 20 --shots 1 --split lake
   python benchmarks/omniglot_table.py test --algo reptile --ways 5 --shots 5 --model-shots 1
+  python benchmarks/omniglot_table.py test --algo fomaml --ways 5 --shots 1   # its own model again
   python benchmarks/omniglot_table.py render      # table -> stdout and omniglot_table.png
 
 ``run`` trains one cell with its paper's protocol (:func:`protocol`; differences are
@@ -11,8 +12,10 @@ holds Orbax checkpoints: run the same command again (in another session, under
 ``nohup``) and it resumes where it stopped, exactly. Training stops at ``--steps``
 or at the first curve point past ``--budget-minutes`` of training time in all
 (evaluation excluded); then 600 test tasks give the cell's accuracy and 95% CI,
-written into ``benchmarks/results/omniglot_table.json`` (replacing that cell). ``test`` gives a
-cell the model of another that trains identically (Reptile's 1- and 5-shot cells of a way).
+written into ``benchmarks/results/omniglot_table.json`` (replacing that cell). The test tasks
+have as many queries per class as the paper's code tests with (:func:`test_queries`; the learning
+curves' tasks 15). ``test`` tests a cell's model again, or gives a cell the model of another that
+trains identically (Reptile's 1- and 5-shot cells of a way).
 ``run --set NAME=VALUE`` (repeatable) changes a protocol setting for an ablation: its run directory
 is named by the changes, and its row goes to ``results/omniglot_ablations.json``, never the table.
 
@@ -58,6 +61,7 @@ PAPER = {
     "relation": (99.6, 99.8, 97.6, 99.1),
 }
 SPLITS = {"vinyals": ("trainval", "test"), "lake": ("background", "evaluation")}
+CURVE_QUERIES = 15  # queries per class of every learning curve's tasks (and of tests but :func:`test_queries`)
 # Issue 14's targets: these learners at their paper's number within the CI; the others within
 # 1 point at 5-way and 3 at 20-way.
 WITHIN_CI = ("protonet", "relation")
@@ -98,7 +102,6 @@ def protocol(algo: str, ways: int, shots: int) -> tuple[dict, list[str]]:
             ["the inner Adam's carried state is the mean over the task batch (theirs runs the tasks in turn: "
              "--carry-mode sequential, whose 5w1s curve matched the mean carry's within noise to 5,500 steps)",
              "inner mini-batches cycle through the support with classes interleaved (theirs: reshuffled)",
-             "tested on 15 queries per class, normalised together (theirs: one per class)",
              "the Vinyals characters, tested with rotations as classes (theirs: 1,200 drawn at random to train "
              "on, the other 423 tested unrotated; benchmarks/omniglot_unrotated.py)"])
   if algo == "protonet":  # Snell et al. 2017, section 3.1
@@ -117,6 +120,16 @@ def protocol(algo: str, ways: int, shots: int) -> tuple[dict, list[str]]:
   raise ValueError(f"no Omniglot protocol for {algo!r}; choose one of {sorted(PAPER)}")
 
 
+def test_queries(algo: str, shots: int) -> int:
+  """Queries per class of a cell's 600-task test, as its paper's code tests. BatchNorm normalises
+  with the test batch's statistics, so the batch's size is part of the protocol: MAML's code tests
+  one batch of ``shots`` per class (its ``update_batch_size``, as it trains), Reptile's transductive
+  test one per class. The other learners, and every learning curve, use 15."""
+  if algo in ("maml", "fomaml"):
+    return shots
+  return 1 if algo == "reptile" else CURVE_QUERIES
+
+
 def lake_eval_tasks(data_dir: str, ways: int, shots: int, queries: int):
   """``(key, n) -> Task`` batch from images_evaluation without rotations, each task's
   classes from one alphabet (Lake et al.'s within-alphabet one-shot setting)."""
@@ -126,11 +139,17 @@ def lake_eval_tasks(data_dir: str, ways: int, shots: int, queries: int):
                                         groups=groups)
 
 
-def _tested_on_split(problem, ns: argparse.Namespace):
-  """``problem`` with ``ns.split``'s test tasks (Lake's differ from the CLI's test split)."""
-  if ns.split != "lake":
+def _tested_on_split(problem, ns: argparse.Namespace, queries: int = CURVE_QUERIES):
+  """``problem`` with ``ns.split``'s test tasks of ``queries`` per class (``build`` gives the Vinyals
+  test split's with the curve's 15)."""
+  if ns.split == "lake":
+    return problem._replace(eval_tasks=lake_eval_tasks(ns.data_dir, ns.ways, ns.shots, queries))
+  if queries == CURVE_QUERIES:
     return problem
-  return problem._replace(eval_tasks=lake_eval_tasks(ns.data_dir, ns.ways, ns.shots, 15))
+  test = omniglot.load(SPLITS["vinyals"][1], ns.data_dir)
+  images = jnp.asarray(test.images)
+  return problem._replace(eval_tasks=lambda key, n: episodes.sample(
+      key, images, num_tasks=n, ways=ns.ways, shots=ns.shots, queries=queries, counts=test.counts))
 
 
 def _cell(ns: argparse.Namespace, shots: int) -> str:
@@ -167,8 +186,8 @@ def _cell_args(ns: argparse.Namespace, settings: dict, **run: Any) -> TrainArgs:
   """The ``TrainArgs`` of ``ns``'s cell under its protocol ``settings``; ``run``: run-directory options."""
   train_split, eval_split = SPLITS[ns.split]
   return TrainArgs(dataset="omniglot", data_dir=ns.data_dir, algo=ns.algo, ways=ns.ways, shots=ns.shots,
-                   eval_queries=15, eval_tasks=ns.test_tasks, train_split=train_split, eval_split=eval_split,
-                   seed=ns.seed, **settings, **run)
+                   eval_queries=CURVE_QUERIES, eval_tasks=ns.test_tasks, train_split=train_split,
+                   eval_split=eval_split, seed=ns.seed, **settings, **run)
 
 
 def run_cell(ns: argparse.Namespace) -> dict:
@@ -195,14 +214,14 @@ def run_cell(ns: argparse.Namespace) -> dict:
 
 
 def test_cell(ns: argparse.Namespace) -> dict:
-  """Tests the model of the ``--model-shots`` cell on ``--shots``-shot tasks. Allowed only when the
-  source run's saved settings are the ones this cell's protocol would train with (Reptile trains
-  every cell of a way on 10 shots), so this cell would train the identical model."""
-  if ns.model_shots == ns.shots:
-    raise SystemExit(f"--model-shots {ns.model_shots} is the cell itself; run it instead")
-  source = Path(ns.runs_dir) / _cell(ns, ns.model_shots)
+  """Tests a trained cell's model again (``--model-shots`` omitted: the cell's own, as after a change
+  of its protocol's test), or the model of the ``--model-shots`` cell on ``--shots``-shot tasks. Either
+  only when the source run's saved settings are the ones this cell's protocol trains with (Reptile
+  trains every cell of a way on 10 shots), so this cell would train the identical model."""
+  own = ns.model_shots in (None, ns.shots)
+  source = Path(ns.runs_dir) / _cell(ns, ns.shots if own else ns.model_shots)
   train_again = (f"train it first: omniglot_table.py run --algo {ns.algo} --ways {ns.ways} "
-                 f"--shots {ns.model_shots} --split {ns.split} --runs-dir {ns.runs_dir}")
+                 f"--shots {ns.shots if own else ns.model_shots} --split {ns.split} --runs-dir {ns.runs_dir}")
   if not (source / RUN_FILE).is_file():
     raise SystemExit(f"no trained {source.name} cell in {source.parent}; {train_again}")
   settings, differences = protocol(ns.algo, ns.ways, ns.shots)
@@ -213,8 +232,8 @@ def test_cell(ns: argparse.Namespace) -> dict:
     raise SystemExit(f"{source.name} was not trained as {_cell(ns, ns.shots)} would be: {', '.join(differ)}; "
                      "run the cell instead")
   try:
-    args, problem, state = load_run(source, shots=ns.shots, eval_queries=15, eval_tasks=ns.test_tasks,
-                                    data_dir=ns.data_dir)
+    args, problem, state = load_run(source, shots=ns.shots, eval_queries=CURVE_QUERIES,
+                                    eval_tasks=ns.test_tasks, data_dir=ns.data_dir)
   except CheckpointError as err:
     raise SystemExit(f"{source}: {err}; {train_again}") from err
   steps = int(state.step)
@@ -223,21 +242,39 @@ def test_cell(ns: argparse.Namespace) -> dict:
     raise SystemExit(f"{source}/metrics.jsonl has no training time for step {steps}, its newest checkpoint")
   print(f"testing {source.name}'s model at meta-step {steps:,} of its planned {args.steps:,} on "
         f"{ns.shots}-shot tasks")
+  if own:
+    curve = [p for p in _read_jsonl(source / "curve.jsonl") if p["step"] <= steps]
+    return _test_and_store(ns, args, _tested_on_split(problem, ns), state, steps, timed[-1], curve, settings,
+                           differences, **_training_machine(ns))
   differences = differences + [f"the model of the {ns.ways}w{ns.model_shots}s cell (the same training), "
                                f"tested at {ns.shots} shots; no learning curve of its own"]
   return _test_and_store(ns, args, _tested_on_split(problem, ns), state, steps, timed[-1], [], settings,
                          differences, trained_by=source.name)
 
 
+def _training_machine(ns: argparse.Namespace) -> dict:
+  """``{"trained_on": machine}`` of the table's row for ``ns``'s cell (its training command and commit,
+  which a new test of its model keeps), or ``{}`` without one."""
+  rows = json.loads(TABLE.read_text()) if TABLE.exists() else []
+  for r in rows:
+    if (r["split"], r["algo"], r["ways"], r["shots"]) == (ns.split, ns.algo, ns.ways, ns.shots):
+      return {"trained_on": r.get("trained_on", r["machine"])}
+  return {}
+
+
 def _test_and_store(ns, args, problem, state, steps, train_time_s, curve, settings, differences, **extra) -> dict:
-  """Tests ``state`` on ``ns.test_tasks`` tasks and writes the cell's row into the table."""
-  final = evaluate(problem, state, ns.test_tasks, seed=10_000 + ns.seed, chunk=ns.eval_chunk)
+  """Tests ``state`` on ``ns.test_tasks`` tasks of :func:`test_queries` and writes the cell's row into
+  the table."""
+  queries = test_queries(ns.algo, ns.shots)
+  final = evaluate(_tested_on_split(problem, ns, queries), state, ns.test_tasks, seed=10_000 + ns.seed,
+                   chunk=ns.eval_chunk)
   mean, ci = mean_and_ci95(final["accuracy"])
   paper = PAPER[ns.algo][CELLS.index((ns.ways, ns.shots))] if ns.split == "vinyals" else None
   cell = _cell(ns, ns.shots)
   row = {"algo": ns.algo, "ways": ns.ways, "shots": ns.shots, "accuracy": round(100 * mean, 2),
          "ci95": round(100 * ci, 2), "meta_steps": steps, "train_seconds": round(train_time_s, 1),
          "paper": paper, "split": ns.split, "planned_steps": args.steps, "test_tasks": ns.test_tasks,
+         "test_queries": queries,
          "protocol": {k: v for k, v in vars(args).items()
                       if k in settings or k in ("train_ways", "train_shots", "eval_inner_steps")},
          "differences": differences, "curve": curve, **extra, "machine": machine()}
@@ -302,7 +339,8 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True)
   cell = sub.add_parser("run", help="train and test one cell (resumes its run directory)")
-  retest = sub.add_parser("test", help="test another cell's trained model at these shots (same training)")
+  retest = sub.add_parser("test", help="test a cell's trained model again, or another cell's that trains "
+                                       "identically at these shots")
   for command in (cell, retest):
     command.add_argument("--algo", required=True, choices=sorted(PAPER))
     command.add_argument("--ways", type=int, required=True, choices=(5, 20))
@@ -320,8 +358,8 @@ def main() -> None:
   cell.add_argument("--set", action="append", type=_setting, metavar="NAME=VALUE",
                     help="an ablation: change a protocol setting (repeatable; the row goes to omniglot_ablations.json)")
   cell.set_defaults(fn=run_cell)
-  retest.add_argument("--model-shots", type=int, required=True, choices=(1, 5),
-                      help="the shots of the cell whose run directory holds the model")
+  retest.add_argument("--model-shots", type=int, choices=(1, 5),
+                      help="the shots of the cell whose run directory holds the model (default: this cell's)")
   retest.set_defaults(fn=test_cell)
   sub.add_parser("render", help="print the Markdown table, plot the curves").set_defaults(fn=render)
   ns = parser.parse_args()

@@ -49,8 +49,10 @@ def _save_source(ns: argparse.Namespace, **changes) -> Path:
 
 def test_testing_with_another_cells_model_is_refused_unless_it_trained_identically(tmp_path):
   ns = _ns(tmp_path)
-  with pytest.raises(SystemExit, match="--model-shots 5 is the cell itself; run it instead"):
-    table.test_cell(_ns(tmp_path, model_shots=5))
+  for own in (None, 5):  # the cell's own model, tested again
+    with pytest.raises(SystemExit, match="no trained vinyals_reptile_5w5s cell .*; train it first: "
+                                         "omniglot_table.py run --algo reptile --ways 5 --shots 5"):
+      table.test_cell(_ns(tmp_path, model_shots=own))
   with pytest.raises(SystemExit, match="no trained vinyals_reptile_5w1s cell .*; train it first: "
                                        "omniglot_table.py run --algo reptile --ways 5 --shots 1"):
     table.test_cell(ns)
@@ -111,3 +113,11 @@ def test_an_ablation_row_replaces_only_its_own_row(tmp_path):
 def test_meets_target_follows_the_issues_rule_per_learner(algo, ways, accuracy, ci95, paper, met):
   row = dict(algo=algo, ways=ways, accuracy=accuracy, ci95=ci95, paper=paper)
   assert table.meets_target(row) is met
+
+
+def test_each_learner_is_tested_with_its_papers_queries_and_curves_with_fifteen():
+  assert [table.test_queries("maml", 1), table.test_queries("fomaml", 5)] == [1, 5]  # as MAML trains
+  assert [table.test_queries("reptile", 1), table.test_queries("reptile", 5)] == [1, 1]
+  assert {table.test_queries(algo, 5) for algo in ("protonet", "matching", "matching-fce", "relation")} == {15}
+  args = table._cell_args(_ns(Path("/nonexistent"), algo="maml"), table.protocol("maml", 5, 5)[0])
+  assert args.eval_queries == table.CURVE_QUERIES == 15
