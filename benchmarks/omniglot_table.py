@@ -306,16 +306,16 @@ def _store(row: dict, table: Path) -> None:
 def render(_: argparse.Namespace) -> None:
   """Prints the table as Markdown (for RESULTS.md) and plots accuracy against training time."""
   rows = json.loads(TABLE.read_text())
-  print("| split | algo | cell | accuracy (600 tasks, 95% CI) | paper | to paper, target | meta-steps (planned) "
-        "| training | device |")
-  print("|---|---|---|---|---|---|---|---|---|")
+  print("| split | algo | cell | accuracy (600 tasks, 95% CI) | queries | paper | to paper, target "
+        "| meta-steps (planned) | training | device |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
     paper = "—" if r["paper"] is None else f"{r['paper']:.1f}"
     met = meets_target(r)
     target = "—" if met is None else f"{r['accuracy'] - r['paper']:+.2f}" + (", met" if met else "")
     shared = f" ({r['trained_by'].rsplit('_', 1)[1]}'s model)" if "trained_by" in r else ""
     print(f"| {r['split']} | {r['algo']} | {r['ways']}w{r['shots']}s | {r['accuracy']:.2f} ± {r['ci95']:.2f} | "
-          f"{paper} | {target} | {r['meta_steps']:,} ({r['planned_steps']:,}) | "
+          f"{r['test_queries']} | {paper} | {target} | {r['meta_steps']:,} ({r['planned_steps']:,}) | "
           f"{r['train_seconds'] / 60:.1f} min{shared} | {r['machine']['device']} |")
   import matplotlib
   matplotlib.use("Agg")
