@@ -364,10 +364,17 @@ def test_resume_with_changed_settings_is_refused_and_loses_nothing(saved_run, ca
   assert _snapshot(saved_run) == before
 
 
-def test_eval_at_bad_shots_is_refused_and_loses_nothing(saved_run, capsys):
+def test_eval_at_bad_shots_or_queries_is_refused_and_loses_nothing(saved_run, capsys):
   before = _snapshot(saved_run)
   _cli_error(["eval", saved_run, "--shots", "0"], "--shots must be a positive integer", capsys)
+  _cli_error(["eval", saved_run, "--eval-queries", "0"], "--eval-queries must be a positive integer", capsys)
   assert _snapshot(saved_run) == before
+
+
+def test_eval_with_other_queries_writes_its_own_file(saved_run, capsys):
+  assert main(["eval", str(saved_run), "--eval-tasks", "5", "--eval-queries", "3"]) == 0
+  written = json.loads((saved_run / "eval-20-5tasks-10shot-3queries-1inner.json").read_text())
+  assert (written["eval_tasks"], written["eval_queries"]) == (5, 3) and written["eval_loss"] >= 0
 
 
 def test_resume_beyond_requested_steps(saved_run, capsys):

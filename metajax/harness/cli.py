@@ -60,7 +60,9 @@ HELP = {
                      "embedding; image datasets): flatten, or mean (averaged over space: MAML's Omniglot code; "
                      "the same on max-pooled 28x28 inputs); relation compares the maps and refuses mean",
     "eval_tasks": "new tasks in the final evaluation",
-    "eval_queries": "query examples per evaluation task (per class)",
+    "eval_queries": "query examples per evaluation task (per class). Batch-statistics BatchNorm normalises "
+                    "them together, so accuracy depends on it: MAML's code tests with --shots, as it trains, "
+                    "Reptile's transductive test with 1",
     "eval_inner_steps": "inner steps at evaluation (default: same as --inner-steps)",
     "train_split": "split meta-trained on (Omniglot, Vinyals: train, val, trainval, test; Lake: background, "
                    "evaluation, background_small1, background_small2; the other image sets: train, val, test)",
@@ -107,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
   evaluate.add_argument("--eval-inner-steps", type=int, help=HELP["eval_inner_steps"])
   evaluate.add_argument("--shots", type=int, help="support examples per test task (per class; default: the run's "
                         "--shots). The model is the one trained at the run's --train-shots")
+  evaluate.add_argument("--eval-queries", type=int, help=HELP["eval_queries"] + " (default: the run's)")
   evaluate.add_argument("--eval-inner-batch", type=int, help=HELP["eval_inner_batch"] + " (default: the run's)")
   evaluate.add_argument("--data-dir", help=HELP["data_dir"] + " (default: the run's)")
   plot = sub.add_parser("plot", help="write PNG learning curves of a run directory")
@@ -149,7 +152,8 @@ def _main(ns: argparse.Namespace) -> None:
     run(TrainArgs(**{k: v for k, v in vars(ns).items() if k != "command"}))
   elif ns.command == "eval":
     args, problem, state = load_run(_run_dir(ns.run_dir), eval_tasks=ns.eval_tasks,
-                                    eval_inner_steps=ns.eval_inner_steps, data_dir=ns.data_dir,
+                                    eval_inner_steps=ns.eval_inner_steps, eval_queries=ns.eval_queries,
+                                    data_dir=ns.data_dir,
                                     shots=ns.shots, eval_inner_batch=ns.eval_inner_batch, out_dir=ns.run_dir)
     report(args, problem, state, out_name=eval_file_name(args, int(state.step), problem.entry.inner_steps))
   else:
