@@ -123,9 +123,10 @@ def protocol(algo: str, ways: int, shots: int) -> tuple[dict, list[str]]:
 def test_queries(algo: str, shots: int) -> int:
   """Queries per class of a cell's 600-task test, as its paper's code tests. BatchNorm normalises
   with the test batch's statistics, so the batch's size is part of the protocol: MAML's code tests
-  one batch of ``shots`` per class (its ``update_batch_size``, as it trains), Reptile's transductive
-  test one per class. The other learners, and every learning curve, use 15."""
-  if algo in ("maml", "fomaml"):
+  one batch of ``shots`` per class (its ``update_batch_size``, as it trains), the Relation network's
+  too (its test scripts, BatchNorm in training mode), Reptile's transductive test one per class.
+  The other learners, and every learning curve, use 15."""
+  if algo in ("maml", "fomaml", "relation"):
     return shots
   return 1 if algo == "reptile" else CURVE_QUERIES
 
