@@ -72,7 +72,7 @@ def meets_target(row: dict) -> bool | None:
   if row["paper"] is None:
     return None
   if row["algo"] in WITHIN_CI:
-    return row["accuracy"] + row["ci95"] >= row["paper"]
+    return round(row["accuracy"] + row["ci95"], 2) >= row["paper"]
   return row["accuracy"] >= row["paper"] - (1.0 if row["ways"] == 5 else 3.0)
 
 
@@ -232,9 +232,11 @@ def test_cell(ns: argparse.Namespace) -> dict:
   if differ:
     raise SystemExit(f"{source.name} was not trained as {_cell(ns, ns.shots)} would be: {', '.join(differ)}; "
                      "run the cell instead")
-  try:
+  try:  # the protocol's test settings, which the comparison above leaves out
     args, problem, state = load_run(source, shots=ns.shots, eval_queries=CURVE_QUERIES,
-                                    eval_tasks=ns.test_tasks, data_dir=ns.data_dir)
+                                    eval_tasks=ns.test_tasks, data_dir=ns.data_dir,
+                                    eval_inner_steps=settings.get("eval_inner_steps"),
+                                    eval_inner_batch=settings.get("eval_inner_batch"))
   except CheckpointError as err:
     raise SystemExit(f"{source}: {err}; {train_again}") from err
   steps = int(state.step)
@@ -245,22 +247,28 @@ def test_cell(ns: argparse.Namespace) -> dict:
         f"{ns.shots}-shot tasks")
   if own:
     curve = [p for p in _read_jsonl(source / "curve.jsonl") if p["step"] <= steps]
-    return _test_and_store(ns, args, _tested_on_split(problem, ns), state, steps, timed[-1], curve, settings,
-                           differences, **_training_machine(ns))
+    return _test_and_store(ns, args, problem, state, steps, timed[-1], curve, settings, differences,
+                           **_training_machine(ns, steps))
   differences = differences + [f"the model of the {ns.ways}w{ns.model_shots}s cell (the same training), "
                                f"tested at {ns.shots} shots; no learning curve of its own"]
-  return _test_and_store(ns, args, _tested_on_split(problem, ns), state, steps, timed[-1], [], settings,
-                         differences, trained_by=source.name)
+  return _test_and_store(ns, args, problem, state, steps, timed[-1], [], settings, differences,
+                         trained_by=source.name)
 
 
-def _training_machine(ns: argparse.Namespace) -> dict:
-  """``{"trained_on": machine}`` of the table's row for ``ns``'s cell (its training command and commit,
-  which a new test of its model keeps), or ``{}`` without one."""
+def _training_machine(ns: argparse.Namespace, steps: int) -> dict:
+  """``{"trained_on": machine}``, the training command and commit of the table's row for ``ns``'s cell,
+  which a new test of the cell's own model at meta-step ``steps`` keeps; ``{}`` when the table has no
+  row of that model. Refuses to replace a row holding another model (another cell's, or other steps)."""
   rows = json.loads(TABLE.read_text()) if TABLE.exists() else []
-  for r in rows:
-    if (r["split"], r["algo"], r["ways"], r["shots"]) == (ns.split, ns.algo, ns.ways, ns.shots):
-      return {"trained_on": r.get("trained_on", r["machine"])}
-  return {}
+  row = next((r for r in rows if (r["split"], r["algo"], r["ways"], r["shots"]) ==
+              (ns.split, ns.algo, ns.ways, ns.shots)), None)
+  if row is None:
+    return {}
+  if "trained_by" in row or row["meta_steps"] != steps:
+    held = f"{row['trained_by']}'s model" if "trained_by" in row else f"a model at meta-step {row['meta_steps']:,}"
+    raise SystemExit(f"the table's {_cell(ns, ns.shots)} row holds {held}, not this run's at {steps:,}; "
+                     "pass --model-shots to test another cell's model, or run the cell")
+  return {"trained_on": row.get("trained_on", row["machine"])}
 
 
 def _test_and_store(ns, args, problem, state, steps, train_time_s, curve, settings, differences, **extra) -> dict:

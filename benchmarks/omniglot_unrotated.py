@@ -4,8 +4,9 @@ Reptile code, which rotates only the training characters).
 
   python benchmarks/omniglot_unrotated.py /root/metajax-runs/vinyals_reptile_5w1s --shots 1 5
 
-Same model, same 600 task seeds as ``omniglot_table.py``; prints and saves
-``results/omniglot_unrotated_<run>.json``.
+Same model, same 600 task seeds as ``omniglot_table.py``, ``--queries`` per class (default 15, the
+table's learning curves; its tests take each paper's, ``omniglot_table.test_queries``); prints and
+saves ``results/omniglot_unrotated_<run>.json``.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ def main() -> None:
   parser.add_argument("run_dir", help="a run directory trained on the Vinyals split")
   parser.add_argument("--shots", type=int, nargs="+", default=[1])
   parser.add_argument("--tasks", type=int, default=600)
+  parser.add_argument("--queries", type=int, default=15, help="queries per class of every test task")
   parser.add_argument("--seed", type=int, default=0, help="as omniglot_table.py's --seed (task seeds 10,000 + it)")
   parser.add_argument("--data-dir", default=os.environ.get("METAJAX_DATA", str(DEFAULT_DATA)))
   ns = parser.parse_args()
@@ -43,10 +45,10 @@ def main() -> None:
   characters = jnp.asarray(test.images[upright])
   rows = []
   for shots in ns.shots:
-    args, problem, state = load_run(ns.run_dir, shots=shots, eval_queries=15, eval_tasks=ns.tasks,
+    args, problem, state = load_run(ns.run_dir, shots=shots, eval_queries=ns.queries, eval_tasks=ns.tasks,
                                     data_dir=ns.data_dir)  # the problem's test tasks depend on the shots
     unrotated = lambda key, n, ways=args.ways, shots=shots: episodes.sample(
-        key, characters, num_tasks=n, ways=ways, shots=shots, queries=15)
+        key, characters, num_tasks=n, ways=ways, shots=shots, queries=ns.queries)
     for name, tasks in (("rotations as classes", problem.eval_tasks), ("unrotated", unrotated)):
       accuracy = evaluate(problem._replace(eval_tasks=tasks), state, ns.tasks, seed=10_000 + ns.seed,
                           chunk=20)["accuracy"]
@@ -57,7 +59,8 @@ def main() -> None:
             f"({int(upright.sum()) if name == 'unrotated' else len(upright)} classes): "
             f"{rows[-1]['accuracy']:.2f} ± {rows[-1]['ci95']:.2f} %", flush=True)
   path = save(f"omniglot_unrotated_{Path(ns.run_dir).name}",
-              {"run_dir": str(ns.run_dir), "tasks": ns.tasks, "rows": rows, "machine": machine()})
+              {"run_dir": str(ns.run_dir), "tasks": ns.tasks, "queries": ns.queries, "rows": rows,
+               "machine": machine()})
   print(f"wrote {path}")
 
 

@@ -108,6 +108,7 @@ def test_an_ablation_row_replaces_only_its_own_row(tmp_path):
     ("maml", 5, 97.69, 0.27, 98.7, False),
     ("reptile", 20, 86.43, 0.36, 89.43, True),  # 3 points under at 20-way
     ("matching", 20, 90.70, 0.24, 93.8, False),
+    ("relation", 5, 98.55, 0.35, 98.9, True),   # its CI just reaches the paper (98.55 + 0.35 < 98.9 in floats)
     ("maml", 20, 60.31, 0.82, None, None),      # Lake's split: no paper number
 ])
 def test_meets_target_follows_the_issues_rule_per_learner(algo, ways, accuracy, ci95, paper, met):
@@ -122,3 +123,21 @@ def test_each_learner_is_tested_with_its_papers_queries_and_curves_with_fifteen(
   assert {table.test_queries(algo, 5) for algo in ("protonet", "matching", "matching-fce")} == {15}
   args = table._cell_args(_ns(Path("/nonexistent"), algo="maml"), table.protocol("maml", 5, 5)[0])
   assert args.eval_queries == table.CURVE_QUERIES == 15
+
+
+def test_a_cells_own_model_is_tested_again_only_in_place_of_a_row_of_that_model(tmp_path, monkeypatch):
+  ns = _ns(tmp_path, algo="fomaml", shots=1, model_shots=None)
+  _save_source(argparse.Namespace(**{**vars(ns), "model_shots": 1}), eval_tasks=3)  # passes the settings check
+  with pytest.raises(FileNotFoundError, match="data directory"):  # and stops only at loading its data
+    table.test_cell(ns)
+  monkeypatch.setattr(table, "TABLE", tmp_path / "rows.json")
+  assert table._training_machine(ns, 100) == {}  # no row yet
+  row = {"split": "vinyals", "algo": "fomaml", "ways": 5, "shots": 1, "meta_steps": 100, "machine": {"git": "a"}}
+  table.TABLE.write_text(json.dumps([row]))
+  assert table._training_machine(ns, 100) == {"trained_on": {"git": "a"}}
+  table.TABLE.write_text(json.dumps([{**row, "trained_on": {"git": "b"}}]))
+  assert table._training_machine(ns, 100) == {"trained_on": {"git": "b"}}  # a row tested again keeps it
+  for other, held in (({"meta_steps": 50}, "a model at meta-step 50"), ({"trained_by": "x_5w1s"}, "x_5w1s's model")):
+    table.TABLE.write_text(json.dumps([{**row, **other}]))
+    with pytest.raises(SystemExit, match=f"the table's vinyals_fomaml_5w1s row holds {held}, not this run's"):
+      table._training_machine(ns, 100)
