@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import fcntl
+import functools
 import json
 import os
 import sys
@@ -46,7 +47,7 @@ from metajax.core import mean_and_ci95  # noqa: E402
 from metajax.data import episodes, omniglot  # noqa: E402
 from metajax.harness.args import RESUMABLE_CHANGES, TrainArgs  # noqa: E402
 from metajax.harness.checkpoint import CheckpointError  # noqa: E402
-from metajax.harness.problem import build  # noqa: E402
+from metajax.harness.problem import Problem, build  # noqa: E402
 from metajax.harness.run import RUN_FILE, TEST_CHANGES, evaluate, load_run, read_run_file  # noqa: E402
 
 TABLE = RESULTS / "omniglot_table.json"
@@ -140,17 +141,12 @@ def lake_eval_tasks(data_dir: str, ways: int, shots: int, queries: int):
                                         groups=groups)
 
 
-def _tested_on_split(problem, ns: argparse.Namespace, queries: int = CURVE_QUERIES):
-  """``problem`` with ``ns.split``'s test tasks of ``queries`` per class (``build`` gives the Vinyals
-  test split's with the curve's 15)."""
+def _tested_on_split(problem: Problem, ns: argparse.Namespace, queries: int = CURVE_QUERIES) -> Problem:
+  """``problem`` with ``ns.split``'s test tasks of ``queries`` per class (``build``'s are the Vinyals
+  test split's)."""
   if ns.split == "lake":
     return problem._replace(eval_tasks=lake_eval_tasks(ns.data_dir, ns.ways, ns.shots, queries))
-  if queries == CURVE_QUERIES:
-    return problem
-  test = omniglot.load(SPLITS["vinyals"][1], ns.data_dir)
-  images = jnp.asarray(test.images)
-  return problem._replace(eval_tasks=lambda key, n: episodes.sample(
-      key, images, num_tasks=n, ways=ns.ways, shots=ns.shots, queries=queries, counts=test.counts))
+  return problem._replace(eval_tasks=functools.partial(problem.eval_tasks, queries=queries))
 
 
 def _cell(ns: argparse.Namespace, shots: int) -> str:

@@ -4,9 +4,9 @@ Reptile code, which rotates only the training characters).
 
   python benchmarks/omniglot_unrotated.py /root/metajax-runs/vinyals_reptile_5w1s --shots 1 5
 
-Same model, same 600 task seeds as ``omniglot_table.py``, ``--queries`` per class (default 15, the
-table's learning curves; its tests take each paper's, ``omniglot_table.test_queries``); prints and
-saves ``results/omniglot_unrotated_<run>.json``.
+Same model, same 600 task seeds as ``omniglot_table.py``, ``--queries`` per class (default
+``omniglot_table.CURVE_QUERIES``, its learning curves'; its tests take each paper's,
+``omniglot_table.test_queries``); prints and saves ``results/omniglot_unrotated_<run>.json``.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import DEFAULT_DATA, machine, save  # noqa: E402
+from omniglot_table import CURVE_QUERIES  # noqa: E402
 
 from metajax.core import mean_and_ci95  # noqa: E402
 from metajax.data import episodes, omniglot  # noqa: E402
@@ -31,7 +32,7 @@ def main() -> None:
   parser.add_argument("run_dir", help="a run directory trained on the Vinyals split")
   parser.add_argument("--shots", type=int, nargs="+", default=[1])
   parser.add_argument("--tasks", type=int, default=600)
-  parser.add_argument("--queries", type=int, default=15, help="queries per class of every test task")
+  parser.add_argument("--queries", type=int, default=CURVE_QUERIES, help="queries per class of every test task")
   parser.add_argument("--seed", type=int, default=0, help="as omniglot_table.py's --seed (task seeds 10,000 + it)")
   parser.add_argument("--data-dir", default=os.environ.get("METAJAX_DATA", str(DEFAULT_DATA)))
   ns = parser.parse_args()

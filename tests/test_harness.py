@@ -211,7 +211,10 @@ def test_protonet_trains_on_train_ways_and_shots_and_evaluates_on_ways(tmp_path,
   problem = build(args)
   batch = problem.sample_fn(jax.random.PRNGKey(0), problem.train_data)
   assert batch.x_support.shape[1] == 10 * 2 and int(batch.y_query.max()) == 9
-  assert problem.eval_tasks(jax.random.PRNGKey(0), 3).x_support.shape[1] == 5
+  held_out = problem.eval_tasks(jax.random.PRNGKey(0), 3)
+  assert held_out.x_support.shape[1] == 5 and held_out.x_query.shape[1] == 5 * 15
+  fewer = problem.eval_tasks(jax.random.PRNGKey(0), 3, queries=2)  # another test protocol's query count
+  assert fewer.x_query.shape[1] == 5 * 2 and fewer.x_support.shape == held_out.x_support.shape
   trained = train(args, problem)
   scores = evaluate(problem, trained.state, 6, seed=0)
   assert scores["accuracy"].shape == (6,) and np.all((scores["accuracy"] >= 0) & (scores["accuracy"] <= 1))

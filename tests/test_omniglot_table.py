@@ -125,6 +125,14 @@ def test_each_learner_is_tested_with_its_papers_queries_and_curves_with_fifteen(
   assert args.eval_queries == table.CURVE_QUERIES == 15
 
 
+def test_a_vinyals_test_draws_the_built_problems_test_tasks_with_the_papers_queries(tmp_path):
+  drawn = []
+  problem = table.Problem(*[None] * 5, lambda key, n, queries=15: drawn.append((key, n, queries)), None)
+  table._tested_on_split(problem, _ns(tmp_path), queries=1).eval_tasks("key", 600)
+  table._tested_on_split(problem, _ns(tmp_path)).eval_tasks("key", 100)
+  assert drawn == [("key", 600, 1), ("key", 100, 15)]
+
+
 def test_a_cells_own_model_is_tested_again_only_in_place_of_a_row_of_that_model(tmp_path, monkeypatch):
   ns = _ns(tmp_path, algo="fomaml", shots=1, model_shots=None)
   _save_source(argparse.Namespace(**{**vars(ns), "model_shots": 1}), eval_tasks=3)  # passes the settings check

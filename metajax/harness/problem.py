@@ -36,7 +36,8 @@ class Problem(NamedTuple):
     state: the initial :class:`MetaState`.
     sample_fn: ``(key[, train_data]) -> Task`` batch of ``meta_batch`` training tasks.
     train_data: the training images (``None`` for generated tasks).
-    eval_tasks: ``(key, n) -> Task`` batch of ``n`` held-out tasks.
+    eval_tasks: ``(key, n, queries=eval_queries) -> Task`` batch of ``n`` held-out tasks with
+      ``queries`` per class (or point).
     evaluate: ``learner.evaluate`` jitted (``inner_steps`` static).
   """
 
@@ -45,7 +46,7 @@ class Problem(NamedTuple):
   state: MetaState
   sample_fn: Callable[..., Task]
   train_data: Optional[jax.Array]
-  eval_tasks: Callable[[jax.Array, int], Task]
+  eval_tasks: Callable[..., Task]
   evaluate: Callable[..., dict]
 
 
@@ -71,7 +72,7 @@ def inner_optimizer(args: TrainArgs) -> Optional[optax.GradientTransformation]:
 
 
 def _problem(args: TrainArgs, x_shape: tuple, classes: bool, sample_fn: Callable[..., Task],
-             train_data: Optional[jax.Array], eval_tasks: Callable[[jax.Array, int], Task]) -> Problem:
+             train_data: Optional[jax.Array], eval_tasks: Callable[..., Task]) -> Problem:
   """Builds the learner for ``--train-ways`` classes, and for ``--ways`` (evaluation) when
   they differ; the registry's ``ways_free`` learners share one state between the two."""
   entry = registry.get(args.algo)
@@ -98,7 +99,7 @@ def build(args: TrainArgs) -> Problem:
   if args.dataset == "sinusoid":
     sample_fn = functools.partial(sinusoid.sample, num_tasks=args.meta_batch, shots=args.train_shots,
                                   queries=args.queries)
-    eval_tasks = lambda key, n: sinusoid.sample(key, n, args.shots, args.eval_queries)
+    eval_tasks = lambda key, n, queries=args.eval_queries: sinusoid.sample(key, n, args.shots, queries)
     return _problem(args, (1,), False, sample_fn, None, eval_tasks)
   train = LOADERS[args.dataset](args.train_split, args.data_dir)
   episodes.check_episode_shape(*train.images.shape[:2], args.train_ways, args.train_shots, args.queries,
@@ -108,7 +109,7 @@ def build(args: TrainArgs) -> Problem:
   sample_fn = functools.partial(episodes.sample, num_tasks=args.meta_batch, ways=args.train_ways,
                                 shots=args.train_shots, queries=args.queries, counts=train.counts)
   test_images = jnp.asarray(test.images)
-  eval_tasks = lambda key, n: episodes.sample(key, test_images, num_tasks=n, ways=args.ways,
-                                              shots=args.shots, queries=args.eval_queries, counts=test.counts)
+  eval_tasks = lambda key, n, queries=args.eval_queries: episodes.sample(
+      key, test_images, num_tasks=n, ways=args.ways, shots=args.shots, queries=queries, counts=test.counts)
   x_shape = train.images.shape[2:] + ((1,) if train.images.ndim == 4 else ())  # grey images gain a channel
   return _problem(args, x_shape, True, sample_fn, jnp.asarray(train.images), eval_tasks)
