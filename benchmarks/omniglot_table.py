@@ -5,6 +5,7 @@
   python benchmarks/omniglot_table.py test --algo reptile --ways 5 --shots 5 --model-shots 1
   python benchmarks/omniglot_table.py test --algo fomaml --ways 5 --shots 1   # its own model again
   python benchmarks/omniglot_table.py render      # table -> stdout and omniglot_table.png
+  python benchmarks/omniglot_table.py merge gpu_table.json --git 762b0a9   # rows run elsewhere
 
 ``run`` trains one cell with its paper's protocol (:func:`protocol`; differences are
 stored with the cell) in a run directory ``--runs-dir/<split>_<algo>_<W>w<S>s`` that
@@ -308,6 +309,26 @@ def _store(row: dict, table: Path) -> None:
     table.write_text(json.dumps(rows, indent=1))
 
 
+def merge(ns: argparse.Namespace) -> None:
+  """Stores the rows of ``ns.file`` (another copy's table, e.g. a lent GPU's) that this table lacks or
+  holds otherwise; a row whose machine has no commit (a copy without ``.git``) gets ``ns.git``."""
+  rows = json.loads(TABLE.read_text()) if TABLE.exists() else []
+  for row in json.loads(Path(ns.file).read_text()):
+    if "ablation" in row:
+      raise SystemExit(f"{ns.file} holds ablation rows; it must be a copy of {TABLE.name}")
+    for record in ("machine", "trained_on"):
+      if record in row and not row[record].get("git"):
+        if not ns.git:
+          raise SystemExit(f"{ns.file}: its {row['algo']} {row['ways']}w{row['shots']}s row names no commit; "
+                           "pass --git with the commit its working tree was")
+        row[record]["git"] = f"{ns.git} (its working tree)"
+    if row in rows:
+      continue
+    _store(row, TABLE)
+    print(f"merged {row['split']} {row['algo']} {row['ways']}w{row['shots']}s: {row['accuracy']:.2f} ± "
+          f"{row['ci95']:.2f} after {row['meta_steps']:,} meta-steps on {row['machine']['device']}")
+
+
 def render(_: argparse.Namespace) -> None:
   """Prints the table as Markdown (for RESULTS.md) and plots accuracy against training time."""
   rows = json.loads(TABLE.read_text())
@@ -367,6 +388,10 @@ def main() -> None:
                       help="the shots of the cell whose run directory holds the model (default: this cell's)")
   retest.set_defaults(fn=test_cell)
   sub.add_parser("render", help="print the Markdown table, plot the curves").set_defaults(fn=render)
+  merged = sub.add_parser("merge", help="store the new rows of another copy's table file (a lent GPU's)")
+  merged.add_argument("file")
+  merged.add_argument("--git", help="the commit of that copy's working tree, for rows that name none")
+  merged.set_defaults(fn=merge)
   ns = parser.parse_args()
   ns.fn(ns)
 

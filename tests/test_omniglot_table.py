@@ -149,3 +149,25 @@ def test_a_cells_own_model_is_tested_again_only_in_place_of_a_row_of_that_model(
     table.TABLE.write_text(json.dumps([{**row, **other}]))
     with pytest.raises(SystemExit, match=f"the table's vinyals_fomaml_5w1s row holds {held}, not this run's"):
       table._training_machine(ns, 100)
+
+
+def test_merge_stores_another_copys_new_rows_once_and_stamps_a_missing_commit(tmp_path, monkeypatch, capsys):
+  monkeypatch.setattr(table, "TABLE", tmp_path / "rows.json")
+  row = lambda algo, acc, git: {"split": "vinyals", "algo": algo, "ways": 5, "shots": 1, "accuracy": acc,
+                                "ci95": 0.1, "meta_steps": 10, "machine": {"device": "H200", "git": git}}
+  kept, old = row("protonet", 99.0, "abc"), row("maml", 90.0, "abc")
+  table.TABLE.write_text(json.dumps([old, kept]))
+  gpu = tmp_path / "gpu.json"
+  gpu.write_text(json.dumps([row("maml", 98.0, ""), kept]))
+  merge = lambda git=None: table.merge(argparse.Namespace(file=str(gpu), git=git))
+  with pytest.raises(SystemExit, match="maml 5w1s row names no commit; pass --git"):
+    merge()
+  assert json.loads(table.TABLE.read_text()) == [old, kept]
+  merge("def")
+  merge("def")  # nothing new the second time
+  assert capsys.readouterr().out.count("merged vinyals maml 5w1s: 98.00") == 1
+  stamped = {**row("maml", 98.0, ""), "machine": {"device": "H200", "git": "def (its working tree)"}}
+  assert json.loads(table.TABLE.read_text()) == [stamped, kept]
+  gpu.write_text(json.dumps([{**kept, "ablation": {"width": 32}}]))
+  with pytest.raises(SystemExit, match="holds ablation rows"):
+    merge()
