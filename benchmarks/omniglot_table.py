@@ -107,8 +107,8 @@ def protocol(algo: str, ways: int, shots: int) -> tuple[dict, list[str]]:
              "the Vinyals characters, tested with rotations as classes (theirs: 1,200 drawn at random to train "
              "on, the other 423 tested unrotated; benchmarks/omniglot_unrotated.py)"])
   if algo == "protonet":  # Snell et al. 2017, section 3.1
-    return (dict(meta_batch=1, train_ways=60, queries=5, steps=40_000),
-            ["constant Adam 1e-3 (the paper halves it every 2,000 episodes)"])
+    return (dict(meta_batch=1, train_ways=60, queries=5, steps=40_000, outer_lr_decay="halve",
+                 outer_lr_decay_steps=2_000), [])
   if algo in ("matching", "matching-fce"):  # Vinyals et al. 2016
     return (dict(meta_batch=8, queries=15, steps=40_000),
             (["no full-context embeddings (the matching-fce row has them)"] if algo == "matching" else []) +
@@ -116,9 +116,9 @@ def protocol(algo: str, ways: int, shots: int) -> tuple[dict, list[str]]:
              "8 episodes per meta-step"])
   if algo == "relation":  # Sung et al. 2018, section 4.1
     queries = {(5, 1): 19, (5, 5): 15, (20, 1): 10, (20, 5): 5}[(ways, shots)]
-    return (dict(meta_batch=1, queries=queries, steps=1_000_000),
-            ["SAME padding in every conv (the paper's embedding has two VALID convs: 5x5 maps, here 7x7)",
-             "constant Adam 1e-3 (the paper halves it every 100,000 episodes)"])
+    return (dict(meta_batch=1, queries=queries, steps=1_000_000, outer_lr_decay="halve",
+                 outer_lr_decay_steps=100_000),
+            ["SAME padding in every conv (the paper's embedding has two VALID convs: 5x5 maps, here 7x7)"])
   raise ValueError(f"no Omniglot protocol for {algo!r}; choose one of {sorted(PAPER)}")
 
 

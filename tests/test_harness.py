@@ -239,6 +239,9 @@ def test_outer_learning_rate_cosine_annealing_shrinks_the_updates():
   assert update_norm(cosine, 0) == pytest.approx(update_norm(constant, 0))
   assert update_norm(cosine, 50) == pytest.approx(0.5 * update_norm(constant, 50), rel=1e-3)
   assert update_norm(cosine, 100) == pytest.approx(0.0, abs=1e-12)
+  halving = TrainArgs(outer_lr_decay="halve", outer_lr_decay_steps=20)  # the ProtoNet paper's staircase
+  assert [update_norm(halving, s) / update_norm(constant, s) for s in (0, 19, 20, 39, 40, 65)] == \
+      pytest.approx([1, 1, 0.5, 0.5, 0.25, 0.125], rel=1e-5)
   with pytest.raises(ValueError, match="--outer-lr-decay-steps must be a non-negative integer"):
     TrainArgs(outer_lr_decay_steps=-1)
 

@@ -13,10 +13,11 @@ from metajax.models.conv4 import DOWNSAMPLES, VECTOR_FEATURES, Downsample, Vecto
 Dataset = Literal["sinusoid", "omniglot", "mini-imagenet", "cifar-fs", "fc100", "tiered-imagenet", "cub"]
 InnerOptimizer = Literal["sgd", "adam"]
 OuterOptimizer = Literal["adam", "sgd"]
-LRDecay = Literal["cosine", "linear"]
+LRDecay = Literal["cosine", "linear", "halve"]
 # The string options and their choices (the CLI's ``choices``; checked in TrainArgs).
 CHOICES = {"downsample": DOWNSAMPLES, "conv_features": VECTOR_FEATURES, "inner_optimizer": ("sgd", "adam"),
-           "carry_mode": CARRY_MODES, "outer_optimizer": ("adam", "sgd"), "outer_lr_decay": ("cosine", "linear")}
+           "carry_mode": CARRY_MODES, "outer_optimizer": ("adam", "sgd"),
+           "outer_lr_decay": ("cosine", "linear", "halve")}
 
 # Per-dataset defaults for options left unset: the MAML paper's settings, with steps cut so that a
 # default image run takes about 10 minutes on 2 CPU cores (MAML: ~2 s per Omniglot step).

@@ -50,8 +50,10 @@ HELP = {
     "outer_optimizer": "outer optimizer: adam, or sgd (Reptile's meta step: --outer-lr 1 moves to the tasks' "
                        "mean adapted weights)",
     "outer_lr": "learning rate (step size) of the outer optimizer",
-    "outer_lr_decay_steps": "anneal the outer learning rate to 0 over this many meta-steps (0: constant)",
-    "outer_lr_decay": "how --outer-lr-decay-steps anneals: cosine (MAML++) or linear (Reptile)",
+    "outer_lr_decay_steps": "anneal the outer learning rate to 0 over this many meta-steps, or halve it after "
+                            "every this many (0: constant)",
+    "outer_lr_decay": "how --outer-lr-decay-steps anneals: cosine (MAML++) or linear (Reptile) to 0, or halve "
+                      "(ProtoNet, Relation)",
     "clip_grad_norm": "clip the outer gradient to this global norm (default: no clipping)",
     "width": "channels of the Conv4 blocks (image datasets; hidden size of the sinusoid rnn)",
     "downsample": "how Conv4 halves the resolution: max_pool, or stride (stride-2 convolutions: the MAML and "

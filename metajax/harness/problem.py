@@ -51,13 +51,15 @@ class Problem(NamedTuple):
 
 
 def outer_optimizer(args: TrainArgs) -> optax.GradientTransformation:
-  """``--outer-optimizer`` (Adam, or SGD) at ``--outer-lr``, annealed to 0 over
-  ``--outer-lr-decay-steps`` meta-steps when set (cosine as in MAML++, or linear as Reptile's
-  meta step size), after global-norm clipping when ``--clip-grad-norm`` is set."""
-  lr = args.outer_lr
-  if args.outer_lr_decay_steps:
-    lr = (optax.cosine_decay_schedule(args.outer_lr, args.outer_lr_decay_steps) if args.outer_lr_decay == "cosine"
-          else optax.linear_schedule(args.outer_lr, 0.0, args.outer_lr_decay_steps))
+  """``--outer-optimizer`` (Adam, or SGD) at ``--outer-lr``, with ``--outer-lr-decay-steps`` set
+  annealed to 0 over that many meta-steps (cosine as in MAML++, or linear as Reptile's meta step
+  size) or halved after every that many (``halve``: Snell et al. 2017, Sung et al. 2018), after
+  global-norm clipping when ``--clip-grad-norm`` is set."""
+  lr, steps = args.outer_lr, args.outer_lr_decay_steps
+  if steps:
+    lr = {"cosine": lambda: optax.cosine_decay_schedule(lr, steps),
+          "linear": lambda: optax.linear_schedule(lr, 0.0, steps),
+          "halve": lambda: optax.exponential_decay(lr, steps, decay_rate=0.5, staircase=True)}[args.outer_lr_decay]()
   optimizer = optax.adam(lr) if args.outer_optimizer == "adam" else optax.sgd(lr)
   if args.clip_grad_norm is not None:
     optimizer = optax.chain(optax.clip_by_global_norm(args.clip_grad_norm), optimizer)
