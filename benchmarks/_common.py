@@ -6,6 +6,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -36,9 +37,17 @@ def machine() -> dict:
       "jax": jax.__version__, "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else None,
       "flax": flax.__version__, "optax": optax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "command": " ".join([Path(sys.executable).name] + sys.argv),
-      "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip(),
+      "git": _commit(),
   }
+
+
+def _commit() -> str:
+  """The checkout's short commit; empty where there is no ``git`` or no ``.git`` (a lent machine's copy)."""
+  try:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          cwd=Path(__file__).parent).stdout.strip()
+  except OSError:
+    return ""
 
 
 def run_json_lines(cmd: list[str]) -> list[dict]:
@@ -59,15 +68,16 @@ def save(name: str, payload: dict) -> Path:
 
 
 class _BudgetSpent(Exception):
-  """Raised at a curve point once the training-time budget is spent."""
+  """Raised at a curve point once the training-time or wall-time budget is spent."""
 
 
 def train_with_curve(args, problem, *, curve_tasks: int, budget_minutes: Optional[float] = None,
-                     eval_chunk: int = 100, curve: Optional[list] = None,
+                     wall_minutes: Optional[float] = None, eval_chunk: int = 100, curve: Optional[list] = None,
                      on_point: Optional[Callable[[list], None]] = None, label: str = ""):
   """Trains ``problem`` as ``metajax.harness.run.train`` does, with a learning curve: after every
   chunk, the accuracy on ``curve_tasks`` test tasks (appended to ``curve``, then ``on_point(curve)``).
-  Stops at the first chunk past ``budget_minutes`` of training time (all resumptions counted).
+  Stops at the first chunk past ``budget_minutes`` of training time (all resumptions counted), or
+  past ``wall_minutes`` of this call's wall time (compilation and curve evaluations included).
 
   Returns ``(state, meta_steps, train_time_s, curve)`` of where training stopped.
   """
@@ -75,6 +85,7 @@ def train_with_curve(args, problem, *, curve_tasks: int, budget_minutes: Optiona
   from metajax.harness.run import evaluate, train
   curve = [] if curve is None else curve
   reached = {"steps": int(problem.state.step), "state": problem.state, "train_time_s": 0.0}
+  started = time.monotonic()
 
   def on_chunk(step, state, seconds):
     mean, ci = mean_and_ci95(evaluate(problem, state, curve_tasks, seed=123, chunk=eval_chunk)["accuracy"])
@@ -85,7 +96,8 @@ def train_with_curve(args, problem, *, curve_tasks: int, budget_minutes: Optiona
     print(f"  {label} step {step:7d} {seconds:8.0f} s  test-task accuracy {100 * mean:.2f} ± {100 * ci:.2f}",
           flush=True)
     reached.update(steps=step, state=state, train_time_s=seconds)
-    if budget_minutes is not None and seconds >= 60 * budget_minutes:
+    if (budget_minutes is not None and seconds >= 60 * budget_minutes) or (
+        wall_minutes is not None and time.monotonic() - started >= 60 * wall_minutes):
       raise _BudgetSpent
 
   try:

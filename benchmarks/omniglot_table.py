@@ -5,7 +5,7 @@
   python benchmarks/omniglot_table.py test --algo reptile --ways 5 --shots 5 --model-shots 1
   python benchmarks/omniglot_table.py test --algo fomaml --ways 5 --shots 1   # its own model again
   python benchmarks/omniglot_table.py render      # table -> stdout and omniglot_table.png
-  python benchmarks/omniglot_table.py merge gpu_table.json --git 762b0a9   # rows run elsewhere
+  python benchmarks/omniglot_table.py merge gpu_table.json --git COMMIT   # rows run elsewhere
 
 ``run`` trains one cell with its paper's protocol (:func:`protocol`; differences are
 stored with the cell) in a run directory ``--runs-dir/<split>_<algo>_<W>w<S>s`` that
@@ -133,20 +133,24 @@ def test_queries(algo: str, shots: int) -> int:
   return 1 if algo == "reptile" else CURVE_QUERIES
 
 
-def lake_eval_tasks(data_dir: str, ways: int, shots: int, queries: int):
-  """``(key, n) -> Task`` batch from images_evaluation without rotations, each task's
-  classes from one alphabet (Lake et al.'s within-alphabet one-shot setting)."""
+def lake_eval_tasks(data_dir: str, ways: int, shots: int):
+  """``(key, n, queries=CURVE_QUERIES) -> Task`` batch from images_evaluation without rotations,
+  each task's classes from one alphabet (Lake et al.'s within-alphabet one-shot setting)."""
   test = omniglot.load("evaluation", data_dir, rotations=False)
   images, groups = jnp.asarray(test.images), jnp.asarray(omniglot.alphabet_ids(test))
-  return lambda key, n: episodes.sample(key, images, num_tasks=n, ways=ways, shots=shots, queries=queries,
-                                        groups=groups)
+  return lambda key, n, queries=CURVE_QUERIES: episodes.sample(key, images, num_tasks=n, ways=ways, shots=shots,
+                                                               queries=queries, groups=groups)
 
 
-def _tested_on_split(problem: Problem, ns: argparse.Namespace, queries: int = CURVE_QUERIES) -> Problem:
-  """``problem`` with ``ns.split``'s test tasks of ``queries`` per class (``build``'s are the Vinyals
-  test split's)."""
+def _on_split(problem: Problem, ns: argparse.Namespace) -> Problem:
+  """``problem`` with ``ns.split``'s test tasks (``build``'s are the Vinyals test split's)."""
   if ns.split == "lake":
-    return problem._replace(eval_tasks=lake_eval_tasks(ns.data_dir, ns.ways, ns.shots, queries))
+    return problem._replace(eval_tasks=lake_eval_tasks(ns.data_dir, ns.ways, ns.shots))
+  return problem
+
+
+def _with_queries(problem: Problem, queries: int) -> Problem:
+  """``problem`` whose test tasks have ``queries`` per class."""
   return problem._replace(eval_tasks=functools.partial(problem.eval_tasks, queries=queries))
 
 
@@ -200,12 +204,13 @@ def run_cell(ns: argparse.Namespace) -> dict:
   cell = _cell(ns, ns.shots)
   out_dir = Path(ns.runs_dir) / cell
   resume = (out_dir / "checkpoints").is_dir() and any((out_dir / "checkpoints").iterdir())
-  args = _cell_args(ns, settings, chunk=ns.curve_every, out_dir=str(out_dir), resume=resume)
-  problem = _tested_on_split(build(args), ns)
+  curve_every = ns.curve_every or (read_run_file(out_dir)["chunk"] if resume else 500)
+  args = _cell_args(ns, settings, chunk=curve_every, out_dir=str(out_dir), resume=resume)
+  problem = _on_split(build(args), ns)
   curve_file = out_dir / "curve.jsonl"
   state, steps, train_time_s, curve = train_with_curve(
-      args, problem, curve_tasks=ns.curve_tasks, budget_minutes=ns.budget_minutes, eval_chunk=ns.eval_chunk,
-      curve=_read_jsonl(curve_file), label=cell,
+      args, problem, curve_tasks=ns.curve_tasks, budget_minutes=ns.budget_minutes, wall_minutes=ns.wall_minutes,
+      eval_chunk=ns.eval_chunk, curve=_read_jsonl(curve_file), label=cell,
       on_point=lambda points: curve_file.write_text("".join(json.dumps(p) + "\n" for p in points)))
   return _test_and_store(ns, args, problem, state, steps, train_time_s, curve, settings, differences,
                          **({"ablation": overrides} if overrides else {}))
@@ -236,6 +241,7 @@ def test_cell(ns: argparse.Namespace) -> dict:
                                     eval_inner_batch=settings.get("eval_inner_batch"))
   except CheckpointError as err:
     raise SystemExit(f"{source}: {err}; {train_again}") from err
+  problem = _on_split(problem, ns)
   steps = int(state.step)
   timed = [p["time_s"] for p in _read_jsonl(source / "metrics.jsonl") if p["step"] == steps]
   if not timed:
@@ -272,7 +278,7 @@ def _test_and_store(ns, args, problem, state, steps, train_time_s, curve, settin
   """Tests ``state`` on ``ns.test_tasks`` tasks of :func:`test_queries` and writes the cell's row into
   the table."""
   queries = test_queries(ns.algo, ns.shots)
-  final = evaluate(_tested_on_split(problem, ns, queries), state, ns.test_tasks, seed=10_000 + ns.seed,
+  final = evaluate(_with_queries(problem, queries), state, ns.test_tasks, seed=10_000 + ns.seed,
                    chunk=ns.eval_chunk)
   mean, ci = mean_and_ci95(final["accuracy"])
   paper = PAPER[ns.algo][CELLS.index((ns.ways, ns.shots))] if ns.split == "vinyals" else None
@@ -296,6 +302,11 @@ def _read_jsonl(path: Path) -> list[dict]:
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _cell_key(row: dict) -> tuple:
+  """A row's cell, and its ablation's settings (``"null"`` for the table's rows)."""
+  return row["split"], row["algo"], row["ways"], row["shots"], json.dumps(row.get("ablation"), sort_keys=True)
+
+
 def _store(row: dict, table: Path) -> None:
   """Writes ``row`` into ``table``, replacing the row of the same cell (and ablation); cells may
   run in parallel: the read-modify-write holds a lock."""
@@ -303,30 +314,45 @@ def _store(row: dict, table: Path) -> None:
   with open(table.with_suffix(".lock"), "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     rows = json.loads(table.read_text()) if table.exists() else []
-    key = lambda r: (r["split"], r["algo"], r["ways"], r["shots"], json.dumps(r.get("ablation"), sort_keys=True))
-    rows = sorted([r for r in rows if key(r) != key(row)] + [row], key=lambda r: (
-        r["split"] != "vinyals", list(PAPER).index(r["algo"]), CELLS.index((r["ways"], r["shots"])), key(r)[-1]))
+    order = lambda r: (r["split"] != "vinyals", list(PAPER).index(r["algo"]), CELLS.index((r["ways"], r["shots"])),
+                       _cell_key(r)[-1])
+    rows = sorted([r for r in rows if _cell_key(r) != _cell_key(row)] + [row], key=order)
     table.write_text(json.dumps(rows, indent=1))
 
 
 def merge(ns: argparse.Namespace) -> None:
   """Stores the rows of ``ns.file`` (another copy's table, e.g. a lent GPU's) that this table lacks or
-  holds otherwise; a row whose machine has no commit (a copy without ``.git``) gets ``ns.git``."""
+  holds otherwise; a row whose machine has no commit (a copy without ``.git``) gets ``ns.git``. Refuses
+  the whole file, before storing any row, if a row would replace one trained further (unless
+  ``ns.force``), or if it holds ablation rows or rows naming no commit without ``ns.git``."""
   rows = json.loads(TABLE.read_text()) if TABLE.exists() else []
+  held = {_cell_key(r): r for r in rows}
+  new = []
   for row in json.loads(Path(ns.file).read_text()):
+    name = f"{row['split']} {row['algo']} {row['ways']}w{row['shots']}s"
     if "ablation" in row:
       raise SystemExit(f"{ns.file} holds ablation rows; it must be a copy of {TABLE.name}")
     for record in ("machine", "trained_on"):
       if record in row and not row[record].get("git"):
         if not ns.git:
-          raise SystemExit(f"{ns.file}: its {row['algo']} {row['ways']}w{row['shots']}s row names no commit; "
-                           "pass --git with the commit its working tree was")
+          raise SystemExit(f"{ns.file}: its {name} row names no commit; pass --git with the commit its "
+                           "working tree was")
         row[record]["git"] = f"{ns.git} (its working tree)"
-    if row in rows:
+    old = held.get(_cell_key(row))
+    if row == old:
       continue
+    if old is not None and old["meta_steps"] > row["meta_steps"] and not ns.force:
+      raise SystemExit(f"{ns.file}: its {name} row ({row['meta_steps']:,} meta-steps) would replace one "
+                       f"trained to {old['meta_steps']:,}; nothing merged (--force to replace it)")
+    new.append((name, row, old))
+  for name, row, old in new:
     _store(row, TABLE)
-    print(f"merged {row['split']} {row['algo']} {row['ways']}w{row['shots']}s: {row['accuracy']:.2f} ± "
-          f"{row['ci95']:.2f} after {row['meta_steps']:,} meta-steps on {row['machine']['device']}")
+    replaced = "" if old is None else (f", replacing {old['accuracy']:.2f} ± {old['ci95']:.2f} after "
+                                       f"{old['meta_steps']:,} on {old['machine']['device']}")
+    print(f"merged {name}: {row['accuracy']:.2f} ± {row['ci95']:.2f} after {row['meta_steps']:,} meta-steps on "
+          f"{row['machine']['device']}{replaced}")
+  if not new:
+    print(f"{ns.file}: no row that {TABLE.name} lacks")
 
 
 def render(_: argparse.Namespace) -> None:
@@ -379,7 +405,12 @@ def main() -> None:
     command.add_argument("--seed", type=int, default=0)
   cell.add_argument("--steps", type=int, help="meta-steps (default: the paper's)")
   cell.add_argument("--budget-minutes", type=float, help="stop after this much training time in all")
-  cell.add_argument("--curve-every", type=int, default=500, help="meta-steps between curve points")
+  cell.add_argument("--wall-minutes", type=float,
+                    help="stop after this much wall time of this invocation, compilation and curve points "
+                         "included (a machine lent for a while)")
+  cell.add_argument("--curve-every", type=int,
+                    help="meta-steps between curve points, the run's chunk (default: 500, or the run's when "
+                         "resuming)")
   cell.add_argument("--curve-tasks", type=int, default=100)
   cell.add_argument("--set", action="append", type=_setting, metavar="NAME=VALUE",
                     help="an ablation: change a protocol setting (repeatable; the row goes to omniglot_ablations.json)")
@@ -391,6 +422,7 @@ def main() -> None:
   merged = sub.add_parser("merge", help="store the new rows of another copy's table file (a lent GPU's)")
   merged.add_argument("file")
   merged.add_argument("--git", help="the commit of that copy's working tree, for rows that name none")
+  merged.add_argument("--force", action="store_true", help="replace rows trained further, too")
   merged.set_defaults(fn=merge)
   ns = parser.parse_args()
   ns.fn(ns)

@@ -1,5 +1,5 @@
-"""The Omniglot table script's protocols and its refusals to test one cell with another's model
-(``benchmarks/omniglot_table.py``; no training, no data)."""
+"""The Omniglot table script's protocols, its refusals to test one cell with another's model, and its
+merging of rows (``benchmarks/omniglot_table.py``; one short training run on the small Omniglot sets)."""
 from __future__ import annotations
 
 import argparse
@@ -12,6 +12,7 @@ import pytest
 
 from metajax.harness.args import LATER_OPTIONS
 from metajax.harness.run import RUN_FILE
+from tests.test_data import SHARED, needs_shared
 
 _SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "omniglot_table.py"
 _spec = importlib.util.spec_from_file_location("omniglot_table", _SCRIPT)
@@ -125,11 +126,14 @@ def test_each_learner_is_tested_with_its_papers_queries_and_curves_with_fifteen(
   assert args.eval_queries == table.CURVE_QUERIES == 15
 
 
-def test_a_vinyals_test_draws_the_built_problems_test_tasks_with_the_papers_queries(tmp_path):
+def test_a_test_draws_the_split_problems_test_tasks_with_the_papers_queries(tmp_path):
   drawn = []
-  problem = table.Problem(*[None] * 5, lambda key, n, queries=15: drawn.append((key, n, queries)), None)
-  table._tested_on_split(problem, _ns(tmp_path), queries=1).eval_tasks("key", 600)
-  table._tested_on_split(problem, _ns(tmp_path)).eval_tasks("key", 100)
+  fields = dict.fromkeys(table.Problem._fields)
+  problem = table.Problem(**{**fields, "eval_tasks": lambda key, n, queries=15: drawn.append((key, n, queries))})
+  vinyals = table._on_split(problem, _ns(tmp_path))
+  assert vinyals is problem  # build's test tasks are the Vinyals split's
+  table._with_queries(vinyals, 1).eval_tasks("key", 600)
+  vinyals.eval_tasks("key", 100)
   assert drawn == [("key", 600, 1), ("key", 100, 15)]
 
 
@@ -151,23 +155,46 @@ def test_a_cells_own_model_is_tested_again_only_in_place_of_a_row_of_that_model(
       table._training_machine(ns, 100)
 
 
-def test_merge_stores_another_copys_new_rows_once_and_stamps_a_missing_commit(tmp_path, monkeypatch, capsys):
+def test_merge_stores_another_copys_new_rows_once_and_refuses_what_would_lose_work(tmp_path, monkeypatch, capsys):
   monkeypatch.setattr(table, "TABLE", tmp_path / "rows.json")
-  row = lambda algo, acc, git: {"split": "vinyals", "algo": algo, "ways": 5, "shots": 1, "accuracy": acc,
-                                "ci95": 0.1, "meta_steps": 10, "machine": {"device": "H200", "git": git}}
-  kept, old = row("protonet", 99.0, "abc"), row("maml", 90.0, "abc")
+  row = lambda algo, acc, steps, git: {"split": "vinyals", "algo": algo, "ways": 5, "shots": 1, "accuracy": acc,
+                                       "ci95": 0.1, "meta_steps": steps, "machine": {"device": "H200", "git": git}}
+  kept, old = row("protonet", 99.0, 10, "abc"), row("maml", 90.0, 10, "abc")
   table.TABLE.write_text(json.dumps([old, kept]))
   gpu = tmp_path / "gpu.json"
-  gpu.write_text(json.dumps([row("maml", 98.0, ""), kept]))
-  merge = lambda git=None: table.merge(argparse.Namespace(file=str(gpu), git=git))
+  merge = lambda git=None, force=False: table.merge(argparse.Namespace(file=str(gpu), git=git, force=force))
+  gpu.write_text(json.dumps([row("maml", 98.0, 20, ""), kept]))
   with pytest.raises(SystemExit, match="maml 5w1s row names no commit; pass --git"):
     merge()
   assert json.loads(table.TABLE.read_text()) == [old, kept]
   merge("def")
   merge("def")  # nothing new the second time
-  assert capsys.readouterr().out.count("merged vinyals maml 5w1s: 98.00") == 1
-  stamped = {**row("maml", 98.0, ""), "machine": {"device": "H200", "git": "def (its working tree)"}}
+  out = capsys.readouterr().out
+  assert out.count("merged vinyals maml 5w1s: 98.00 ± 0.10 after 20 meta-steps on H200, replacing 90.00") == 1
+  assert "no row that rows.json lacks" in out
+  stamped = {**row("maml", 98.0, 20, ""), "machine": {"device": "H200", "git": "def (its working tree)"}}
   assert json.loads(table.TABLE.read_text()) == [stamped, kept]
+  # an older file's rows: one new cell, one trained less far than the table's; nothing is stored
+  gpu.write_text(json.dumps([{**row("maml", 95.0, 10, "abc"), "shots": 5}, row("maml", 97.0, 10, "abc")]))
+  with pytest.raises(SystemExit, match=r"\(10 meta-steps\) would replace one trained to 20; nothing merged"):
+    merge()
+  assert json.loads(table.TABLE.read_text()) == [stamped, kept]
+  merge(force=True)
+  assert [r["accuracy"] for r in json.loads(table.TABLE.read_text())] == [97.0, 95.0, 99.0]
   gpu.write_text(json.dumps([{**kept, "ablation": {"width": 32}}]))
   with pytest.raises(SystemExit, match="holds ablation rows"):
     merge()
+
+
+@needs_shared
+def test_a_wall_time_budget_stops_training_at_its_first_curve_point(tmp_path, monkeypatch):
+  from metajax.harness.args import TrainArgs
+  from metajax.harness.problem import build
+  monkeypatch.setenv("METAJAX_CACHE", str(tmp_path / "cache"))
+  args = TrainArgs(dataset="omniglot", data_dir=str(SHARED), algo="protonet", width=8, steps=6, chunk=2,
+                   meta_batch=2, queries=2, eval_queries=2, train_split="background_small1",
+                   eval_split="background_small2", out_dir=str(tmp_path / "run"))
+  points = []
+  state, steps, _, curve = table.train_with_curve(args, build(args), curve_tasks=2, wall_minutes=0,
+                                                   on_point=points.append)
+  assert steps == int(state.step) == 2 and [p["step"] for p in curve] == [2] and len(points) == 1
