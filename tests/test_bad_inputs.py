@@ -17,6 +17,7 @@ import pytest
 import metajax
 from metajax import learners, maml
 from metajax.harness import checkpoint
+from metajax.harness.args import CHOICES, DATASET_DEFAULTS, TrainArgs
 from metajax.harness.cli import main
 from metajax.harness.run import load_run
 from metajax.core import adapt, mean_and_ci95
@@ -298,6 +299,18 @@ CLI_CASES = [
 @pytest.mark.parametrize("argv,message", CLI_CASES, ids=lambda v: " ".join(v) if isinstance(v, list) else "")
 def test_cli_options(argv, message, capsys):
   _cli_error(argv, message, capsys)
+
+
+@pytest.mark.parametrize("name", sorted(CHOICES))
+def test_train_args_string_options(name):
+  """Every ``Literal`` option of ``TrainArgs`` is checked, naming its flag and choices (the CLI's argparse
+  catches them first; this is the path of code that builds ``TrainArgs`` itself)."""
+  with pytest.raises(ValueError, match=f"--{name.replace('_', '-')}: unknown value 'bogus'; choose one of"):
+    TrainArgs(**{name: "bogus"})
+
+
+def test_dataset_choices_have_defaults():
+  assert set(CHOICES["dataset"]) == set(DATASET_DEFAULTS)
 
 
 @needs_shared

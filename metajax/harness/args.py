@@ -2,22 +2,18 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, Optional
+from typing import Literal, Optional, get_args, get_origin, get_type_hints
 
-from metajax.core.meta import TASK_STRATEGIES, TaskStrategy
+from metajax.core.meta import TaskStrategy
 from metajax.core.validate import check_finite_number, check_nonnegative_int, check_positive_int
 from metajax.learners import registry
-from metajax.learners.gradient import CARRY_MODES, CarryMode, check_carry_mode
-from metajax.models.conv4 import DOWNSAMPLES, VECTOR_FEATURES, Downsample, VectorFeatures
+from metajax.learners.gradient import CarryMode, check_carry_mode
+from metajax.models.conv4 import Downsample, VectorFeatures
 
 Dataset = Literal["sinusoid", "omniglot", "mini-imagenet", "cifar-fs", "fc100", "tiered-imagenet", "cub"]
 InnerOptimizer = Literal["sgd", "adam"]
 OuterOptimizer = Literal["adam", "sgd"]
 LRDecay = Literal["cosine", "linear", "halve"]
-# The string options and their choices (the CLI's ``choices``; checked in TrainArgs).
-CHOICES = {"downsample": DOWNSAMPLES, "conv_features": VECTOR_FEATURES, "inner_optimizer": ("sgd", "adam"),
-           "carry_mode": CARRY_MODES, "outer_optimizer": ("adam", "sgd"),
-           "outer_lr_decay": ("cosine", "linear", "halve")}
 
 # Per-dataset defaults for options left unset: the MAML paper's settings, with steps cut so that a
 # default image run takes about 10 minutes on 2 CPU cores (MAML: ~2 s per Omniglot step).
@@ -100,18 +96,14 @@ class TrainArgs:
   keep_checkpoints: int = 3
 
   def __post_init__(self):
-    if self.dataset not in DATASET_DEFAULTS:
-      raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {sorted(DATASET_DEFAULTS)}")
+    for name, choices in CHOICES.items():
+      if getattr(self, name) not in choices:
+        raise ValueError(f"--{name.replace('_', '-')}: unknown value {getattr(self, name)!r}; choose one of {choices}")
     entry = registry.get(self.algo)
     if entry.classification_only and self.dataset == "sinusoid":
       raise ValueError(f"{self.algo} is a classifier; use it with --dataset omniglot")
     if self.eval_inner_steps is not None and not entry.eval_inner_steps:
       raise ValueError(f"--eval-inner-steps: {self.algo} evaluates without a configurable number of inner steps")
-    if self.task_strategy not in TASK_STRATEGIES:
-      raise ValueError(f"unknown task strategy {self.task_strategy!r}; choose one of {TASK_STRATEGIES}")
-    for name, choices in CHOICES.items():
-      if getattr(self, name) not in choices:
-        raise ValueError(f"--{name.replace('_', '-')}: unknown value {getattr(self, name)!r}; choose one of {choices}")
     why = registry.ignored_options(self.algo, [flag for flag, given in (
         ("--inner-optimizer", self.inner_optimizer != "sgd"), ("--inner-batch", self.inner_batch is not None),
         ("--eval-inner-batch", self.eval_inner_batch is not None)) if given],
@@ -153,6 +145,11 @@ class TrainArgs:
       raise ValueError("--resume needs the --out-dir of the run to continue")
     for name in ("inner_lr", "outer_lr") + (("clip_grad_norm",) if self.clip_grad_norm is not None else ()):
       check_finite_number(getattr(self, name), f"--{name.replace('_', '-')}", positive=True)
+
+
+# The string options and their choices, from their ``Literal`` types (the CLI's ``choices``).
+CHOICES: dict[str, tuple[str, ...]] = {name: get_args(hint) for name, hint in get_type_hints(TrainArgs).items()
+                                       if get_origin(hint) is Literal}
 
 
 # Options added after run directories were first saved, with the value a run.json that lacks one had.

@@ -15,7 +15,6 @@ import traceback
 from pathlib import Path
 from typing import Optional, Sequence
 
-from metajax.core.meta import TASK_STRATEGIES
 from metajax.core.xla_cpu import use_fast_cpu_convolutions
 from metajax.harness.args import ALGO_DEFAULTS, CHOICES, DATASET_DEFAULTS, TrainArgs
 from metajax.harness.checkpoint import CheckpointError
@@ -100,8 +99,7 @@ def _parser() -> argparse.ArgumentParser:
       train.add_argument(flag, action="store_true", help=HELP[field.name])
       continue
     kwargs = {"default": field.default, "help": HELP[field.name] + shown, "type": kind}
-    choices = {"algo": sorted(REGISTRY), "dataset": sorted(DATASET_DEFAULTS),
-               "task_strategy": list(TASK_STRATEGIES), **{k: list(v) for k, v in CHOICES.items()}}
+    choices = {"algo": sorted(REGISTRY), **{k: list(v) for k, v in CHOICES.items()}}
     if field.name in choices:
       kwargs["choices"] = choices[field.name]
     train.add_argument(flag, **kwargs)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, Literal, Optional, get_args
 
 import jax
 import jax.numpy as jnp
@@ -44,7 +44,7 @@ ApplyFn = Callable[[PyTree, Array], Array]
 LossFn = Callable[[Array, Array], Array]
 MetricsFn = Callable[[Array, Array], dict]
 InnerLRMode = Literal["fixed", "scalar", "per_param", "per_step"]
-INNER_LR_MODES = ("fixed", "scalar", "per_param", "per_step")
+INNER_LR_MODES = get_args(InnerLRMode)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,7 +270,7 @@ class MAMLConfig(InnerLoopConfig):
 
 
 CarryMode = Literal["mean", "sequential"]
-CARRY_MODES = ("mean", "sequential")
+CARRY_MODES = get_args(CarryMode)
 
 
 def check_carry_mode(carry_mode: str, carry_inner_state: bool, owner: str,

@@ -19,7 +19,7 @@ VJP, so the inner loop is never differentiated: memory does not grow with
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import jax
 import optax
@@ -36,7 +36,7 @@ __all__ = ["IMAMLConfig", "imaml", "meta_grad", "meta_step", "proximal_solve"]
 PyTree = Any
 Array = jax.Array
 HVPMode = Literal["reverse", "forward"]
-HVP_MODES = ("reverse", "forward")
+HVP_MODES = get_args(HVPMode)
 
 
 @dataclasses.dataclass(frozen=True)

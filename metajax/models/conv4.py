@@ -2,7 +2,7 @@
 Relation network's convolutional relation module."""
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, Optional, get_args
 
 import flax.linen as nn
 import jax
@@ -10,11 +10,11 @@ import jax
 from metajax.models.layers import Conv, ConvImpl, max_pool_2x2
 
 Downsample = Literal["max_pool", "stride"]
-DOWNSAMPLES = ("max_pool", "stride")
+DOWNSAMPLES = get_args(Downsample)
 Features = Literal["flatten", "mean", "maps"]
-FEATURES = ("flatten", "mean", "maps")
+FEATURES = get_args(Features)
 VectorFeatures = Literal["flatten", "mean"]  # the ``features`` that give vectors
-VECTOR_FEATURES = ("flatten", "mean")
+VECTOR_FEATURES = get_args(VectorFeatures)
 
 
 class Conv4(nn.Module):

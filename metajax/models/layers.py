@@ -19,7 +19,7 @@ this module (measurements in ``benchmarks/RESULTS.md``):
 from __future__ import annotations
 
 import functools
-from typing import Literal
+from typing import Literal, get_args
 
 import flax.linen as nn
 import jax
@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from jax import lax
 
 ConvImpl = Literal["auto", "vjp", "matmul", "xla"]
-CONV_IMPLS = ("auto", "vjp", "matmul", "xla")
+CONV_IMPLS = get_args(ConvImpl)
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 _IM2COL_MAX_CHANNELS = 4  # forward by im2col + matmul up to this many input channels (RESULTS.md)
 Pads = tuple[tuple[int, int], tuple[int, int]]
