@@ -8,6 +8,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import matplotlib.pyplot
 import pytest
 
 from metajax.harness.args import LATER_OPTIONS
@@ -99,6 +100,25 @@ def test_an_ablation_row_replaces_only_its_own_row(tmp_path):
   for r in (row, ablation, {**ablation, "accuracy": 2}):
     table._store(r, path)
   assert json.loads(path.read_text()) == [row, {**ablation, "accuracy": 2}]
+
+
+def test_the_plot_gives_each_learner_one_colour_in_every_panel(tmp_path):
+  curve = lambda *acc: [{"train_time_s": 60.0 * (i + 1), "accuracy": a} for i, a in enumerate(acc)]
+  row = lambda algo, ways, shots, device="cpu", split="vinyals": dict(
+      algo=algo, ways=ways, shots=shots, split=split, paper=None if split == "lake" else 98.0,
+      machine={"device": device}, curve=curve(0.6, 0.8))
+  rows = [row("relation", 5, 1), row("maml", 5, 1, "NVIDIA H100"), row("maml", 20, 5),
+          row("protonet", 20, 1, split="lake"), {**row("reptile", 5, 5), "curve": []}]
+  fig = table.plot(rows, tmp_path / "table.png")
+  lines = {ax.get_title(): {l.get_label(): (l.get_color(), l.get_linestyle()) for l in ax.get_lines()
+                            if not l.get_label().startswith("_")} for ax in fig.axes}
+  assert lines["5-way 1-shot"]["maml (vinyals)"][0] == lines["20-way 5-shot"]["maml (vinyals)"][0]
+  assert lines["5-way 1-shot"]["maml (vinyals)"][1] == "--" and lines["20-way 5-shot"]["maml (vinyals)"][1] == "-"
+  assert lines["5-way 1-shot"]["maml (vinyals)"][0] != lines["5-way 1-shot"]["relation (vinyals)"][0]
+  assert lines["20-way 1-shot"] == {"protonet (lake)": (lines["20-way 1-shot"]["protonet (lake)"][0], ":")}
+  assert lines["5-way 5-shot"] == {}  # a row without a curve of its own draws nothing
+  assert (tmp_path / "table.png").stat().st_size > 0
+  matplotlib.pyplot.close(fig)
 
 
 @pytest.mark.parametrize("algo,ways,accuracy,ci95,paper,met", [
