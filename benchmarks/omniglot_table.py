@@ -376,28 +376,31 @@ def render(_: argparse.Namespace) -> None:
 def plot(rows: list[dict], path: Path):
   """Each row's learning curve (100 test tasks, 15 queries per class) against its training minutes,
   one panel per cell, log scale: the curve ends where the budget stopped it, and a bar in its colour
-  there marks its paper's number. One colour per learner in every panel; dashed: trained on a GPU;
-  dotted: Lake's split. Returns the figure."""
+  there marks its paper's number. One colour per learner in every panel; dashed: trained on an
+  accelerator; dotted: Lake's split. Rows without a curve of their own (another cell's model) draw
+  nothing. Returns the figure."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   from matplotlib.lines import Line2D
   curves = [r for r in rows if r["curve"]]
   colour = {algo: f"C{i}" for i, algo in enumerate(sorted({r["algo"] for r in curves}))}
+  bottom = min([50] + [10 * (100 * p["accuracy"] // 10) for r in curves for p in r["curve"]])
   fig, axes = plt.subplots(1, len(CELLS), figsize=(4 * len(CELLS), 3.8), sharey=True)
   for ax, cell in zip(axes, CELLS):
     for r in (r for r in curves if (r["ways"], r["shots"]) == cell):
       minutes = [p["train_time_s"] / 60 for p in r["curve"]]
-      style = ":" if r["split"] == "lake" else "-" if r["machine"]["device"] == "cpu" else "--"
+      trained_on = r.get("trained_on", r["machine"])["device"]  # a model tested again keeps its training's
+      style = ":" if r["split"] == "lake" else "-" if trained_on == "cpu" else "--"
       ax.plot(minutes, [100 * p["accuracy"] for p in r["curve"]], style, color=colour[r["algo"]],
               label=f"{r['algo']} ({r['split']})")
       if r["paper"] is not None:
         ax.plot(minutes[-1], r["paper"], "_", color=colour[r["algo"]], markersize=12, markeredgewidth=2)
-    ax.set(title=f"{cell[0]}-way {cell[1]}-shot", xlabel="training minutes", xscale="log", ylim=(50, 100))
+    ax.set(title=f"{cell[0]}-way {cell[1]}-shot", xlabel="training minutes", xscale="log", ylim=(bottom, 100))
     ax.grid(alpha=0.3, which="both")
   axes[0].set_ylabel("test-task accuracy (%)")
   handles = [Line2D([], [], color=c, label=algo) for algo, c in colour.items()] + [
-      Line2D([], [], color="k", linestyle="--", label="GPU"), Line2D([], [], color="k", linestyle=":", label="Lake split"),
+      Line2D([], [], color="k", linestyle="--", label="accelerator"), Line2D([], [], color="k", linestyle=":", label="Lake split"),
       Line2D([], [], color="k", marker="_", linestyle="", markersize=12, markeredgewidth=2, label="paper")]
   fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
   fig.tight_layout(rect=(0, 0.07, 1, 1))

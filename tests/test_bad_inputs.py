@@ -309,7 +309,9 @@ def test_train_args_string_options(name):
     TrainArgs(**{name: "bogus"})
 
 
-def test_dataset_choices_have_defaults():
+def test_every_string_option_has_its_choices():
+  assert sorted(CHOICES) == ["carry_mode", "conv_features", "dataset", "downsample", "inner_optimizer",
+                             "outer_lr_decay", "outer_optimizer", "task_strategy"]
   assert set(CHOICES["dataset"]) == set(DATASET_DEFAULTS)
 
 

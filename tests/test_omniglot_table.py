@@ -108,6 +108,7 @@ def test_the_plot_gives_each_learner_one_colour_in_every_panel(tmp_path):
       algo=algo, ways=ways, shots=shots, split=split, paper=None if split == "lake" else 98.0,
       machine={"device": device}, curve=curve(0.6, 0.8))
   rows = [row("relation", 5, 1), row("maml", 5, 1, "NVIDIA H100"), row("maml", 20, 5),
+          {**row("maml", 20, 1), "trained_on": {"device": "NVIDIA H100"}},  # tested again on the CPU
           row("protonet", 20, 1, split="lake"), {**row("reptile", 5, 5), "curve": []}]
   fig = table.plot(rows, tmp_path / "table.png")
   lines = {ax.get_title(): {l.get_label(): (l.get_color(), l.get_linestyle()) for l in ax.get_lines()
@@ -115,8 +116,12 @@ def test_the_plot_gives_each_learner_one_colour_in_every_panel(tmp_path):
   assert lines["5-way 1-shot"]["maml (vinyals)"][0] == lines["20-way 5-shot"]["maml (vinyals)"][0]
   assert lines["5-way 1-shot"]["maml (vinyals)"][1] == "--" and lines["20-way 5-shot"]["maml (vinyals)"][1] == "-"
   assert lines["5-way 1-shot"]["maml (vinyals)"][0] != lines["5-way 1-shot"]["relation (vinyals)"][0]
-  assert lines["20-way 1-shot"] == {"protonet (lake)": (lines["20-way 1-shot"]["protonet (lake)"][0], ":")}
+  assert lines["20-way 1-shot"]["protonet (lake)"][1] == ":" and lines["20-way 1-shot"]["maml (vinyals)"][1] == "--"
   assert lines["5-way 5-shot"] == {}  # a row without a curve of its own draws nothing
+  assert [t.get_text() for t in fig.legends[0].get_texts()] == [
+      "maml", "protonet", "relation", "accelerator", "Lake split", "paper"]  # reptile has no curve here
+  bars = [l for ax in fig.axes for l in ax.get_lines() if l.get_marker() == "_"]
+  assert sorted(l.get_ydata()[0] for l in bars) == [98.0] * 4  # each Vinyals curve's paper number
   assert (tmp_path / "table.png").stat().st_size > 0
   matplotlib.pyplot.close(fig)
 
