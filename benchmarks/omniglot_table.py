@@ -385,6 +385,7 @@ def plot(rows: list[dict], path: Path):
   from matplotlib.lines import Line2D
   curves = [r for r in rows if r["curve"]]
   colour = {algo: f"C{i}" for i, algo in enumerate(sorted({r["algo"] for r in curves}))}
+  bar = dict(marker="_", markersize=12, markeredgewidth=2)  # a paper's number
   bottom = min([50] + [10 * (100 * p["accuracy"] // 10) for r in curves for p in r["curve"]])
   fig, axes = plt.subplots(1, len(CELLS), figsize=(4 * len(CELLS), 3.8), sharey=True)
   for ax, cell in zip(axes, CELLS):
@@ -395,13 +396,13 @@ def plot(rows: list[dict], path: Path):
       ax.plot(minutes, [100 * p["accuracy"] for p in r["curve"]], style, color=colour[r["algo"]],
               label=f"{r['algo']} ({r['split']})")
       if r["paper"] is not None:
-        ax.plot(minutes[-1], r["paper"], "_", color=colour[r["algo"]], markersize=12, markeredgewidth=2)
+        ax.plot(minutes[-1], r["paper"], color=colour[r["algo"]], **bar)
     ax.set(title=f"{cell[0]}-way {cell[1]}-shot", xlabel="training minutes", xscale="log", ylim=(bottom, 100))
     ax.grid(alpha=0.3, which="both")
   axes[0].set_ylabel("test-task accuracy (%)")
   handles = [Line2D([], [], color=c, label=algo) for algo, c in colour.items()] + [
       Line2D([], [], color="k", linestyle="--", label="accelerator"), Line2D([], [], color="k", linestyle=":", label="Lake split"),
-      Line2D([], [], color="k", marker="_", linestyle="", markersize=12, markeredgewidth=2, label="paper")]
+      Line2D([], [], color="k", linestyle="", label="paper", **bar)]
   fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
   fig.tight_layout(rect=(0, 0.07, 1, 1))
   fig.savefig(path, dpi=110)
