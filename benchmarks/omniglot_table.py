@@ -271,7 +271,12 @@ def _training_machine(ns: argparse.Namespace, steps: int) -> dict:
     held = f"{row['trained_by']}'s model" if "trained_by" in row else f"a model at meta-step {row['meta_steps']:,}"
     raise SystemExit(f"the table's {_cell(ns, ns.shots)} row holds {held}, not this run's at {steps:,}; "
                      "pass --model-shots to test another cell's model, or run the cell")
-  return {"trained_on": row.get("trained_on", row["machine"])}
+  return {"trained_on": trained_on(row)}
+
+
+def trained_on(row: dict) -> dict:
+  """The machine that trained ``row``'s model: a model tested again keeps its training's."""
+  return row.get("trained_on", row["machine"])
 
 
 def _test_and_store(ns, args, problem, state, steps, train_time_s, curve, settings, differences, **extra) -> dict:
@@ -368,7 +373,7 @@ def render(_: argparse.Namespace) -> None:
     shared = f" ({r['trained_by'].rsplit('_', 1)[1]}'s model)" if "trained_by" in r else ""
     print(f"| {r['split']} | {r['algo']} | {r['ways']}w{r['shots']}s | {r['accuracy']:.2f} ± {r['ci95']:.2f} | "
           f"{r['test_queries']} | {paper} | {target} | {r['meta_steps']:,} ({r['planned_steps']:,}) | "
-          f"{r['train_seconds'] / 60:.1f} min{shared} | {r['machine']['device']} |")
+          f"{r['train_seconds'] / 60:.1f} min{shared} | {trained_on(r)['device']} |")
   plot(rows, RESULTS / "omniglot_table.png")
   print(f"wrote {RESULTS / 'omniglot_table.png'}")
 
@@ -391,8 +396,7 @@ def plot(rows: list[dict], path: Path):
   for ax, cell in zip(axes, CELLS):
     for r in (r for r in curves if (r["ways"], r["shots"]) == cell):
       minutes = [p["train_time_s"] / 60 for p in r["curve"]]
-      trained_on = r.get("trained_on", r["machine"])["device"]  # a model tested again keeps its training's
-      style = ":" if r["split"] == "lake" else "-" if trained_on == "cpu" else "--"
+      style = ":" if r["split"] == "lake" else "-" if trained_on(r)["device"] == "cpu" else "--"
       ax.plot(minutes, [100 * p["accuracy"] for p in r["curve"]], style, color=colour[r["algo"]],
               label=f"{r['algo']} ({r['split']})")
       if r["paper"] is not None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+from typing import get_args
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +16,7 @@ from metajax.core import losses, train_steps
 from metajax.data import episodes, sinusoid
 from metajax.learners import recurrent as rnn
 from metajax.models import Conv4, functional
+from metajax.models import recurrent as cells
 from tests.conftest import tiny_mlp
 
 
@@ -119,6 +121,12 @@ def test_recurrent_learners_beat_their_initialisation_on_held_out_sinusoids(whic
   state, _ = train_steps(state, meta_step=learner.meta_step, sample_fn=sample, num_steps=steps)
   after = float(evaluate(state, held_out)["loss"].mean())
   assert after < bar * before, f"{which}: {before=} {after=}"
+
+
+def test_every_cell_kind_has_its_flax_cell():
+  assert tuple(cells.CELLS) == get_args(cells.CellKind)
+  for kind, cell in cells.CELLS.items():
+    assert isinstance(cells.make_cell(kind, 3, parent=None), cell)
 
 
 def test_bad_recurrent_settings_are_named(mlp, key):
