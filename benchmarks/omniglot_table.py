@@ -353,9 +353,9 @@ def merge(ns: argparse.Namespace) -> None:
   for name, row, old in new:
     _store(row, TABLE)
     replaced = "" if old is None else (f", replacing {old['accuracy']:.2f} ± {old['ci95']:.2f} after "
-                                       f"{old['meta_steps']:,} on {old['machine']['device']}")
+                                       f"{old['meta_steps']:,} on {trained_on(old)['device']}")
     print(f"merged {name}: {row['accuracy']:.2f} ± {row['ci95']:.2f} after {row['meta_steps']:,} meta-steps on "
-          f"{row['machine']['device']}{replaced}")
+          f"{trained_on(row)['device']}{replaced}")
   if not new:
     print(f"{ns.file}: no row that {TABLE.name} lacks")
 
