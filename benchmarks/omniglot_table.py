@@ -108,7 +108,10 @@ def protocol(algo: str, ways: int, shots: int) -> tuple[dict, list[str]]:
              "on, the other 423 tested unrotated; benchmarks/omniglot_unrotated.py)"])
   if algo == "protonet":  # Snell et al. 2017, section 3.1
     return (dict(meta_batch=1, train_ways=60, queries=5, steps=40_000, outer_lr_decay="halve",
-                 outer_lr_decay_steps=2_000), [])
+                 outer_lr_decay_steps=2_000),
+            ["a fixed 40,000 episodes on the training and validation characters (their code stops training on "
+             "the training characters when the validation loss has not fallen for 20,000 episodes, then trains "
+             "again on both for the best episode count plus 20,000)"])
   if algo in ("matching", "matching-fce"):  # Vinyals et al. 2016
     return (dict(meta_batch=8, queries=15, steps=40_000),
             (["no full-context embeddings (the matching-fce row has them)"] if algo == "matching" else []) +
@@ -118,7 +121,14 @@ def protocol(algo: str, ways: int, shots: int) -> tuple[dict, list[str]]:
     queries = {(5, 1): 19, (5, 5): 15, (20, 1): 10, (20, 5): 5}[(ways, shots)]
     return (dict(meta_batch=1, queries=queries, steps=1_000_000, outer_lr_decay="halve",
                  outer_lr_decay_steps=100_000),
-            ["SAME padding in every conv (the paper's embedding has two VALID convs: 5x5 maps, here 7x7)"])
+            ["SAME padding in every conv (the paper's embedding has two VALID convs: 5x5 maps, here 7x7)",
+             "no gradient clipping (their code clips each network's gradient norm to 0.5)",
+             "flax's initialisers (their code: conv kernels normal with variance 2/(9 x out channels), linear "
+             "weights normal with std 0.01 and biases 1)",
+             "the Vinyals characters, rotations as classes (their code: 1,200 characters drawn at random to train "
+             "on, the other 423 to test on, each task turned by one random multiple of 90 degrees)",
+             "one 600-task test of the last model (their code tests 1,000 tasks every 5,000 episodes and keeps "
+             "the model whenever that test accuracy rises: the paper's number is a best of test evaluations)"])
   raise ValueError(f"no Omniglot protocol for {algo!r}; choose one of {sorted(PAPER)}")
 
 
