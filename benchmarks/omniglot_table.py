@@ -67,6 +67,13 @@ CURVE_QUERIES = 15  # queries per class of every learning curve's tasks (and of 
 # Issue 14's targets: these learners at their paper's number within the CI; the others within
 # 1 point at 5-way and 3 at 20-way.
 WITHIN_CI = ("protonet", "relation")
+# Finn et al.'s inner loss is the support set's per-example cross-entropy over update_batch_size, summed by
+# tf.gradients: ``ways`` times the mean cross-entropy of every learner here.
+INNER_STEP_DIFFERENCE = (
+    "their inner learning rate on the mean cross-entropy, so 1/ways of their inner step (their loss sums the "
+    "support's per-example losses divided by the shots: on the mean, their rate is update_lr x ways, 2.0 at 5- and "
+    "20-way; with 2.0, the FOMAML 20w1s curve was lower over its first 1,000 steps: "
+    "results/omniglot_fomaml_20w1s_network_variants.json)")
 
 
 def meets_target(row: dict) -> bool | None:
@@ -91,7 +98,8 @@ def protocol(algo: str, ways: int, shots: int) -> tuple[dict, list[str]]:
              "conv kernels start LeCun-normal (theirs: Glorot-uniform, the first layer's std 5.7x smaller; "
              "with theirs, the FOMAML 20w1s curve was the same within noise: "
              "benchmarks/probes/omniglot_fomaml_network.py xavier)",
-             "the Vinyals characters (theirs: 1,100 drawn at random to train on, the last 423 to test on)"])
+             "the Vinyals characters (theirs: 1,100 drawn at random to train on, the last 423 to test on)",
+             INNER_STEP_DIFFERENCE])
   if algo == "reptile":  # Nichol et al. 2018, appendix A and their run_omniglot.py commands (transductive)
     five = ways == 5
     steps = 100_000 if five else 200_000

@@ -11,7 +11,10 @@ the network:
           the same variance except the first layer's, 5.7x larger in standard deviation)
 
   python benchmarks/probes/omniglot_fomaml_network.py invert [--ways 5 --shots 1 --steps 5000]
-      [--out-dir /root/metajax-runs/ablate]
+      [--inner-lr 2.0] [--out-dir /root/metajax-runs/ablate]
+
+``--inner-lr`` replaces the protocol's inner learning rate (their code's step on the mean loss is
+``ways`` times its ``update_lr``: RESULTS.md).
 
 Swaps the registry's backbone and fomaml build in this process only; writes
 ``<out-dir>/fomaml_<W>w<S>s_<variant>.json`` with the curve. RESULTS.md has the findings."""
@@ -41,6 +44,7 @@ parser.add_argument("--ways", type=int, default=20)
 parser.add_argument("--shots", type=int, default=1)
 parser.add_argument("--steps", type=int, default=1000)
 parser.add_argument("--curve-every", type=int, default=250)
+parser.add_argument("--inner-lr", type=float, help="the inner learning rate (default: the protocol's)")
 parser.add_argument("--out-dir", default="/root/metajax-runs/ablate")
 parser.add_argument("--data-dir", default=os.environ.get("METAJAX_DATA", str(DEFAULT_DATA)))
 cli = parser.parse_args()
@@ -77,8 +81,11 @@ ns = argparse.Namespace(algo="fomaml", ways=cli.ways, shots=cli.shots, split="vi
 settings, _ = T.protocol("fomaml", cli.ways, cli.shots)
 settings["steps"] = cli.steps
 out = f"{cli.out_dir}/fomaml_{cli.ways}w{cli.shots}s_{cli.variant}"
+if cli.inner_lr is not None:
+  settings["inner_lr"] = cli.inner_lr
+  out += f"_lr{cli.inner_lr:g}"
 args = T._cell_args(ns, settings, chunk=cli.curve_every, out_dir=out, resume=False)
 problem = build(args)
 state, steps, t, curve = train_with_curve(args, problem, curve_tasks=100, eval_chunk=20, label=cli.variant)
 Path(out + ".json").write_text(json.dumps(
-    {"variant": cli.variant, "curve": curve, "train_s": t, "machine": machine()}, indent=1))
+    {"variant": cli.variant, "inner_lr": settings["inner_lr"], "curve": curve, "train_s": t, "machine": machine()}, indent=1))
