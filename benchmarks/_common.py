@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import jax
 
@@ -57,6 +57,18 @@ def run_json_lines(cmd: list[str]) -> list[dict]:
     print(f"FAILED: {' '.join(cmd)}\n{proc.stderr[-2000:]}", file=sys.stderr)
     return []
   return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+def call_seconds(fn: Callable[[], Any], repeats: int) -> list[float]:
+  """Wall seconds of ``repeats`` calls of ``fn()``, each blocked until ready, after one untimed call
+  (compilation); sorted, so ``[0]`` is the fastest and ``[len // 2]`` the median."""
+  jax.block_until_ready(fn())
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t0)
+  return sorted(times)
 
 
 def save(name: str, payload: dict) -> Path:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -15,7 +14,7 @@ import jax.numpy as jnp
 import optax
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import DEFAULT_DATA, machine, save  # noqa: E402
+from _common import DEFAULT_DATA, call_seconds, machine, save  # noqa: E402
 
 import metajax  # noqa: E402
 from metajax import maml  # noqa: E402
@@ -24,13 +23,8 @@ from metajax.data import episodes, omniglot  # noqa: E402
 
 
 def _time(fn, *args, repeats=5):
-  jax.block_until_ready(fn(*args))
-  best = float("inf")
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    best = min(best, time.perf_counter() - t0)
-  return best
+  """The fastest of ``repeats`` calls of ``fn(*args)``, in seconds."""
+  return call_seconds(lambda: fn(*args), repeats)[0]
 
 
 def main() -> None:

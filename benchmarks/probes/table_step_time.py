@@ -18,28 +18,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 import jax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import omniglot_table as T  # noqa: E402  (applies the fast CPU convolutions via _common)
-from _common import DEFAULT_DATA, machine, save  # noqa: E402
+from _common import DEFAULT_DATA, call_seconds, machine, save  # noqa: E402
 
 from metajax.core.loop import train_steps  # noqa: E402
 from metajax.harness.problem import build  # noqa: E402
-
-
-def seconds(fn, repeats: int) -> float:
-  """Median wall seconds of ``fn()`` (blocked until ready) over ``repeats`` calls after a first one."""
-  jax.block_until_ready(fn())
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
-  return sorted(times)[len(times) // 2]
 
 
 def main() -> None:
@@ -62,10 +50,15 @@ def main() -> None:
   step = jax.jit(problem.learner.meta_step)
   scan = lambda: train_steps(state, data, meta_step=problem.learner.meta_step, sample_fn=problem.sample_fn,
                              num_steps=cli.scan_steps)
-  times = {"step_s": seconds(lambda: step(state, batch), cli.repeats),
-           "scan_step_s": seconds(scan, cli.repeats) / cli.scan_steps,
-           "sample_s": seconds(lambda: sample(jax.random.PRNGKey(1), data), cli.repeats)}
-  print(f"{cli.algo} {cli.ways}w{cli.shots}s, seconds a meta-step (median of {cli.repeats}):")
+
+  def median(fn) -> float:
+    times = call_seconds(fn, cli.repeats)
+    return times[len(times) // 2]
+
+  times = {"step_s": median(lambda: step(state, batch)),  # a meta-step alone
+           "scan_step_s": median(scan) / cli.scan_steps,  # a meta-step inside the scan
+           "sample_s": median(lambda: sample(jax.random.PRNGKey(1), data))}  # one batch of episodes
+  print(f"{cli.algo} {cli.ways}w{cli.shots}s, seconds (median of {cli.repeats}):")
   for name, value in times.items():
     print(f"  {name:12s} {value:.4f}")
   if cli.out:
