@@ -37,17 +37,23 @@ def machine() -> dict:
       "jax": jax.__version__, "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else None,
       "flax": flax.__version__, "optax": optax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "command": " ".join([Path(sys.executable).name] + sys.argv),
-      "git": _commit(),
+      "git": STARTED_ON,
   }
 
 
 def _commit() -> str:
-  """The checkout's short commit; empty where there is no ``git`` or no ``.git`` (a lent machine's copy)."""
+  """The checkout's short commit, ``+changes`` when tracked files differ from it; empty where there is no
+  ``git`` or no ``.git`` (a lent machine's copy)."""
+  git = lambda *args: subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent)
   try:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                          cwd=Path(__file__).parent).stdout.strip()
+    head = git("rev-parse", "--short", "HEAD").stdout.strip()
+    return head + ("+changes" if head and git("diff", "--quiet", "HEAD").returncode == 1 else "")
   except OSError:
     return ""
+
+
+# The commit of the code this process runs, read when it starts: a run of hours outlives later commits.
+STARTED_ON = _commit()
 
 
 def run_json_lines(cmd: list[str]) -> list[dict]:
@@ -96,7 +102,7 @@ def train_with_curve(args, problem, *, curve_tasks: int, budget_minutes: Optiona
   from metajax.core import mean_and_ci95
   from metajax.harness.run import evaluate, train
   curve = [] if curve is None else curve
-  reached = {"steps": int(problem.state.step), "state": problem.state, "train_time_s": 0.0}
+  reached = {}  # the last curve point's
   started = time.monotonic()
 
   def on_chunk(step, state, seconds):
@@ -114,7 +120,8 @@ def train_with_curve(args, problem, *, curve_tasks: int, budget_minutes: Optiona
 
   try:
     trained = train(args, problem, on_chunk=on_chunk)
-    reached.update(steps=args.steps, state=trained.state, train_time_s=trained.train_time_s)
+    if not reached:  # resumed at its last step: no chunk left
+      reached.update(steps=args.steps, state=trained.state, train_time_s=trained.train_time_s)
   except _BudgetSpent:
     pass
   return reached["state"], reached["steps"], reached["train_time_s"], curve

@@ -12,7 +12,7 @@ stored with the cell) in a run directory ``--runs-dir/<split>_<algo>_<W>w<S>s`` 
 holds Orbax checkpoints: run the same command again (in another session, under
 ``nohup``) and it resumes where it stopped, exactly. Training stops at ``--steps``
 or at the first curve point past ``--budget-minutes`` of training time in all
-(evaluation excluded); then 600 test tasks give the cell's accuracy and 95% CI,
+(evaluation excluded); then ``--test-tasks`` (600) test tasks give the cell's accuracy and 95% CI,
 written into ``benchmarks/results/omniglot_table.json`` (replacing that cell). The test tasks
 have as many queries per class as the paper's code tests with (:func:`test_queries`; the learning
 curves' tasks 15). ``test`` tests a cell's model again, or gives a cell the model of another that
@@ -221,7 +221,7 @@ def run_cell(ns: argparse.Namespace) -> dict:
     settings["steps"] = ns.steps
   cell = _cell(ns, ns.shots)
   out_dir = Path(ns.runs_dir) / cell
-  resume = (out_dir / "checkpoints").is_dir() and any((out_dir / "checkpoints").iterdir())
+  resume = _check_resumable(out_dir, ns.budget_minutes)
   curve_every = ns.curve_every or (read_run_file(out_dir)["chunk"] if resume else 500)
   args = _cell_args(ns, settings, chunk=curve_every, out_dir=str(out_dir), resume=resume)
   problem = _on_split(build(args), ns)
@@ -232,6 +232,24 @@ def run_cell(ns: argparse.Namespace) -> dict:
       on_point=lambda points: curve_file.write_text("".join(json.dumps(p) + "\n" for p in points)))
   return _test_and_store(ns, args, problem, state, steps, train_time_s, curve, settings, differences,
                          **({"ablation": overrides} if overrides else {}))
+
+
+def _check_resumable(out_dir: Path, budget_minutes: float | None) -> bool:
+  """Whether ``out_dir`` holds a run to resume (a checkpoint); refuses a run directory without one (it
+  stopped before its first curve point: nothing to lose, but ``rm`` is the user's call), and a run
+  already past ``budget_minutes`` at its newest checkpoint (``run`` would train one more chunk)."""
+  steps = [int(d.name) for d in (out_dir / "checkpoints").glob("*") if d.is_dir() and d.name.isdigit()]
+  if not steps:
+    if (out_dir / RUN_FILE).exists():
+      raise SystemExit(f"{out_dir} holds a run with no checkpoint (it stopped before its first curve point); "
+                       f"remove it (rm -r {out_dir}) to start the cell again")
+    return False
+  timed = [p["time_s"] for p in _read_jsonl(out_dir / "metrics.jsonl") if p["step"] == max(steps)]
+  if budget_minutes is not None and timed and timed[-1] >= 60 * budget_minutes:
+    raise SystemExit(f"{out_dir.name} had trained {timed[-1] / 60:.1f} minutes at its newest checkpoint "
+                     f"(meta-step {max(steps):,}), past --budget-minutes {budget_minutes:g}: raise the budget to "
+                     "train on, or test it again with the test command")
+  return True
 
 
 def test_cell(ns: argparse.Namespace) -> dict:
@@ -273,16 +291,14 @@ def test_cell(ns: argparse.Namespace) -> dict:
   differences = differences + [f"the model of the {ns.ways}w{ns.model_shots}s cell (the same training), "
                                f"tested at {ns.shots} shots; no learning curve of its own"]
   return _test_and_store(ns, args, problem, state, steps, timed[-1], [], settings, differences,
-                         trained_by=source.name)
+                         trained_by=source.name, **_source_machine(ns, steps))
 
 
 def _training_machine(ns: argparse.Namespace, steps: int) -> dict:
   """``{"trained_on": machine}``, the training command and commit of the table's row for ``ns``'s cell,
   which a new test of the cell's own model at meta-step ``steps`` keeps; ``{}`` when the table has no
   row of that model. Refuses to replace a row holding another model (another cell's, or other steps)."""
-  rows = json.loads(TABLE.read_text()) if TABLE.exists() else []
-  row = next((r for r in rows if (r["split"], r["algo"], r["ways"], r["shots"]) ==
-              (ns.split, ns.algo, ns.ways, ns.shots)), None)
+  row = _table_row(ns.split, ns.algo, ns.ways, ns.shots)
   if row is None:
     return {}
   if "trained_by" in row or row["meta_steps"] != steps:
@@ -290,6 +306,25 @@ def _training_machine(ns: argparse.Namespace, steps: int) -> dict:
     raise SystemExit(f"the table's {_cell(ns, ns.shots)} row holds {held}, not this run's at {steps:,}; "
                      "pass --model-shots to test another cell's model, or run the cell")
   return {"trained_on": trained_on(row)}
+
+
+def _source_machine(ns: argparse.Namespace, steps: int) -> dict:
+  """``{"trained_on": machine}`` of the ``--model-shots`` cell's row when it holds that cell's own model
+  at meta-step ``steps``, the model another cell borrows; ``{}`` when the table does not know it."""
+  row = _table_row(ns.split, ns.algo, ns.ways, ns.model_shots)
+  if row is None or row["meta_steps"] != steps or "trained_by" in row:
+    return {}
+  return {"trained_on": trained_on(row)}
+
+
+def _rows(table: Path) -> list[dict]:
+  return json.loads(table.read_text()) if table.exists() else []
+
+
+def _table_row(split: str, algo: str, ways: int, shots: int) -> dict | None:
+  """The table's row of a cell, if any."""
+  return next((r for r in _rows(TABLE) if (r["split"], r["algo"], r["ways"], r["shots"]) == (split, algo, ways, shots)),
+              None)
 
 
 def trained_on(row: dict) -> dict:
@@ -336,7 +371,7 @@ def _store(row: dict, table: Path) -> None:
   table.parent.mkdir(parents=True, exist_ok=True)
   with open(table.with_suffix(".lock"), "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
-    rows = json.loads(table.read_text()) if table.exists() else []
+    rows = _rows(table)
     order = lambda r: (r["split"] != "vinyals", list(PAPER).index(r["algo"]), CELLS.index((r["ways"], r["shots"])),
                        _cell_key(r)[-1])
     rows = sorted([r for r in rows if _cell_key(r) != _cell_key(row)] + [row], key=order)
@@ -347,14 +382,23 @@ def merge(ns: argparse.Namespace) -> None:
   """Stores the rows of ``ns.file`` (another copy's table, e.g. a lent GPU's) that this table lacks or
   holds otherwise; a row whose machine has no commit (a copy without ``.git``) gets ``ns.git``. Refuses
   the whole file, before storing any row, if a row would replace one trained further (unless
-  ``ns.force``), or if it holds ablation rows or rows naming no commit without ``ns.git``."""
-  rows = json.loads(TABLE.read_text()) if TABLE.exists() else []
-  held = {_cell_key(r): r for r in rows}
-  new = []
+  ``ns.force``), or if it holds ablation rows, rows naming no commit without ``ns.git``, two rows of
+  one cell, or a row this script would not write (another cell, fewer than 600 test tasks, other
+  test queries than :func:`test_queries`)."""
+  held = {_cell_key(r): r for r in _rows(TABLE)}
+  new, seen = [], set()
   for row in json.loads(Path(ns.file).read_text()):
     name = f"{row['split']} {row['algo']} {row['ways']}w{row['shots']}s"
     if "ablation" in row:
       raise SystemExit(f"{ns.file} holds ablation rows; it must be a copy of {TABLE.name}")
+    if row["split"] not in SPLITS or row["algo"] not in PAPER or (row["ways"], row["shots"]) not in CELLS:
+      raise SystemExit(f"{ns.file}: its {name} row is no cell of the table; nothing merged")
+    if row["test_tasks"] < 600 or row["test_queries"] != test_queries(row["algo"], row["shots"]):
+      raise SystemExit(f"{ns.file}: its {name} row was tested on {row['test_tasks']} tasks of {row['test_queries']} "
+                       f"queries, not 600+ of {test_queries(row['algo'], row['shots'])}; nothing merged")
+    if _cell_key(row) in seen:
+      raise SystemExit(f"{ns.file} holds two {name} rows; nothing merged")
+    seen.add(_cell_key(row))
     for record in ("machine", "trained_on"):
       if record in row and not row[record].get("git"):
         if not ns.git:
@@ -380,7 +424,7 @@ def merge(ns: argparse.Namespace) -> None:
 
 def render(_: argparse.Namespace) -> None:
   """Prints the table as Markdown (for RESULTS.md) and plots accuracy against training time."""
-  rows = json.loads(TABLE.read_text())
+  rows = _rows(TABLE)
   print("| split | algo | cell | accuracy (600 tasks, 95% CI) | queries | paper | to paper, target "
         "| meta-steps (planned) | training | device |")
   print("|---|---|---|---|---|---|---|---|---|---|")
@@ -397,7 +441,7 @@ def render(_: argparse.Namespace) -> None:
 
 
 def plot(rows: list[dict], path: Path):
-  """Each row's learning curve (100 test tasks, 15 queries per class) against its training minutes,
+  """Each row's learning curve (``--curve-tasks`` test tasks, 15 queries per class) against its training minutes,
   one panel per cell, log scale: the curve ends where the budget stopped it, and a bar in its colour
   there marks its paper's number. One colour per learner in every panel; dashed: trained on an
   accelerator; dotted: Lake's split. Rows without a curve of their own (another cell's model) draw
@@ -443,15 +487,16 @@ def main() -> None:
     command.add_argument("--shots", type=int, required=True, choices=(1, 5))
     command.add_argument("--split", default="vinyals", choices=sorted(SPLITS))
     command.add_argument("--test-tasks", type=int, default=600)
-    command.add_argument("--eval-chunk", type=int, default=20, help="test tasks evaluated at once (memory)")
+    command.add_argument("--eval-chunk", type=int, default=20, help="test tasks evaluated at once (memory only: the tasks are the same whatever it is)")
     command.add_argument("--runs-dir", default=str(Path(__file__).parent / "runs"))
     command.add_argument("--data-dir", default=os.environ.get("METAJAX_DATA", str(DEFAULT_DATA)))
     command.add_argument("--seed", type=int, default=0)
   cell.add_argument("--steps", type=int, help="meta-steps (default: the paper's)")
   cell.add_argument("--budget-minutes", type=float, help="stop after this much training time in all")
   cell.add_argument("--wall-minutes", type=float,
-                    help="stop after this much wall time of this invocation, compilation and curve points "
-                         "included (a machine lent for a while)")
+                    help="stop at the first curve point past this much wall time of this invocation's training, "
+                         "compilation and curve points included, loading the data and the final test not (a "
+                         "machine lent for a while)")
   cell.add_argument("--curve-every", type=int,
                     help="meta-steps between curve points, the run's chunk (default: 500, or the run's when "
                          "resuming)")

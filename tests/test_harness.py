@@ -219,6 +219,20 @@ def test_protonet_trains_on_train_ways_and_shots_and_evaluates_on_ways(tmp_path,
   scores = evaluate(problem, trained.state, 6, seed=0)
   assert scores["accuracy"].shape == (6,) and np.all((scores["accuracy"] >= 0) & (scores["accuracy"] <= 1))
   assert set(np.unique(np.round(scores["accuracy"] * 75))) <= set(range(76))  # 5 ways x 15 queries each
+  in_pieces = evaluate(problem, trained.state, 6, seed=0, chunk=4)  # image episodes: the same tasks
+  np.testing.assert_array_equal(in_pieces["accuracy"], scores["accuracy"])
+
+
+def test_evaluation_tasks_do_not_depend_on_the_chunk_and_fewer_tasks_are_a_prefix():
+  from metajax.harness.problem import build
+  from metajax.harness.run import evaluate
+  problem = build(TrainArgs(shots=5, eval_queries=10))
+  whole = evaluate(problem, problem.state, 10, seed=3, chunk=100)["loss"]
+  assert whole.shape == (10,) and len(np.unique(whole)) == 10  # ten different tasks
+  for chunk in (1, 3, 7):
+    np.testing.assert_allclose(evaluate(problem, problem.state, 10, seed=3, chunk=chunk)["loss"], whole, rtol=1e-6)
+  np.testing.assert_allclose(evaluate(problem, problem.state, 4, seed=3, chunk=3)["loss"], whole[:4], rtol=1e-6)
+  assert not np.allclose(evaluate(problem, problem.state, 10, seed=4)["loss"], whole)
 
 
 def test_outer_learning_rate_cosine_annealing_shrinks_the_updates():

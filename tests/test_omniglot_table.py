@@ -180,10 +180,41 @@ def test_a_cells_own_model_is_tested_again_only_in_place_of_a_row_of_that_model(
       table._training_machine(ns, 100)
 
 
+def test_a_borrowed_model_names_the_machine_that_trained_it_when_the_table_knows(tmp_path, monkeypatch):
+  monkeypatch.setattr(table, "TABLE", tmp_path / "rows.json")
+  ns = _ns(tmp_path)  # reptile 5w5s, with the 5w1s cell's model
+  assert table._source_machine(ns, 100) == {}
+  row = {"split": "vinyals", "algo": "reptile", "ways": 5, "shots": 1, "meta_steps": 100, "machine": {"git": "a"}}
+  table.TABLE.write_text(json.dumps([row]))
+  assert table._source_machine(ns, 100) == {"trained_on": {"git": "a"}}
+  table.TABLE.write_text(json.dumps([{**row, "trained_on": {"git": "gpu"}, "machine": {"git": "cpu"}}]))
+  assert table._source_machine(ns, 100) == {"trained_on": {"git": "gpu"}}
+  assert table._source_machine(ns, 200) == {}  # the row holds another model of that cell
+
+
+def test_a_run_directory_resumes_from_a_checkpoint_and_not_past_its_budget(tmp_path):
+  run = tmp_path / "vinyals_maml_5w1s"
+  assert table._check_resumable(run, None) is False  # a new cell
+  (run / "checkpoints").mkdir(parents=True)
+  (run / RUN_FILE).write_text("{}")
+  with pytest.raises(SystemExit, match=r"holds a run with no checkpoint .*remove it \(rm -r "):
+    table._check_resumable(run, None)
+  (run / "checkpoints" / "40.unusable").mkdir()
+  with pytest.raises(SystemExit, match="no checkpoint"):
+    table._check_resumable(run, None)
+  (run / "checkpoints" / "20").mkdir()
+  (run / "metrics.jsonl").write_text(json.dumps({"step": 20, "time_s": 90.0}) + "\n")
+  assert table._check_resumable(run, None) and table._check_resumable(run, 2)
+  with pytest.raises(SystemExit, match=r"had trained 1.5 minutes .*\(meta-step 20\), past --budget-minutes 1.5"):
+    table._check_resumable(run, 1.5)
+
+
 def test_merge_stores_another_copys_new_rows_once_and_refuses_what_would_lose_work(tmp_path, monkeypatch, capsys):
   monkeypatch.setattr(table, "TABLE", tmp_path / "rows.json")
   row = lambda algo, acc, steps, git: {"split": "vinyals", "algo": algo, "ways": 5, "shots": 1, "accuracy": acc,
-                                       "ci95": 0.1, "meta_steps": steps, "machine": {"device": "H200", "git": git}}
+                                       "ci95": 0.1, "meta_steps": steps, "test_tasks": 600,
+                                       "test_queries": table.test_queries(algo, 1),
+                                       "machine": {"device": "H200", "git": git}}
   kept, old = row("protonet", 99.0, 10, "abc"), row("maml", 90.0, 10, "abc")
   table.TABLE.write_text(json.dumps([old, kept]))
   gpu = tmp_path / "gpu.json"
@@ -200,7 +231,7 @@ def test_merge_stores_another_copys_new_rows_once_and_refuses_what_would_lose_wo
   stamped = {**row("maml", 98.0, 20, ""), "machine": {"device": "H200", "git": "def (its working tree)"}}
   assert json.loads(table.TABLE.read_text()) == [stamped, kept]
   # an older file's rows: one new cell, one trained less far than the table's; nothing is stored
-  gpu.write_text(json.dumps([{**row("maml", 95.0, 10, "abc"), "shots": 5}, row("maml", 97.0, 10, "abc")]))
+  gpu.write_text(json.dumps([{**row("maml", 95.0, 10, "abc"), "shots": 5, "test_queries": 5}, row("maml", 97.0, 10, "abc")]))
   with pytest.raises(SystemExit, match=r"\(10 meta-steps\) would replace one trained to 20; nothing merged"):
     merge()
   assert json.loads(table.TABLE.read_text()) == [stamped, kept]
@@ -209,6 +240,17 @@ def test_merge_stores_another_copys_new_rows_once_and_refuses_what_would_lose_wo
   gpu.write_text(json.dumps([{**kept, "ablation": {"width": 32}}]))
   with pytest.raises(SystemExit, match="holds ablation rows"):
     merge()
+  # rows this script would not write, each beside a good new one that is not stored either
+  new_cell = {**kept, "shots": 5, "test_queries": 15}
+  for bad, why in (({"ways": 10}, "protonet 10w5s row is no cell of the table"),
+                   ({"algo": "anil"}, "anil 5w5s row is no cell"),
+                   ({"test_tasks": 100}, "tested on 100 tasks of 15 queries, not 600\\+ of 15"),
+                   ({"test_queries": 1}, "tested on 600 tasks of 1 queries, not 600\\+ of 15"),
+                   ({}, "holds two vinyals protonet 5w5s rows")):
+    gpu.write_text(json.dumps([new_cell, {**new_cell, **bad}]))
+    with pytest.raises(SystemExit, match=why):
+      merge()
+    assert len(json.loads(table.TABLE.read_text())) == 3
 
 
 @needs_shared

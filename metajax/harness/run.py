@@ -220,12 +220,15 @@ def train(args: TrainArgs, problem: Optional[Problem] = None,
 
 def evaluate(problem: Problem, state: MetaState, num_tasks: int, seed: int,
              inner_steps: Optional[int] = None, chunk: int = 100) -> dict[str, np.ndarray]:
-  """Per-task metrics on ``num_tasks`` held-out tasks, evaluated ``chunk`` tasks at a time."""
+  """Per-task metrics on ``num_tasks`` held-out tasks, evaluated ``chunk`` tasks at a time (memory).
+
+  Task ``i`` is drawn from its own key, ``fold_in(PRNGKey(seed), i)``: the tasks, and so the metrics,
+  are the same whatever ``chunk``, and ``n`` tasks are the first ``n`` of any larger count."""
   key = jax.random.PRNGKey(seed)
+  draw = jax.vmap(lambda i: jax.tree.map(lambda x: x[0], problem.eval_tasks(jax.random.fold_in(key, i), 1)))
   parts = []
   for start in range(0, num_tasks, chunk):
-    n = min(chunk, num_tasks - start)
-    batch = problem.eval_tasks(jax.random.fold_in(key, start), n)
+    batch = draw(np.arange(start, min(start + chunk, num_tasks)))
     parts.append(problem.evaluate(state, batch, inner_steps=inner_steps))
   return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
 
