@@ -309,6 +309,13 @@ def test_train_args_string_options(name):
     TrainArgs(**{name: "bogus"})
 
 
+@pytest.mark.parametrize("name", ["carry_inner_state", "resume"])
+def test_train_args_switches_take_only_booleans(name):
+  """A switch set from text (``omniglot_table.py --set carry_inner_state=yes``) is refused, not read as true."""
+  with pytest.raises(ValueError, match=f"--{name.replace('_', '-')} is a switch: true or false, got 'yes'"):
+    TrainArgs(**{name: "yes"})
+
+
 def test_every_string_option_has_its_choices():
   assert sorted(CHOICES) == ["carry_mode", "conv_features", "dataset", "downsample", "inner_optimizer",
                              "outer_lr_decay", "outer_optimizer", "task_strategy"]

@@ -96,6 +96,9 @@ class TrainArgs:
   keep_checkpoints: int = 3
 
   def __post_init__(self):
+    for name in SWITCHES:
+      if not isinstance(getattr(self, name), bool):
+        raise ValueError(f"--{name.replace('_', '-')} is a switch: true or false, got {getattr(self, name)!r}")
     for name, choices in CHOICES.items():
       if getattr(self, name) not in choices:
         raise ValueError(f"--{name.replace('_', '-')}: unknown value {getattr(self, name)!r}; choose one of {choices}")
@@ -147,6 +150,8 @@ class TrainArgs:
       check_finite_number(getattr(self, name), f"--{name.replace('_', '-')}", positive=True)
 
 
+# The on/off options (the CLI's store_true flags).
+SWITCHES = tuple(name for name, hint in get_type_hints(TrainArgs).items() if hint is bool)
 # The string options and their choices, from their ``Literal`` types (the CLI's ``choices``).
 CHOICES: dict[str, tuple[str, ...]] = {name: get_args(hint) for name, hint in get_type_hints(TrainArgs).items()
                                        if get_origin(hint) is Literal}
