@@ -94,13 +94,14 @@ def train_with_curve(args, problem, *, curve_tasks: int, budget_minutes: Optiona
                      on_point: Optional[Callable[[list], None]] = None, label: str = ""):
   """Trains ``problem`` as ``metajax.harness.run.train`` does, with a learning curve: after every
   chunk, the accuracy on ``curve_tasks`` test tasks (appended to ``curve``, then ``on_point(curve)``).
-  Stops at the first chunk past ``budget_minutes`` of training time (all resumptions counted), or
-  past ``wall_minutes`` of this call's wall time (compilation and curve evaluations included).
+  Stops at the first chunk past ``budget_minutes`` of training time (all resumptions counted), past
+  ``wall_minutes`` of this call's wall time (compilation and curve evaluations included), or at the end
+  of the chunk running at a SIGINT (Ctrl-C, ``kill -INT``; a second one during the caller's test stops it).
 
   Returns ``(state, meta_steps, train_time_s, curve)`` of where training stopped.
   """
   from metajax.core import mean_and_ci95
-  from metajax.harness.run import evaluate, train
+  from metajax.harness.run import Interrupted, evaluate, train
   curve = [] if curve is None else curve
   reached = {}  # the last curve point's
   started = time.monotonic()
@@ -122,6 +123,6 @@ def train_with_curve(args, problem, *, curve_tasks: int, budget_minutes: Optiona
     trained = train(args, problem, on_chunk=on_chunk)
     if not reached:  # resumed at its last step: no chunk left
       reached.update(steps=args.steps, state=trained.state, train_time_s=trained.train_time_s)
-  except _BudgetSpent:
+  except (_BudgetSpent, Interrupted):  # the state is at the last curve point, and checkpointed
     pass
   return reached["state"], reached["steps"], reached["train_time_s"], curve

@@ -12,7 +12,8 @@ stored with the cell) in a run directory ``--runs-dir/<split>_<algo>_<W>w<S>s`` 
 holds Orbax checkpoints: run the same command again (in another session, under
 ``nohup``) and it resumes where it stopped, exactly. Training stops at ``--steps``
 or at the first curve point past ``--budget-minutes`` of training time in all
-(evaluation excluded); then ``--test-tasks`` (600) test tasks give the cell's accuracy and 95% CI,
+(evaluation excluded), past ``--wall-minutes``, or at the end of the chunk running at a
+Ctrl-C (``kill -INT``); then ``--test-tasks`` (600) test tasks give the cell's accuracy and 95% CI,
 written into ``benchmarks/results/omniglot_table.json`` (replacing that cell). The test tasks
 have as many queries per class as the paper's code tests with (:func:`test_queries`; the learning
 curves' tasks 15). ``test`` tests a cell's model again, or gives a cell the model of another that

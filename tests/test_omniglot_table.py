@@ -6,6 +6,8 @@ import argparse
 import dataclasses
 import importlib.util
 import json
+import os
+import signal
 from pathlib import Path
 
 import matplotlib.pyplot
@@ -254,7 +256,8 @@ def test_merge_stores_another_copys_new_rows_once_and_refuses_what_would_lose_wo
 
 
 @needs_shared
-def test_a_wall_time_budget_stops_training_at_its_first_curve_point(tmp_path, monkeypatch):
+@pytest.mark.parametrize("stop", ["wall time", "SIGINT"])
+def test_a_wall_time_budget_or_sigint_stops_training_at_the_next_curve_point(stop, tmp_path, monkeypatch):
   from metajax.harness.args import TrainArgs
   from metajax.harness.problem import build
   monkeypatch.setenv("METAJAX_CACHE", str(tmp_path / "cache"))
@@ -262,6 +265,8 @@ def test_a_wall_time_budget_stops_training_at_its_first_curve_point(tmp_path, mo
                    meta_batch=2, queries=2, eval_queries=2, train_split="background_small1",
                    eval_split="background_small2", out_dir=str(tmp_path / "run"))
   points = []
-  state, steps, _, curve = table.train_with_curve(args, build(args), curve_tasks=2, wall_minutes=0,
-                                                   on_point=points.append)
+  on_point = points.append if stop == "wall time" else lambda curve: (points.append(curve),
+                                                                      os.kill(os.getpid(), signal.SIGINT))
+  state, steps, _, curve = table.train_with_curve(args, build(args), curve_tasks=2, on_point=on_point,
+                                                   wall_minutes=0 if stop == "wall time" else None)
   assert steps == int(state.step) == 2 and [p["step"] for p in curve] == [2] and len(points) == 1
