@@ -42,12 +42,13 @@ def machine() -> dict:
 
 
 def _commit() -> str:
-  """The checkout's short commit, ``+changes`` when tracked files differ from it; empty where there is no
-  ``git`` or no ``.git`` (a lent machine's copy)."""
+  """The checkout's short commit, ``+changes`` when tracked code differs from it (results and Markdown
+  aside: runs rewrite them); empty where there is no ``git`` or no ``.git`` (a lent machine's copy)."""
   git = lambda *args: subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent)
   try:
     head = git("rev-parse", "--short", "HEAD").stdout.strip()
-    return head + ("+changes" if head and git("diff", "--quiet", "HEAD").returncode == 1 else "")
+    code = (":/", ":(top,exclude)benchmarks/results", ":(top,exclude,glob)**/*.md")
+    return head + ("+changes" if head and git("diff", "--quiet", "HEAD", "--", *code).returncode == 1 else "")
   except OSError:
     return ""
 

@@ -243,16 +243,31 @@ def test_merge_stores_another_copys_new_rows_once_and_refuses_what_would_lose_wo
   with pytest.raises(SystemExit, match="holds ablation rows"):
     merge()
   # rows this script would not write, each beside a good new one that is not stored either
-  new_cell = {**kept, "shots": 5, "test_queries": 15}
+  good, new_cell = {**kept, "ways": 20, "shots": 5}, {**kept, "shots": 5}
   for bad, why in (({"ways": 10}, "protonet 10w5s row is no cell of the table"),
                    ({"algo": "anil"}, "anil 5w5s row is no cell"),
                    ({"test_tasks": 100}, "tested on 100 tasks of 15 queries, not 600\\+ of 15"),
                    ({"test_queries": 1}, "tested on 600 tasks of 1 queries, not 600\\+ of 15"),
-                   ({}, "holds two vinyals protonet 5w5s rows")):
-    gpu.write_text(json.dumps([new_cell, {**new_cell, **bad}]))
+                   ({"ways": 20}, "holds two vinyals protonet 20w5s rows")):
+    gpu.write_text(json.dumps([good, {**new_cell, **bad}]))
     with pytest.raises(SystemExit, match=why):
       merge()
     assert len(json.loads(table.TABLE.read_text())) == 3
+
+
+def test_merge_passes_over_a_copys_unchanged_rows_tested_before_the_protocols_queries(tmp_path, monkeypatch):
+  monkeypatch.setattr(table, "TABLE", tmp_path / "rows.json")
+  legacy = {"split": "vinyals", "algo": "maml", "ways": 20, "shots": 5, "accuracy": 94.0, "ci95": 0.2,
+            "meta_steps": 800, "test_tasks": 600, "test_queries": 15, "machine": {"device": "H100", "git": "a"}}
+  table.TABLE.write_text(json.dumps([legacy]))
+  new = {**legacy, "algo": "fomaml", "test_queries": 5, "machine": {"device": "H200", "git": "b"}}
+  gpu = tmp_path / "gpu.json"
+  gpu.write_text(json.dumps([legacy, new]))
+  table.merge(argparse.Namespace(file=str(gpu), git=None, force=False))
+  assert json.loads(table.TABLE.read_text()) == [legacy, new]
+  gpu.write_text(json.dumps([{**legacy, "meta_steps": 900}]))  # changed, and still tested with 15
+  with pytest.raises(SystemExit, match="tested on 600 tasks of 15 queries, not 600\\+ of 5; nothing merged"):
+    table.merge(argparse.Namespace(file=str(gpu), git=None, force=False))
 
 
 @needs_shared

@@ -37,7 +37,8 @@ class Problem(NamedTuple):
     sample_fn: ``(key[, train_data]) -> Task`` batch of ``meta_batch`` training tasks.
     train_data: the training images (``None`` for generated tasks).
     eval_tasks: ``(key, n, queries=eval_queries) -> Task`` batch of ``n`` held-out tasks with
-      ``queries`` per class (or point).
+      ``queries`` per class (or point); traceable in ``key`` (``harness.run.evaluate`` vmaps
+      ``eval_tasks(key, 1)`` over one key per task).
     evaluate: ``learner.evaluate`` jitted (``inner_steps`` static).
   """
 
