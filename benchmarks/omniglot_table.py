@@ -48,7 +48,7 @@ from _common import DEFAULT_DATA, RESULTS, machine, train_with_curve  # noqa: E4
 from metajax.core import mean_and_ci95  # noqa: E402
 from metajax.data import episodes, omniglot  # noqa: E402
 from metajax.harness.args import RESUMABLE_CHANGES, TrainArgs  # noqa: E402
-from metajax.harness.checkpoint import CheckpointError  # noqa: E402
+from metajax.harness import checkpoint  # noqa: E402
 from metajax.harness.problem import Problem, build  # noqa: E402
 from metajax.harness.run import RUN_FILE, TEST_CHANGES, evaluate, load_run, read_run_file  # noqa: E402
 
@@ -239,18 +239,24 @@ def _check_resumable(out_dir: Path, budget_minutes: float | None) -> bool:
   """Whether ``out_dir`` holds a run to resume (a checkpoint); refuses a run directory without one (it
   stopped before its first curve point: nothing to lose, but ``rm`` is the user's call), and a run
   already past ``budget_minutes`` at its newest checkpoint (``run`` would train one more chunk)."""
-  steps = [int(d.name) for d in (out_dir / "checkpoints").glob("*") if d.is_dir() and d.name.isdigit()]
+  steps = checkpoint.manager(out_dir / "checkpoints", create=False).all_steps()
   if not steps:
     if (out_dir / RUN_FILE).exists():
       raise SystemExit(f"{out_dir} holds a run with no checkpoint (it stopped before its first curve point); "
                        f"remove it (rm -r {out_dir}) to start the cell again")
     return False
-  timed = [p["time_s"] for p in _read_jsonl(out_dir / "metrics.jsonl") if p["step"] == max(steps)]
-  if budget_minutes is not None and timed and timed[-1] >= 60 * budget_minutes:
-    raise SystemExit(f"{out_dir.name} had trained {timed[-1] / 60:.1f} minutes at its newest checkpoint "
+  seconds = _trained_seconds(out_dir, max(steps))
+  if budget_minutes is not None and seconds is not None and seconds >= 60 * budget_minutes:
+    raise SystemExit(f"{out_dir.name} had trained {seconds / 60:.1f} minutes at its newest checkpoint "
                      f"(meta-step {max(steps):,}), past --budget-minutes {budget_minutes:g}: raise the budget to "
                      "train on, or test it again with the test command")
   return True
+
+
+def _trained_seconds(run_dir: Path, step: int) -> float | None:
+  """The training time ``metrics.jsonl`` records at meta-step ``step`` (None if it has no record)."""
+  timed = [p["time_s"] for p in _read_jsonl(run_dir / "metrics.jsonl") if p["step"] == step]
+  return timed[-1] if timed else None
 
 
 def test_cell(ns: argparse.Namespace) -> dict:
@@ -276,22 +282,22 @@ def test_cell(ns: argparse.Namespace) -> dict:
                                     eval_tasks=ns.test_tasks, data_dir=ns.data_dir,
                                     eval_inner_steps=settings.get("eval_inner_steps"),
                                     eval_inner_batch=settings.get("eval_inner_batch"))
-  except CheckpointError as err:
+  except checkpoint.CheckpointError as err:
     raise SystemExit(f"{source}: {err}; {train_again}") from err
   problem = _on_split(problem, ns)
   steps = int(state.step)
-  timed = [p["time_s"] for p in _read_jsonl(source / "metrics.jsonl") if p["step"] == steps]
-  if not timed:
+  seconds = _trained_seconds(source, steps)
+  if seconds is None:
     raise SystemExit(f"{source}/metrics.jsonl has no training time for step {steps}, its newest checkpoint")
   print(f"testing {source.name}'s model at meta-step {steps:,} of its planned {args.steps:,} on "
         f"{ns.shots}-shot tasks")
   if own:
     curve = [p for p in _read_jsonl(source / "curve.jsonl") if p["step"] <= steps]
-    return _test_and_store(ns, args, problem, state, steps, timed[-1], curve, settings, differences,
+    return _test_and_store(ns, args, problem, state, steps, seconds, curve, settings, differences,
                            **_training_machine(ns, steps))
   differences = differences + [f"the model of the {ns.ways}w{ns.model_shots}s cell (the same training), "
                                f"tested at {ns.shots} shots; no learning curve of its own"]
-  return _test_and_store(ns, args, problem, state, steps, timed[-1], [], settings, differences,
+  return _test_and_store(ns, args, problem, state, steps, seconds, [], settings, differences,
                          trained_by=source.name, **_source_machine(ns, steps))
 
 
@@ -302,7 +308,7 @@ def _training_machine(ns: argparse.Namespace, steps: int) -> dict:
   row = _table_row(ns.split, ns.algo, ns.ways, ns.shots)
   if row is None:
     return {}
-  if "trained_by" in row or row["meta_steps"] != steps:
+  if not _holds_own_model(row, steps):
     held = f"{row['trained_by']}'s model" if "trained_by" in row else f"a model at meta-step {row['meta_steps']:,}"
     raise SystemExit(f"the table's {_cell(ns, ns.shots)} row holds {held}, not this run's at {steps:,}; "
                      "pass --model-shots to test another cell's model, or run the cell")
@@ -313,9 +319,14 @@ def _source_machine(ns: argparse.Namespace, steps: int) -> dict:
   """``{"trained_on": machine}`` of the ``--model-shots`` cell's row when it holds that cell's own model
   at meta-step ``steps``, the model another cell borrows; ``{}`` when the table does not know it."""
   row = _table_row(ns.split, ns.algo, ns.ways, ns.model_shots)
-  if row is None or row["meta_steps"] != steps or "trained_by" in row:
+  if row is None or not _holds_own_model(row, steps):
     return {}
   return {"trained_on": trained_on(row)}
+
+
+def _holds_own_model(row: dict, steps: int) -> bool:
+  """Whether a table row holds its cell's own model at meta-step ``steps`` (not another cell's)."""
+  return "trained_by" not in row and row["meta_steps"] == steps
 
 
 def _rows(table: Path) -> list[dict]:
