@@ -110,7 +110,7 @@ def train_with_curve(args, problem, *, curve_tasks: int, budget_minutes: Optiona
   def on_chunk(step, state, seconds):
     mean, ci = mean_and_ci95(evaluate(problem, state, curve_tasks, seed=123, chunk=eval_chunk)["accuracy"])
     curve[:] = [p for p in curve if p["step"] < step] + [
-        {"step": step, "train_time_s": round(seconds, 1), "accuracy": mean, "ci95": ci}]
+        {"step": step, "train_time_s": round(seconds, 1), "accuracy": mean, "ci95": ci, "tasks": curve_tasks}]
     if on_point is not None:
       on_point(curve)
     print(f"  {label} step {step:7d} {seconds:8.0f} s  test-task accuracy {100 * mean:.2f} ± {100 * ci:.2f}",

@@ -174,7 +174,8 @@ def _with_queries(problem: Problem, queries: int) -> Problem:
 
 
 def _cell(ns: argparse.Namespace, shots: int) -> str:
-  changes = "".join(f"_{k}-{v}" for k, v in _overrides(ns).items())
+  """The cell's run directory name: its split, learner, ways and shots, and an ablation's settings by name."""
+  changes = "".join(f"_{k}-{v}" for k, v in sorted(_overrides(ns).items()))
   return f"{ns.split}_{ns.algo}_{ns.ways}w{shots}s{changes}"
 
 
@@ -224,12 +225,14 @@ def run_cell(ns: argparse.Namespace) -> dict:
   out_dir = Path(ns.runs_dir) / cell
   resume = _check_resumable(out_dir, ns.budget_minutes)
   curve_every = ns.curve_every or (read_run_file(out_dir)["chunk"] if resume else 500)
+  curve_file = out_dir / "curve.jsonl"
+  curve = _read_jsonl(curve_file)
+  curve_tasks = _curve_tasks(curve, ns.curve_tasks)
   args = _cell_args(ns, settings, chunk=curve_every, out_dir=str(out_dir), resume=resume)
   problem = _on_split(build(args), ns)
-  curve_file = out_dir / "curve.jsonl"
   state, steps, train_time_s, curve = train_with_curve(
-      args, problem, curve_tasks=ns.curve_tasks, budget_minutes=ns.budget_minutes, wall_minutes=ns.wall_minutes,
-      eval_chunk=ns.eval_chunk, curve=_read_jsonl(curve_file), label=cell,
+      args, problem, curve_tasks=curve_tasks, budget_minutes=ns.budget_minutes, wall_minutes=ns.wall_minutes,
+      eval_chunk=ns.eval_chunk, curve=curve, label=cell,
       on_point=lambda points: curve_file.write_text("".join(json.dumps(p) + "\n" for p in points)))
   return _test_and_store(ns, args, problem, state, steps, train_time_s, curve, settings, differences,
                          **({"ablation": overrides} if overrides else {}))
@@ -251,6 +254,16 @@ def _check_resumable(out_dir: Path, budget_minutes: float | None) -> bool:
                      f"(meta-step {max(steps):,}), past --budget-minutes {budget_minutes:g}: raise the budget to "
                      "train on, or test it again with the test command")
   return True
+
+
+def _curve_tasks(curve: list[dict], asked: int | None) -> int:
+  """The test tasks of each curve point: a resumed curve's own (its points record them), else ``asked`` or
+  100; refuses to go on with another number, which would mix two curves in one."""
+  recorded = curve[-1].get("tasks") if curve else None
+  if asked is not None and recorded is not None and asked != recorded:
+    raise SystemExit(f"--curve-tasks {asked}: the run's curve points are on {recorded} tasks each; leave "
+                     "--curve-tasks out to go on with them")
+  return asked or recorded or 100
 
 
 def _trained_seconds(run_dir: Path, step: int) -> float | None:
@@ -512,7 +525,8 @@ def main() -> None:
   cell.add_argument("--curve-every", type=int,
                     help="meta-steps between curve points, the run's chunk (default: 500, or the run's when "
                          "resuming)")
-  cell.add_argument("--curve-tasks", type=int, default=100)
+  cell.add_argument("--curve-tasks", type=int,
+                    help="test tasks of each curve point (default: 100, or the run's when resuming)")
   cell.add_argument("--set", action="append", type=_setting, metavar="NAME=VALUE",
                     help="an ablation: change a protocol setting (repeatable; the row goes to omniglot_ablations.json)")
   cell.set_defaults(fn=run_cell)

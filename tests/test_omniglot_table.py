@@ -82,6 +82,8 @@ def test_an_ablation_names_its_run_directory_and_refuses_the_cells_own_options(t
   ns = _ns(tmp_path, shots=1, set=[table._setting("carry_mode=sequential"), table._setting("inner_lr=0.002")])
   assert table._overrides(ns) == {"carry_mode": "sequential", "inner_lr": 0.002}
   assert table._cell(ns, 1) == "vinyals_reptile_5w1s_carry_mode-sequential_inner_lr-0.002"
+  ns.set.reverse()  # the same ablation, whatever the order of its --set options
+  assert table._cell(ns, 1) == "vinyals_reptile_5w1s_carry_mode-sequential_inner_lr-0.002"
   for bad in ("ways=20", "steps=10", "carry_mode", "no_such_setting=1"):
     with pytest.raises(argparse.ArgumentTypeError, match=f"'{bad}': expected NAME=VALUE with NAME a training setting"):
       table._setting(bad)
@@ -211,6 +213,15 @@ def test_a_run_directory_resumes_from_a_checkpoint_and_not_past_its_budget(tmp_p
     table._check_resumable(run, 1.5)
 
 
+def test_a_resumed_curve_goes_on_with_its_own_number_of_tasks():
+  assert table._curve_tasks([], None) == 100 and table._curve_tasks([], 30) == 30
+  recorded = [{"step": 200, "tasks": 50}, {"step": 400, "tasks": 50}]
+  assert table._curve_tasks(recorded, None) == table._curve_tasks(recorded, 50) == 50
+  with pytest.raises(SystemExit, match="--curve-tasks 100: the run's curve points are on 50 tasks each"):
+    table._curve_tasks(recorded, 100)
+  assert table._curve_tasks([{"step": 200}], 30) == 30  # points from before they recorded it
+
+
 def test_merge_stores_another_copys_new_rows_once_and_refuses_what_would_lose_work(tmp_path, monkeypatch, capsys):
   monkeypatch.setattr(table, "TABLE", tmp_path / "rows.json")
   row = lambda algo, acc, steps, git: {"split": "vinyals", "algo": algo, "ways": 5, "shots": 1, "accuracy": acc,
@@ -284,4 +295,4 @@ def test_a_wall_time_budget_or_sigint_stops_training_at_the_next_curve_point(sto
                                                                       os.kill(os.getpid(), signal.SIGINT))
   state, steps, _, curve = table.train_with_curve(args, build(args), curve_tasks=2, on_point=on_point,
                                                    wall_minutes=0 if stop == "wall time" else None)
-  assert steps == int(state.step) == 2 and [p["step"] for p in curve] == [2] and len(points) == 1
+  assert steps == int(state.step) == 2 and [(p["step"], p["tasks"]) for p in curve] == [(2, 2)] and len(points) == 1
