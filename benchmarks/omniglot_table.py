@@ -199,6 +199,24 @@ def _setting(pair: str) -> tuple[str, Any]:
     return name, value
 
 
+def _count(text: str) -> int:
+  """A positive integer option (tasks, meta-steps)."""
+  if not text.isdigit() or int(text) < 1:
+    raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+  return int(text)
+
+
+def _minutes(text: str) -> float:
+  """A time budget in minutes: a finite number, 0 or more."""
+  try:
+    minutes = float(text)
+  except ValueError:
+    minutes = float("nan")
+  if not 0 <= minutes < float("inf"):
+    raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes (0 or more)")
+  return minutes
+
+
 def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
   """The ablation's settings, ``--set`` in order (none for ``test``)."""
   return dict(getattr(ns, "set", None) or [])
@@ -511,21 +529,21 @@ def main() -> None:
     command.add_argument("--ways", type=int, required=True, choices=(5, 20))
     command.add_argument("--shots", type=int, required=True, choices=(1, 5))
     command.add_argument("--split", default="vinyals", choices=sorted(SPLITS))
-    command.add_argument("--test-tasks", type=int, default=600)
-    command.add_argument("--eval-chunk", type=int, default=20, help="test tasks evaluated at once (memory only: the tasks are the same whatever it is)")
+    command.add_argument("--test-tasks", type=_count, default=600)
+    command.add_argument("--eval-chunk", type=_count, default=20, help="test tasks evaluated at once (memory only: the tasks are the same whatever it is)")
     command.add_argument("--runs-dir", default=str(Path(__file__).parent / "runs"))
     command.add_argument("--data-dir", default=os.environ.get("METAJAX_DATA", str(DEFAULT_DATA)))
     command.add_argument("--seed", type=int, default=0)
-  cell.add_argument("--steps", type=int, help="meta-steps (default: the paper's)")
-  cell.add_argument("--budget-minutes", type=float, help="stop after this much training time in all")
-  cell.add_argument("--wall-minutes", type=float,
+  cell.add_argument("--steps", type=_count, help="meta-steps (default: the paper's)")
+  cell.add_argument("--budget-minutes", type=_minutes, help="stop after this much training time in all")
+  cell.add_argument("--wall-minutes", type=_minutes,
                     help="stop at the first curve point past this much wall time of this invocation's training, "
                          "compilation and curve points included, loading the data and the final test not (a "
                          "machine lent for a while)")
-  cell.add_argument("--curve-every", type=int,
+  cell.add_argument("--curve-every", type=_count,
                     help="meta-steps between curve points, the run's chunk (default: 500, or the run's when "
                          "resuming)")
-  cell.add_argument("--curve-tasks", type=int,
+  cell.add_argument("--curve-tasks", type=_count,
                     help="test tasks of each curve point (default: 100, or the run's when resuming)")
   cell.add_argument("--set", action="append", type=_setting, metavar="NAME=VALUE",
                     help="an ablation: change a protocol setting (repeatable; the row goes to omniglot_ablations.json)")

@@ -98,6 +98,19 @@ def test_a_bad_set_is_a_usage_error_of_the_run_command(monkeypatch, capsys):
   assert "argument --set: 'ways=20': expected NAME=VALUE" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option, value, why", [
+    ("--curve-tasks", "0", "'0' is not a positive integer"), ("--steps", "1.5", "'1.5' is not a positive integer"),
+    ("--curve-every", "-250", "'-250' is not a positive integer"),
+    ("--wall-minutes", "-1", "'-1' is not a number of minutes"), ("--budget-minutes", "nan", "'nan' is not a number")])
+def test_a_count_or_budget_out_of_range_is_a_usage_error(option, value, why, monkeypatch, capsys):
+  monkeypatch.setattr("sys.argv", ["omniglot_table.py", "run", "--algo", "maml", "--ways", "5", "--shots", "1",
+                                   option, value])
+  with pytest.raises(SystemExit) as exit_info:
+    table.main()
+  assert exit_info.value.code == 2
+  assert f"argument {option}: {why}" in capsys.readouterr().err
+
+
 def test_an_ablation_row_replaces_only_its_own_row(tmp_path):
   path, row = tmp_path / "rows.json", {"split": "vinyals", "algo": "reptile", "ways": 5, "shots": 1, "accuracy": 1}
   ablation = {**row, "ablation": {"carry_mode": "sequential"}}
