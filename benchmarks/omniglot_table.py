@@ -188,7 +188,8 @@ CELL_FIELDS = ("dataset", "data_dir", "algo", "ways", "shots", "eval_queries", "
 
 
 def _setting(pair: str) -> tuple[str, Any]:
-  """``--set``'s ``NAME=VALUE`` as a ``TrainArgs`` setting (VALUE read as JSON, else a string)."""
+  """``--set``'s ``NAME=VALUE`` as a ``TrainArgs`` setting (VALUE read as JSON, else a string; its type and
+  range are ``TrainArgs``'s to check, in :func:`_cell_args`)."""
   name, sep, value = pair.partition("=")
   if not sep or name not in {f.name for f in dataclasses.fields(TrainArgs)} or name in CELL_FIELDS + SAME_MODEL:
     raise argparse.ArgumentTypeError(f"{pair!r}: expected NAME=VALUE with NAME a training setting of TrainArgs "
@@ -225,9 +226,12 @@ def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
 def _cell_args(ns: argparse.Namespace, settings: dict, **run: Any) -> TrainArgs:
   """The ``TrainArgs`` of ``ns``'s cell under its protocol ``settings``; ``run``: run-directory options."""
   train_split, eval_split = SPLITS[ns.split]
-  return TrainArgs(dataset="omniglot", data_dir=ns.data_dir, algo=ns.algo, ways=ns.ways, shots=ns.shots,
-                   eval_queries=CURVE_QUERIES, eval_tasks=ns.test_tasks, train_split=train_split,
-                   eval_split=eval_split, seed=ns.seed, **settings, **run)
+  try:
+    return TrainArgs(dataset="omniglot", data_dir=ns.data_dir, algo=ns.algo, ways=ns.ways, shots=ns.shots,
+                     eval_queries=CURVE_QUERIES, eval_tasks=ns.test_tasks, train_split=train_split,
+                     eval_split=eval_split, seed=ns.seed, **settings, **run)
+  except ValueError as err:  # a --set value TrainArgs refuses
+    raise SystemExit(f"{_cell(ns, ns.shots)}: {err}") from err
 
 
 def run_cell(ns: argparse.Namespace) -> dict:

@@ -89,6 +89,15 @@ def test_an_ablation_names_its_run_directory_and_refuses_the_cells_own_options(t
       table._setting(bad)
 
 
+@pytest.mark.parametrize("setting, why", [("inner_lr=fast", "--inner-lr must be a positive finite number, got 'fast'"),
+                                           ("carry_mode=seq", r"--carry-mode: unknown value 'seq'; choose one of \(")])
+def test_a_set_value_that_training_refuses_stops_the_run_before_it_starts(setting, why, tmp_path):
+  ns = _ns(tmp_path, set=[table._setting(setting)])
+  settings = {**table.protocol("reptile", 5, 5)[0], **table._overrides(ns)}
+  with pytest.raises(SystemExit, match=f"vinyals_reptile_5w5s_{setting.replace('=', '-')}: {why}"):
+    table._cell_args(ns, settings)
+
+
 def test_a_bad_set_is_a_usage_error_of_the_run_command(monkeypatch, capsys):
   monkeypatch.setattr("sys.argv", ["omniglot_table.py", "run", "--algo", "reptile", "--ways", "5", "--shots", "1",
                                    "--set", "ways=20"])
