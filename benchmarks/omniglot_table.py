@@ -38,7 +38,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax.numpy as jnp
 
@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import DEFAULT_DATA, RESULTS, machine, train_with_curve  # noqa: E402
 
 from metajax.core import mean_and_ci95  # noqa: E402
+from metajax.core.validate import check_finite_number, check_positive_int  # noqa: E402
 from metajax.data import episodes, omniglot  # noqa: E402
 from metajax.harness.args import RESUMABLE_CHANGES, TrainArgs  # noqa: E402
 from metajax.harness import checkpoint  # noqa: E402
@@ -200,22 +201,21 @@ def _setting(pair: str) -> tuple[str, Any]:
     return name, value
 
 
-def _count(text: str) -> int:
-  """A positive integer option (tasks, meta-steps)."""
-  if not text.isdigit() or int(text) < 1:
-    raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-  return int(text)
+def _option(parse: Callable[[str], Any], check: Callable[[Any, str], None], what: str) -> Callable[[str], Any]:
+  """An argparse type: the text ``parse``d, passing ``check`` (``metajax.core.validate``'s), else a usage
+  error ("'TEXT' is not ``what``")."""
+  def convert(text: str) -> Any:
+    try:
+      value = parse(text)
+      check(value, what)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    return value
+  return convert
 
 
-def _minutes(text: str) -> float:
-  """A time budget in minutes: a finite number, 0 or more."""
-  try:
-    minutes = float(text)
-  except ValueError:
-    minutes = float("nan")
-  if not 0 <= minutes < float("inf"):
-    raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes (0 or more)")
-  return minutes
+_count = _option(int, check_positive_int, "a positive integer")  # tasks, meta-steps
+_minutes = _option(float, check_finite_number, "a number of minutes (0 or more)")  # a time budget
 
 
 def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
