@@ -6,6 +6,7 @@
   python benchmarks/omniglot_table.py test --algo fomaml --ways 5 --shots 1   # its own model again
   python benchmarks/omniglot_table.py render      # table -> stdout and omniglot_table.png
   python benchmarks/omniglot_table.py merge gpu_table.json --git COMMIT   # rows run elsewhere
+  python benchmarks/omniglot_table.py run --algo maml --ways 5 --shots 1 --steps 2 --table /tmp/smoke.json
 
 ``run`` trains one cell with its paper's protocol (:func:`protocol`; differences are
 stored with the cell) in a run directory ``--runs-dir/<split>_<algo>_<W>w<S>s`` that
@@ -14,12 +15,12 @@ holds Orbax checkpoints: run the same command again (in another session, under
 or at the first curve point past ``--budget-minutes`` of training time in all
 (evaluation excluded), past ``--wall-minutes``, or at the end of the chunk running at a
 Ctrl-C (``kill -INT``); then ``--test-tasks`` (600) test tasks give the cell's accuracy and 95% CI,
-written into ``benchmarks/results/omniglot_table.json`` (replacing that cell). The test tasks
-have as many queries per class as the paper's code tests with (:func:`test_queries`; the learning
-curves' tasks 15). ``test`` tests a cell's model again, or gives a cell the model of another that
-trains identically (Reptile's 1- and 5-shot cells of a way).
+written into ``--table`` (``benchmarks/results/omniglot_table.json``; a smoke run gives another
+file), replacing that cell. The test tasks have as many queries per class as the paper's code tests
+with (:func:`test_queries`; the learning curves' tasks 15). ``test`` tests a cell's model again, or
+gives a cell the model of another that trains identically (Reptile's 1- and 5-shot cells of a way).
 ``run --set NAME=VALUE`` (repeatable) changes a protocol setting for an ablation: its run directory
-is named by the changes, and its row goes to ``results/omniglot_ablations.json``, never the table.
+is named by the changes, and its row goes to ``omniglot_ablations.json`` beside the table, never the table.
 
 Splits: ``vinyals`` (meta-train on trainval, test on the test characters, 28×28
 with rotations as classes) and ``lake`` (Lake et al. 2015: meta-train on
@@ -53,8 +54,8 @@ from metajax.harness import checkpoint  # noqa: E402
 from metajax.harness.problem import Problem, build  # noqa: E402
 from metajax.harness.run import RUN_FILE, TEST_CHANGES, evaluate, load_run, read_run_file  # noqa: E402
 
-TABLE = RESULTS / "omniglot_table.json"
-ABLATIONS = RESULTS / "omniglot_ablations.json"
+TABLE = RESULTS / "omniglot_table.json"  # --table's default
+ABLATIONS = "omniglot_ablations.json"  # beside the table
 CELLS = ((5, 1), (5, 5), (20, 1), (20, 5))
 # Each paper's Omniglot accuracy (%), Vinyals split, at CELLS. Reptile: its transductive
 # numbers (Nichol et al. 2018, table 1), since BatchNorm here uses the test batch's statistics.
@@ -340,7 +341,7 @@ def _training_machine(ns: argparse.Namespace, steps: int) -> dict:
   """``{"trained_on": machine}``, the training command and commit of the table's row for ``ns``'s cell,
   which a new test of the cell's own model at meta-step ``steps`` keeps; ``{}`` when the table has no
   row of that model. Refuses to replace a row holding another model (another cell's, or other steps)."""
-  row = _table_row(ns.split, ns.algo, ns.ways, ns.shots)
+  row = _table_row(ns.table, ns.split, ns.algo, ns.ways, ns.shots)
   if row is None:
     return {}
   if not _holds_own_model(row, steps):
@@ -353,7 +354,7 @@ def _training_machine(ns: argparse.Namespace, steps: int) -> dict:
 def _source_machine(ns: argparse.Namespace, steps: int) -> dict:
   """``{"trained_on": machine}`` of the ``--model-shots`` cell's row when it holds that cell's own model
   at meta-step ``steps``, the model another cell borrows; ``{}`` when the table does not know it."""
-  row = _table_row(ns.split, ns.algo, ns.ways, ns.model_shots)
+  row = _table_row(ns.table, ns.split, ns.algo, ns.ways, ns.model_shots)
   if row is None or not _holds_own_model(row, steps):
     return {}
   return {"trained_on": trained_on(row)}
@@ -364,13 +365,14 @@ def _holds_own_model(row: dict, steps: int) -> bool:
   return "trained_by" not in row and row["meta_steps"] == steps
 
 
-def _rows(table: Path) -> list[dict]:
+def _rows(table: str | Path) -> list[dict]:
+  table = Path(table)
   return json.loads(table.read_text()) if table.exists() else []
 
 
-def _table_row(split: str, algo: str, ways: int, shots: int) -> dict | None:
-  """The table's row of a cell, if any."""
-  return next((r for r in _rows(TABLE) if (r["split"], r["algo"], r["ways"], r["shots"]) == (split, algo, ways, shots)),
+def _table_row(table: str | Path, split: str, algo: str, ways: int, shots: int) -> dict | None:
+  """The row of a cell in the table file ``table``, if any."""
+  return next((r for r in _rows(table) if (r["split"], r["algo"], r["ways"], r["shots"]) == (split, algo, ways, shots)),
               None)
 
 
@@ -381,7 +383,7 @@ def trained_on(row: dict) -> dict:
 
 def _test_and_store(ns, args, problem, state, steps, train_time_s, curve, settings, differences, **extra) -> dict:
   """Tests ``state`` on ``ns.test_tasks`` tasks of :func:`test_queries` and writes the cell's row into
-  the table."""
+  the table ``ns.table`` (an ablation's beside it, into :data:`ABLATIONS`)."""
   queries = test_queries(ns.algo, ns.shots)
   final = evaluate(_with_queries(problem, queries), state, ns.test_tasks, seed=10_000 + ns.seed,
                    chunk=ns.eval_chunk)
@@ -397,7 +399,7 @@ def _test_and_store(ns, args, problem, state, steps, train_time_s, curve, settin
          "differences": differences, "curve": curve, **extra, "machine": machine()}
   print(f"{cell}: {row['accuracy']:.2f} ± {row['ci95']:.2f} % over {ns.test_tasks} test tasks after "
         f"{row['meta_steps']} meta-steps ({row['train_seconds']:.0f} s of training); paper {paper}")
-  _store(row, ABLATIONS if "ablation" in extra else TABLE)
+  _store(row, _destination(ns.table, row))
   return row
 
 
@@ -410,6 +412,11 @@ def _read_jsonl(path: Path) -> list[dict]:
 def _cell_key(row: dict) -> tuple:
   """A row's cell, and its ablation's settings (``"null"`` for the table's rows)."""
   return row["split"], row["algo"], row["ways"], row["shots"], json.dumps(row.get("ablation"), sort_keys=True)
+
+
+def _destination(table: str | Path, row: dict) -> Path:
+  """The file a row goes to: the table file ``table``, or an ablation's :data:`ABLATIONS` beside it."""
+  return Path(table).with_name(ABLATIONS) if "ablation" in row else Path(table)
 
 
 def _store(row: dict, table: Path) -> None:
@@ -426,18 +433,18 @@ def _store(row: dict, table: Path) -> None:
 
 
 def merge(ns: argparse.Namespace) -> None:
-  """Stores the rows of ``ns.file`` (another copy's table, e.g. a lent GPU's) that this table lacks or
-  holds otherwise; a row whose machine has no commit (a copy without ``.git``) gets ``ns.git``. Refuses
+  """Stores the rows of ``ns.file`` (another copy's table, e.g. a lent GPU's) that the table ``ns.table``
+  lacks or holds otherwise; a row whose machine has no commit (a copy without ``.git``) gets ``ns.git``. Refuses
   the whole file, before storing any row, if a row would replace one trained further (unless
   ``ns.force``), or if it holds ablation rows, rows naming no commit without ``ns.git``, two rows of
   one cell, or a new row off the protocol's test (no cell of the table, fewer than 600 test tasks,
   other test queries than :func:`test_queries`; the copy's unchanged older rows may be)."""
-  held = {_cell_key(r): r for r in _rows(TABLE)}
+  held = {_cell_key(r): r for r in _rows(ns.table)}
   new, seen = [], set()
   for row in json.loads(Path(ns.file).read_text()):
     name = f"{row['split']} {row['algo']} {row['ways']}w{row['shots']}s"
     if "ablation" in row:
-      raise SystemExit(f"{ns.file} holds ablation rows; it must be a copy of {TABLE.name}")
+      raise SystemExit(f"{ns.file} holds ablation rows; it must be a copy of the table")
     if _cell_key(row) in seen:
       raise SystemExit(f"{ns.file} holds two {name} rows; nothing merged")
     seen.add(_cell_key(row))
@@ -460,18 +467,19 @@ def merge(ns: argparse.Namespace) -> None:
                        f"trained to {old['meta_steps']:,}; nothing merged (--force to replace it)")
     new.append((name, row, old))
   for name, row, old in new:
-    _store(row, TABLE)
+    _store(row, Path(ns.table))
     replaced = "" if old is None else (f", replacing {old['accuracy']:.2f} ± {old['ci95']:.2f} after "
                                        f"{old['meta_steps']:,} on {trained_on(old)['device']}")
     print(f"merged {name}: {row['accuracy']:.2f} ± {row['ci95']:.2f} after {row['meta_steps']:,} meta-steps on "
           f"{trained_on(row)['device']}{replaced}")
   if not new:
-    print(f"{ns.file}: no row that {TABLE.name} lacks")
+    print(f"{ns.file}: no row that {Path(ns.table).name} lacks")
 
 
-def render(_: argparse.Namespace) -> None:
-  """Prints the table as Markdown (for RESULTS.md) and plots accuracy against training time."""
-  rows = _rows(TABLE)
+def render(ns: argparse.Namespace) -> None:
+  """Prints the table ``ns.table`` as Markdown (for RESULTS.md) and plots accuracy against training time
+  into the ``.png`` beside it."""
+  rows = _rows(ns.table)
   print("| split | algo | cell | accuracy (600 tasks, 95% CI) | queries | paper | to paper, target "
         "| meta-steps (planned) | training | device |")
   print("|---|---|---|---|---|---|---|---|---|---|")
@@ -483,8 +491,9 @@ def render(_: argparse.Namespace) -> None:
     print(f"| {r['split']} | {r['algo']} | {r['ways']}w{r['shots']}s | {r['accuracy']:.2f} ± {r['ci95']:.2f} | "
           f"{r['test_queries']} | {paper} | {target} | {r['meta_steps']:,} ({r['planned_steps']:,}) | "
           f"{r['train_seconds'] / 60:.1f} min{shared} | {trained_on(r)['device']} |")
-  plot(rows, RESULTS / "omniglot_table.png")
-  print(f"wrote {RESULTS / 'omniglot_table.png'}")
+  figure = Path(ns.table).with_suffix(".png")
+  plot(rows, figure)
+  print(f"wrote {figure}")
 
 
 def plot(rows: list[dict], path: Path):
@@ -555,8 +564,13 @@ def main() -> None:
   retest.add_argument("--model-shots", type=int, choices=(1, 5),
                       help="the shots of the cell whose run directory holds the model (default: this cell's)")
   retest.set_defaults(fn=test_cell)
-  sub.add_parser("render", help="print the Markdown table, plot the curves").set_defaults(fn=render)
+  rendered = sub.add_parser("render", help="print the Markdown table, plot the curves")
+  rendered.set_defaults(fn=render)
   merged = sub.add_parser("merge", help="store the new rows of another copy's table file (a lent GPU's)")
+  for command in (cell, retest, rendered, merged):
+    command.add_argument("--table", default=str(TABLE),
+                         help="the table file (default: benchmarks/results/omniglot_table.json; give a smoke run "
+                              "another); ablation rows go into omniglot_ablations.json beside it")
   merged.add_argument("file")
   merged.add_argument("--git", help="the commit of that copy's working tree, for rows that name none")
   merged.add_argument("--force", action="store_true", help="replace rows trained further, too")

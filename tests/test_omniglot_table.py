@@ -25,7 +25,7 @@ _spec.loader.exec_module(table)
 
 def _ns(tmp_path: Path, **kw) -> argparse.Namespace:
   fields = dict(algo="reptile", ways=5, shots=5, model_shots=1, split="vinyals", test_tasks=600, eval_chunk=20,
-                runs_dir=str(tmp_path), data_dir=str(tmp_path / "data"), seed=0)
+                runs_dir=str(tmp_path), data_dir=str(tmp_path / "data"), seed=0, table=str(tmp_path / "rows.json"))
   return argparse.Namespace(**{**fields, **kw})
 
 
@@ -120,12 +120,27 @@ def test_a_count_or_budget_out_of_range_is_a_usage_error(option, value, why, mon
   assert f"argument {option}: {why}" in capsys.readouterr().err
 
 
-def test_an_ablation_row_replaces_only_its_own_row(tmp_path):
+def test_an_ablation_row_goes_beside_the_table_and_replaces_only_its_own_row(tmp_path):
   path, row = tmp_path / "rows.json", {"split": "vinyals", "algo": "reptile", "ways": 5, "shots": 1, "accuracy": 1}
   ablation = {**row, "ablation": {"carry_mode": "sequential"}}
+  assert table._destination(str(path), row) == path
+  assert table._destination(str(path), ablation) == tmp_path / "omniglot_ablations.json"
   for r in (row, ablation, {**ablation, "accuracy": 2}):
     table._store(r, path)
   assert json.loads(path.read_text()) == [row, {**ablation, "accuracy": 2}]
+
+
+def test_render_reads_the_table_it_is_given_and_plots_beside_it(tmp_path, monkeypatch, capsys):
+  rows = tmp_path / "smoke.json"
+  row = {"split": "vinyals", "algo": "maml", "ways": 5, "shots": 1, "accuracy": 98.2, "ci95": 0.3, "paper": 98.7,
+         "test_queries": 1, "meta_steps": 20, "planned_steps": 60000, "train_seconds": 90.0,
+         "machine": {"device": "cpu"}, "curve": [{"train_time_s": 90.0, "accuracy": 0.95}]}
+  rows.write_text(json.dumps([row]))
+  monkeypatch.setattr("sys.argv", ["omniglot_table.py", "render", "--table", str(rows)])
+  table.main()
+  out = capsys.readouterr().out
+  assert "| vinyals | maml | 5w1s | 98.20 ± 0.30 | 1 | 98.7 | -0.50, met | 20 (60,000) | 1.5 min | cpu |" in out
+  assert f"wrote {tmp_path / 'smoke.png'}" in out and (tmp_path / "smoke.png").stat().st_size > 0
 
 
 def test_the_plot_gives_each_learner_one_colour_in_every_panel(tmp_path):
@@ -188,32 +203,32 @@ def test_a_test_draws_the_split_problems_test_tasks_with_the_papers_queries(tmp_
   assert drawn == [("key", 600, 1), ("key", 100, 15)]
 
 
-def test_a_cells_own_model_is_tested_again_only_in_place_of_a_row_of_that_model(tmp_path, monkeypatch):
+def test_a_cells_own_model_is_tested_again_only_in_place_of_a_row_of_that_model(tmp_path):
   ns = _ns(tmp_path, algo="fomaml", shots=1, model_shots=None)
   _save_source(argparse.Namespace(**{**vars(ns), "model_shots": 1}), eval_tasks=3)  # passes the settings check
   with pytest.raises(FileNotFoundError, match="data directory"):  # and stops only at loading its data
     table.test_cell(ns)
-  monkeypatch.setattr(table, "TABLE", tmp_path / "rows.json")
+  rows = Path(ns.table)
   assert table._training_machine(ns, 100) == {}  # no row yet
   row = {"split": "vinyals", "algo": "fomaml", "ways": 5, "shots": 1, "meta_steps": 100, "machine": {"git": "a"}}
-  table.TABLE.write_text(json.dumps([row]))
+  rows.write_text(json.dumps([row]))
   assert table._training_machine(ns, 100) == {"trained_on": {"git": "a"}}
-  table.TABLE.write_text(json.dumps([{**row, "trained_on": {"git": "b"}}]))
+  rows.write_text(json.dumps([{**row, "trained_on": {"git": "b"}}]))
   assert table._training_machine(ns, 100) == {"trained_on": {"git": "b"}}  # a row tested again keeps it
   for other, held in (({"meta_steps": 50}, "a model at meta-step 50"), ({"trained_by": "x_5w1s"}, "x_5w1s's model")):
-    table.TABLE.write_text(json.dumps([{**row, **other}]))
+    rows.write_text(json.dumps([{**row, **other}]))
     with pytest.raises(SystemExit, match=f"the table's vinyals_fomaml_5w1s row holds {held}, not this run's"):
       table._training_machine(ns, 100)
 
 
-def test_a_borrowed_model_names_the_machine_that_trained_it_when_the_table_knows(tmp_path, monkeypatch):
-  monkeypatch.setattr(table, "TABLE", tmp_path / "rows.json")
+def test_a_borrowed_model_names_the_machine_that_trained_it_when_the_table_knows(tmp_path):
   ns = _ns(tmp_path)  # reptile 5w5s, with the 5w1s cell's model
+  rows = Path(ns.table)
   assert table._source_machine(ns, 100) == {}
   row = {"split": "vinyals", "algo": "reptile", "ways": 5, "shots": 1, "meta_steps": 100, "machine": {"git": "a"}}
-  table.TABLE.write_text(json.dumps([row]))
+  rows.write_text(json.dumps([row]))
   assert table._source_machine(ns, 100) == {"trained_on": {"git": "a"}}
-  table.TABLE.write_text(json.dumps([{**row, "trained_on": {"git": "gpu"}, "machine": {"git": "cpu"}}]))
+  rows.write_text(json.dumps([{**row, "trained_on": {"git": "gpu"}, "machine": {"git": "cpu"}}]))
   assert table._source_machine(ns, 100) == {"trained_on": {"git": "gpu"}}
   assert table._source_machine(ns, 200) == {}  # the row holds another model of that cell
 
@@ -244,34 +259,35 @@ def test_a_resumed_curve_goes_on_with_its_own_number_of_tasks():
   assert table._curve_tasks([{"step": 200}], 30) == 30  # points from before they recorded it
 
 
-def test_merge_stores_another_copys_new_rows_once_and_refuses_what_would_lose_work(tmp_path, monkeypatch, capsys):
-  monkeypatch.setattr(table, "TABLE", tmp_path / "rows.json")
+def test_merge_stores_another_copys_new_rows_once_and_refuses_what_would_lose_work(tmp_path, capsys):
+  rows = tmp_path / "rows.json"
   row = lambda algo, acc, steps, git: {"split": "vinyals", "algo": algo, "ways": 5, "shots": 1, "accuracy": acc,
                                        "ci95": 0.1, "meta_steps": steps, "test_tasks": 600,
                                        "test_queries": table.test_queries(algo, 1),
                                        "machine": {"device": "H200", "git": git}}
   kept, old = row("protonet", 99.0, 10, "abc"), row("maml", 90.0, 10, "abc")
-  table.TABLE.write_text(json.dumps([old, kept]))
+  rows.write_text(json.dumps([old, kept]))
   gpu = tmp_path / "gpu.json"
-  merge = lambda git=None, force=False: table.merge(argparse.Namespace(file=str(gpu), git=git, force=force))
+  merge = lambda git=None, force=False: table.merge(argparse.Namespace(file=str(gpu), git=git, force=force,
+                                                                       table=str(rows)))
   gpu.write_text(json.dumps([row("maml", 98.0, 20, ""), kept]))
   with pytest.raises(SystemExit, match="maml 5w1s row names no commit; pass --git"):
     merge()
-  assert json.loads(table.TABLE.read_text()) == [old, kept]
+  assert json.loads(rows.read_text()) == [old, kept]
   merge("def")
   merge("def")  # nothing new the second time
   out = capsys.readouterr().out
   assert out.count("merged vinyals maml 5w1s: 98.00 ± 0.10 after 20 meta-steps on H200, replacing 90.00") == 1
   assert "no row that rows.json lacks" in out
   stamped = {**row("maml", 98.0, 20, ""), "machine": {"device": "H200", "git": "def (its working tree)"}}
-  assert json.loads(table.TABLE.read_text()) == [stamped, kept]
+  assert json.loads(rows.read_text()) == [stamped, kept]
   # an older file's rows: one new cell, one trained less far than the table's; nothing is stored
   gpu.write_text(json.dumps([{**row("maml", 95.0, 10, "abc"), "shots": 5, "test_queries": 5}, row("maml", 97.0, 10, "abc")]))
   with pytest.raises(SystemExit, match=r"\(10 meta-steps\) would replace one trained to 20; nothing merged"):
     merge()
-  assert json.loads(table.TABLE.read_text()) == [stamped, kept]
+  assert json.loads(rows.read_text()) == [stamped, kept]
   merge(force=True)
-  assert [r["accuracy"] for r in json.loads(table.TABLE.read_text())] == [97.0, 95.0, 99.0]
+  assert [r["accuracy"] for r in json.loads(rows.read_text())] == [97.0, 95.0, 99.0]
   gpu.write_text(json.dumps([{**kept, "ablation": {"width": 32}}]))
   with pytest.raises(SystemExit, match="holds ablation rows"):
     merge()
@@ -285,22 +301,22 @@ def test_merge_stores_another_copys_new_rows_once_and_refuses_what_would_lose_wo
     gpu.write_text(json.dumps([good, {**new_cell, **bad}]))
     with pytest.raises(SystemExit, match=why):
       merge()
-    assert len(json.loads(table.TABLE.read_text())) == 3
+    assert len(json.loads(rows.read_text())) == 3
 
 
-def test_merge_passes_over_a_copys_unchanged_rows_tested_before_the_protocols_queries(tmp_path, monkeypatch):
-  monkeypatch.setattr(table, "TABLE", tmp_path / "rows.json")
+def test_merge_passes_over_a_copys_unchanged_rows_tested_before_the_protocols_queries(tmp_path):
+  rows = tmp_path / "rows.json"
   legacy = {"split": "vinyals", "algo": "maml", "ways": 20, "shots": 5, "accuracy": 94.0, "ci95": 0.2,
             "meta_steps": 800, "test_tasks": 600, "test_queries": 15, "machine": {"device": "H100", "git": "a"}}
-  table.TABLE.write_text(json.dumps([legacy]))
+  rows.write_text(json.dumps([legacy]))
   new = {**legacy, "algo": "fomaml", "test_queries": 5, "machine": {"device": "H200", "git": "b"}}
   gpu = tmp_path / "gpu.json"
   gpu.write_text(json.dumps([legacy, new]))
-  table.merge(argparse.Namespace(file=str(gpu), git=None, force=False))
-  assert json.loads(table.TABLE.read_text()) == [legacy, new]
+  table.merge(argparse.Namespace(file=str(gpu), git=None, force=False, table=str(rows)))
+  assert json.loads(rows.read_text()) == [legacy, new]
   gpu.write_text(json.dumps([{**legacy, "meta_steps": 900}]))  # changed, and still tested with 15
   with pytest.raises(SystemExit, match="tested on 600 tasks of 15 queries, not 600\\+ of 5; nothing merged"):
-    table.merge(argparse.Namespace(file=str(gpu), git=None, force=False))
+    table.merge(argparse.Namespace(file=str(gpu), git=None, force=False, table=str(rows)))
 
 
 @needs_shared
