@@ -6,7 +6,8 @@
   python benchmarks/omniglot_table.py test --algo fomaml --ways 5 --shots 1   # its own model again
   python benchmarks/omniglot_table.py render      # table -> stdout and omniglot_table.png
   python benchmarks/omniglot_table.py merge gpu_table.json --git COMMIT   # rows run elsewhere
-  python benchmarks/omniglot_table.py run --algo maml --ways 5 --shots 1 --steps 2 --table /tmp/smoke.json
+  python benchmarks/omniglot_table.py run --algo maml --ways 5 --shots 1 --steps 2 \
+      --runs-dir /tmp/smoke-runs --table /tmp/smoke.json   # a smoke run, away from the table and its runs
 
 ``run`` trains one cell with its paper's protocol (:func:`protocol`; differences are
 stored with the cell) in a run directory ``--runs-dir/<split>_<algo>_<W>w<S>s`` that
@@ -20,7 +21,7 @@ file), replacing that cell. The test tasks have as many queries per class as the
 with (:func:`test_queries`; the learning curves' tasks 15). ``test`` tests a cell's model again, or
 gives a cell the model of another that trains identically (Reptile's 1- and 5-shot cells of a way).
 ``run --set NAME=VALUE`` (repeatable) changes a protocol setting for an ablation: its run directory
-is named by the changes, and its row goes to ``omniglot_ablations.json`` beside the table, never the table.
+is named by the changes, and its row goes to ``<table>_ablations.json`` beside the table, never the table.
 
 Splits: ``vinyals`` (meta-train on trainval, test on the test characters, 28×28
 with rotations as classes) and ``lake`` (Lake et al. 2015: meta-train on
@@ -55,7 +56,6 @@ from metajax.harness.problem import Problem, build  # noqa: E402
 from metajax.harness.run import RUN_FILE, TEST_CHANGES, evaluate, load_run, read_run_file  # noqa: E402
 
 TABLE = RESULTS / "omniglot_table.json"  # --table's default
-ABLATIONS = "omniglot_ablations.json"  # beside the table
 CELLS = ((5, 1), (5, 5), (20, 1), (20, 5))
 # Each paper's Omniglot accuracy (%), Vinyals split, at CELLS. Reptile: its transductive
 # numbers (Nichol et al. 2018, table 1), since BatchNorm here uses the test batch's statistics.
@@ -217,6 +217,13 @@ def _option(parse: Callable[[str], Any], check: Callable[[Any, str], None], what
 
 _count = _option(int, check_positive_int, "a positive integer")  # tasks, meta-steps
 _minutes = _option(float, check_finite_number, "a number of minutes (0 or more)")  # a time budget
+
+
+def _table_file(text: str) -> str:
+  """``--table``: a ``.json`` file, not one of ablation rows (``*_ablations.json``)."""
+  if not text.endswith(".json") or text.endswith("_ablations.json"):
+    raise argparse.ArgumentTypeError(f"{text!r} is not a table file (a .json not named *_ablations.json)")
+  return text
 
 
 def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
@@ -383,7 +390,7 @@ def trained_on(row: dict) -> dict:
 
 def _test_and_store(ns, args, problem, state, steps, train_time_s, curve, settings, differences, **extra) -> dict:
   """Tests ``state`` on ``ns.test_tasks`` tasks of :func:`test_queries` and writes the cell's row into
-  the table ``ns.table`` (an ablation's beside it, into :data:`ABLATIONS`)."""
+  the table ``ns.table`` (an ablation's beside it: :func:`_destination`)."""
   queries = test_queries(ns.algo, ns.shots)
   final = evaluate(_with_queries(problem, queries), state, ns.test_tasks, seed=10_000 + ns.seed,
                    chunk=ns.eval_chunk)
@@ -415,8 +422,10 @@ def _cell_key(row: dict) -> tuple:
 
 
 def _destination(table: str | Path, row: dict) -> Path:
-  """The file a row goes to: the table file ``table``, or an ablation's :data:`ABLATIONS` beside it."""
-  return Path(table).with_name(ABLATIONS) if "ablation" in row else Path(table)
+  """The file a row goes to: the table file ``table`` (``<name>.json``), or an ablation's
+  ``<name>_ablations.json`` beside it."""
+  table = Path(table)
+  return table.with_name(f"{table.stem}_ablations.json") if "ablation" in row else table
 
 
 def _store(row: dict, table: Path) -> None:
@@ -559,7 +568,8 @@ def main() -> None:
   cell.add_argument("--curve-tasks", type=_count,
                     help="test tasks of each curve point (default: 100, or the run's when resuming)")
   cell.add_argument("--set", action="append", type=_setting, metavar="NAME=VALUE",
-                    help="an ablation: change a protocol setting (repeatable; the row goes to omniglot_ablations.json)")
+                    help="an ablation: change a protocol setting (repeatable; the row goes to the table's "
+                         "<name>_ablations.json beside it)")
   cell.set_defaults(fn=run_cell)
   retest.add_argument("--model-shots", type=int, choices=(1, 5),
                       help="the shots of the cell whose run directory holds the model (default: this cell's)")
@@ -568,9 +578,9 @@ def main() -> None:
   rendered.set_defaults(fn=render)
   merged = sub.add_parser("merge", help="store the new rows of another copy's table file (a lent GPU's)")
   for command in (cell, retest, rendered, merged):
-    command.add_argument("--table", default=str(TABLE),
-                         help="the table file (default: benchmarks/results/omniglot_table.json; give a smoke run "
-                              "another); ablation rows go into omniglot_ablations.json beside it")
+    command.add_argument("--table", type=_table_file, default=str(TABLE),
+                         help="the table file, <name>.json (default: benchmarks/results/omniglot_table.json; give a "
+                              "smoke run another); ablation rows go into <name>_ablations.json beside it")
   merged.add_argument("file")
   merged.add_argument("--git", help="the commit of that copy's working tree, for rows that name none")
   merged.add_argument("--force", action="store_true", help="replace rows trained further, too")

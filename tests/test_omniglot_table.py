@@ -11,6 +11,7 @@ import signal
 from pathlib import Path
 
 import matplotlib.pyplot
+import numpy as np
 import pytest
 
 from metajax.harness.args import LATER_OPTIONS
@@ -110,7 +111,9 @@ def test_a_bad_set_is_a_usage_error_of_the_run_command(monkeypatch, capsys):
 @pytest.mark.parametrize("option, value, why", [
     ("--curve-tasks", "0", "'0' is not a positive integer"), ("--steps", "1.5", "'1.5' is not a positive integer"),
     ("--curve-every", "-250", "'-250' is not a positive integer"),
-    ("--wall-minutes", "-1", "'-1' is not a number of minutes"), ("--budget-minutes", "nan", "'nan' is not a number")])
+    ("--wall-minutes", "-1", "'-1' is not a number of minutes"), ("--budget-minutes", "nan", "'nan' is not a number"),
+    ("--table", "table.png", "'table.png' is not a table file"),
+    ("--table", "results/x_ablations.json", "'results/x_ablations.json' is not a table file")])
 def test_a_count_or_budget_out_of_range_is_a_usage_error(option, value, why, monkeypatch, capsys):
   monkeypatch.setattr("sys.argv", ["omniglot_table.py", "run", "--algo", "maml", "--ways", "5", "--shots", "1",
                                    option, value])
@@ -124,10 +127,25 @@ def test_an_ablation_row_goes_beside_the_table_and_replaces_only_its_own_row(tmp
   path, row = tmp_path / "rows.json", {"split": "vinyals", "algo": "reptile", "ways": 5, "shots": 1, "accuracy": 1}
   ablation = {**row, "ablation": {"carry_mode": "sequential"}}
   assert table._destination(str(path), row) == path
-  assert table._destination(str(path), ablation) == tmp_path / "omniglot_ablations.json"
+  assert table._destination(str(path), ablation) == tmp_path / "rows_ablations.json"
   for r in (row, ablation, {**ablation, "accuracy": 2}):
     table._store(r, path)
   assert json.loads(path.read_text()) == [row, {**ablation, "accuracy": 2}]
+
+
+def test_a_tested_cell_is_stored_in_the_table_it_is_given_and_an_ablation_beside_it(tmp_path, monkeypatch):
+  monkeypatch.setattr(table, "evaluate", lambda problem, state, tasks, **_: {"accuracy": np.full(tasks, 0.9)})
+  monkeypatch.setattr(table, "_with_queries", lambda problem, queries: problem)
+  ns = _ns(tmp_path, algo="maml", ways=5, shots=1, test_tasks=4, table=str(tmp_path / "smoke.json"))
+  args = argparse.Namespace(steps=60000, meta_batch=32)
+  test = lambda **extra: table._test_and_store(ns, args, None, None, 20, 30.0, [], {"meta_batch": 32}, [], **extra)
+  test()
+  test(ablation={"width": 32})
+  [row] = json.loads((tmp_path / "smoke.json").read_text())
+  assert (row["accuracy"], row["ci95"], row["meta_steps"], row["test_tasks"]) == (90.0, 0.0, 20, 4)
+  assert row["protocol"] == {"meta_batch": 32} and "ablation" not in row
+  [ablation] = json.loads((tmp_path / "smoke_ablations.json").read_text())
+  assert ablation["ablation"] == {"width": 32}
 
 
 def test_render_reads_the_table_it_is_given_and_plots_beside_it(tmp_path, monkeypatch, capsys):
