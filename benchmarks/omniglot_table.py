@@ -219,11 +219,11 @@ _count = _option(int, check_positive_int, "a positive integer")  # tasks, meta-s
 _minutes = _option(float, check_finite_number, "a number of minutes (0 or more)")  # a time budget
 
 
-def _table_file(text: str) -> str:
+def _table_file(text: str) -> Path:
   """``--table``: a ``.json`` file, not one of ablation rows (``*_ablations.json``)."""
   if not text.endswith(".json") or text.endswith("_ablations.json"):
     raise argparse.ArgumentTypeError(f"{text!r} is not a table file (a .json not named *_ablations.json)")
-  return text
+  return Path(text)
 
 
 def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
@@ -372,12 +372,11 @@ def _holds_own_model(row: dict, steps: int) -> bool:
   return "trained_by" not in row and row["meta_steps"] == steps
 
 
-def _rows(table: str | Path) -> list[dict]:
-  table = Path(table)
+def _rows(table: Path) -> list[dict]:
   return json.loads(table.read_text()) if table.exists() else []
 
 
-def _table_row(table: str | Path, split: str, algo: str, ways: int, shots: int) -> dict | None:
+def _table_row(table: Path, split: str, algo: str, ways: int, shots: int) -> dict | None:
   """The row of a cell in the table file ``table``, if any."""
   return next((r for r in _rows(table) if (r["split"], r["algo"], r["ways"], r["shots"]) == (split, algo, ways, shots)),
               None)
@@ -421,10 +420,9 @@ def _cell_key(row: dict) -> tuple:
   return row["split"], row["algo"], row["ways"], row["shots"], json.dumps(row.get("ablation"), sort_keys=True)
 
 
-def _destination(table: str | Path, row: dict) -> Path:
+def _destination(table: Path, row: dict) -> Path:
   """The file a row goes to: the table file ``table`` (``<name>.json``), or an ablation's
   ``<name>_ablations.json`` beside it."""
-  table = Path(table)
   return table.with_name(f"{table.stem}_ablations.json") if "ablation" in row else table
 
 
@@ -442,12 +440,12 @@ def _store(row: dict, table: Path) -> None:
 
 
 def merge(ns: argparse.Namespace) -> None:
-  """Stores the rows of ``ns.file`` (another copy's table, e.g. a lent GPU's) that the table ``ns.table``
-  lacks or holds otherwise; a row whose machine has no commit (a copy without ``.git``) gets ``ns.git``. Refuses
-  the whole file, before storing any row, if a row would replace one trained further (unless
-  ``ns.force``), or if it holds ablation rows, rows naming no commit without ``ns.git``, two rows of
-  one cell, or a new row off the protocol's test (no cell of the table, fewer than 600 test tasks,
-  other test queries than :func:`test_queries`; the copy's unchanged older rows may be)."""
+  """Stores the rows of ``ns.file`` (another copy's table, e.g. a lent GPU's) that the table
+  ``ns.table`` lacks or holds otherwise; a row whose machine has no commit (a copy without ``.git``)
+  gets ``ns.git``. Refuses the whole file, before storing any row, if a row would replace one trained
+  further (unless ``ns.force``), or if it holds ablation rows, rows naming no commit without ``ns.git``,
+  two rows of one cell, or a new row off the protocol's test (no cell of the table, fewer than 600 test
+  tasks, other test queries than :func:`test_queries`; the copy's unchanged older rows may be)."""
   held = {_cell_key(r): r for r in _rows(ns.table)}
   new, seen = [], set()
   for row in json.loads(Path(ns.file).read_text()):
@@ -476,13 +474,13 @@ def merge(ns: argparse.Namespace) -> None:
                        f"trained to {old['meta_steps']:,}; nothing merged (--force to replace it)")
     new.append((name, row, old))
   for name, row, old in new:
-    _store(row, Path(ns.table))
+    _store(row, ns.table)
     replaced = "" if old is None else (f", replacing {old['accuracy']:.2f} ± {old['ci95']:.2f} after "
                                        f"{old['meta_steps']:,} on {trained_on(old)['device']}")
     print(f"merged {name}: {row['accuracy']:.2f} ± {row['ci95']:.2f} after {row['meta_steps']:,} meta-steps on "
           f"{trained_on(row)['device']}{replaced}")
   if not new:
-    print(f"{ns.file}: no row that {Path(ns.table).name} lacks")
+    print(f"{ns.file}: no row that {ns.table.name} lacks")
 
 
 def render(ns: argparse.Namespace) -> None:
@@ -500,7 +498,7 @@ def render(ns: argparse.Namespace) -> None:
     print(f"| {r['split']} | {r['algo']} | {r['ways']}w{r['shots']}s | {r['accuracy']:.2f} ± {r['ci95']:.2f} | "
           f"{r['test_queries']} | {paper} | {target} | {r['meta_steps']:,} ({r['planned_steps']:,}) | "
           f"{r['train_seconds'] / 60:.1f} min{shared} | {trained_on(r)['device']} |")
-  figure = Path(ns.table).with_suffix(".png")
+  figure = ns.table.with_suffix(".png")
   plot(rows, figure)
   print(f"wrote {figure}")
 
@@ -578,7 +576,7 @@ def main() -> None:
   rendered.set_defaults(fn=render)
   merged = sub.add_parser("merge", help="store the new rows of another copy's table file (a lent GPU's)")
   for command in (cell, retest, rendered, merged):
-    command.add_argument("--table", type=_table_file, default=str(TABLE),
+    command.add_argument("--table", type=_table_file, default=TABLE,
                          help="the table file, <name>.json (default: benchmarks/results/omniglot_table.json; give a "
                               "smoke run another); ablation rows go into <name>_ablations.json beside it")
   merged.add_argument("file")

@@ -26,7 +26,7 @@ _spec.loader.exec_module(table)
 
 def _ns(tmp_path: Path, **kw) -> argparse.Namespace:
   fields = dict(algo="reptile", ways=5, shots=5, model_shots=1, split="vinyals", test_tasks=600, eval_chunk=20,
-                runs_dir=str(tmp_path), data_dir=str(tmp_path / "data"), seed=0, table=str(tmp_path / "rows.json"))
+                runs_dir=str(tmp_path), data_dir=str(tmp_path / "data"), seed=0, table=tmp_path / "rows.json")
   return argparse.Namespace(**{**fields, **kw})
 
 
@@ -126,8 +126,8 @@ def test_a_count_or_budget_out_of_range_is_a_usage_error(option, value, why, mon
 def test_an_ablation_row_goes_beside_the_table_and_replaces_only_its_own_row(tmp_path):
   path, row = tmp_path / "rows.json", {"split": "vinyals", "algo": "reptile", "ways": 5, "shots": 1, "accuracy": 1}
   ablation = {**row, "ablation": {"carry_mode": "sequential"}}
-  assert table._destination(str(path), row) == path
-  assert table._destination(str(path), ablation) == tmp_path / "rows_ablations.json"
+  assert table._destination(path, row) == path
+  assert table._destination(path, ablation) == tmp_path / "rows_ablations.json"
   for r in (row, ablation, {**ablation, "accuracy": 2}):
     table._store(r, path)
   assert json.loads(path.read_text()) == [row, {**ablation, "accuracy": 2}]
@@ -136,7 +136,7 @@ def test_an_ablation_row_goes_beside_the_table_and_replaces_only_its_own_row(tmp
 def test_a_tested_cell_is_stored_in_the_table_it_is_given_and_an_ablation_beside_it(tmp_path, monkeypatch):
   monkeypatch.setattr(table, "evaluate", lambda problem, state, tasks, **_: {"accuracy": np.full(tasks, 0.9)})
   monkeypatch.setattr(table, "_with_queries", lambda problem, queries: problem)
-  ns = _ns(tmp_path, algo="maml", ways=5, shots=1, test_tasks=4, table=str(tmp_path / "smoke.json"))
+  ns = _ns(tmp_path, algo="maml", ways=5, shots=1, test_tasks=4, table=tmp_path / "smoke.json")
   args = argparse.Namespace(steps=60000, meta_batch=32)
   test = lambda **extra: table._test_and_store(ns, args, None, None, 20, 30.0, [], {"meta_batch": 32}, [], **extra)
   test()
@@ -226,7 +226,7 @@ def test_a_cells_own_model_is_tested_again_only_in_place_of_a_row_of_that_model(
   _save_source(argparse.Namespace(**{**vars(ns), "model_shots": 1}), eval_tasks=3)  # passes the settings check
   with pytest.raises(FileNotFoundError, match="data directory"):  # and stops only at loading its data
     table.test_cell(ns)
-  rows = Path(ns.table)
+  rows = ns.table
   assert table._training_machine(ns, 100) == {}  # no row yet
   row = {"split": "vinyals", "algo": "fomaml", "ways": 5, "shots": 1, "meta_steps": 100, "machine": {"git": "a"}}
   rows.write_text(json.dumps([row]))
@@ -241,7 +241,7 @@ def test_a_cells_own_model_is_tested_again_only_in_place_of_a_row_of_that_model(
 
 def test_a_borrowed_model_names_the_machine_that_trained_it_when_the_table_knows(tmp_path):
   ns = _ns(tmp_path)  # reptile 5w5s, with the 5w1s cell's model
-  rows = Path(ns.table)
+  rows = ns.table
   assert table._source_machine(ns, 100) == {}
   row = {"split": "vinyals", "algo": "reptile", "ways": 5, "shots": 1, "meta_steps": 100, "machine": {"git": "a"}}
   rows.write_text(json.dumps([row]))
@@ -287,7 +287,7 @@ def test_merge_stores_another_copys_new_rows_once_and_refuses_what_would_lose_wo
   rows.write_text(json.dumps([old, kept]))
   gpu = tmp_path / "gpu.json"
   merge = lambda git=None, force=False: table.merge(argparse.Namespace(file=str(gpu), git=git, force=force,
-                                                                       table=str(rows)))
+                                                                       table=rows))
   gpu.write_text(json.dumps([row("maml", 98.0, 20, ""), kept]))
   with pytest.raises(SystemExit, match="maml 5w1s row names no commit; pass --git"):
     merge()
@@ -330,11 +330,11 @@ def test_merge_passes_over_a_copys_unchanged_rows_tested_before_the_protocols_qu
   new = {**legacy, "algo": "fomaml", "test_queries": 5, "machine": {"device": "H200", "git": "b"}}
   gpu = tmp_path / "gpu.json"
   gpu.write_text(json.dumps([legacy, new]))
-  table.merge(argparse.Namespace(file=str(gpu), git=None, force=False, table=str(rows)))
+  table.merge(argparse.Namespace(file=str(gpu), git=None, force=False, table=rows))
   assert json.loads(rows.read_text()) == [legacy, new]
   gpu.write_text(json.dumps([{**legacy, "meta_steps": 900}]))  # changed, and still tested with 15
   with pytest.raises(SystemExit, match="tested on 600 tasks of 15 queries, not 600\\+ of 5; nothing merged"):
-    table.merge(argparse.Namespace(file=str(gpu), git=None, force=False, table=str(rows)))
+    table.merge(argparse.Namespace(file=str(gpu), git=None, force=False, table=rows))
 
 
 @needs_shared
