@@ -27,7 +27,8 @@ def _save(fig, path: Path) -> Path:
 
 
 def learning_curves(run_dir: Path, width_px: int = 900, height_px: int = 400) -> Path:
-  """``run_dir/curves.png``: training (and validation) loss and accuracy against meta-steps."""
+  """``run_dir/curves.png``: training (and validation) loss and accuracy against meta-steps, and
+  each chunk's largest training loss where ``metrics.jsonl`` records it."""
   lines = (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").exists() else []
   records = [json.loads(line) for line in lines if line.strip()]
   if not records:
@@ -39,6 +40,9 @@ def learning_curves(run_dir: Path, width_px: int = 900, height_px: int = 400) ->
       points = [(r["step"], r[prefix + name]) for r in records if prefix + name in r]
       if points:
         ax.plot(*zip(*points), style, label=f"{'validation' if prefix else 'train'} {name}")
+    worst = [(r["step"], r["loss_max"]) for r in records if name == "loss" and "loss_max" in r]
+    if worst:
+      ax.plot(*zip(*worst), ":", label="train loss, chunk's largest")
     ax.set_xlabel("meta-step")
     ax.set_ylabel(f"query {name} after adaptation")
     ax.set_yscale("log" if name == "loss" else "linear")
