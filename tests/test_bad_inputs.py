@@ -393,6 +393,15 @@ def test_eval_at_bad_shots_or_queries_is_refused_and_loses_nothing(saved_run, ca
   assert _snapshot(saved_run) == before
 
 
+def test_eval_at_a_step_not_kept_or_on_a_sinusoid_split_is_refused(saved_run, capsys):
+  before = _snapshot(saved_run)
+  _cli_error(["eval", saved_run, "--step", "15"], "no checkpoint at step 15", capsys)
+  _cli_error(["eval", saved_run, "--step", "15"], "it keeps steps [10, 20]", capsys)
+  _cli_error(["eval", saved_run, "--eval-split", "val"], "--eval-split 'val': sinusoid tasks are generated", capsys)
+  _cli_error(["train", "--steps", "2", "--train-split", "background"], "sinusoid tasks are generated", capsys)
+  assert _snapshot(saved_run) == before
+
+
 def test_eval_with_other_queries_writes_its_own_file(saved_run, capsys):
   assert main(["eval", str(saved_run), "--eval-tasks", "5", "--eval-queries", "3"]) == 0
   written = json.loads((saved_run / "eval-20-5tasks-10shot-3queries-1inner.json").read_text())

@@ -76,6 +76,20 @@ def test_every_algorithm_trains_resumes_plots_and_evaluates(algo, tmp_path, caps
   assert "eval on 10 new" in capsys.readouterr().out
 
 
+def test_eval_on_the_training_split_tests_the_trained_classes_and_names_them(tmp_path, capsys, monkeypatch):
+  run_dir = tmp_path / "run"
+  tiny = _tiny_run("protonet", tmp_path, monkeypatch)
+  assert main(["train", *tiny, "--steps", "2", "--out-dir", str(run_dir)]) == 0
+  for split in ("background_small2", "background_small1"):  # the run's test split, then its training split
+    assert main(["eval", str(run_dir), "--eval-tasks", "10", "--eval-split", split]) == 0
+  on = {split: json.loads((run_dir / f"eval-2-10tasks-1shot-2queries-{split}.json").read_text())
+        for split in ("background_small2", "background_small1")}
+  assert [s["eval_split"] for s in on.values()] == list(on)
+  assert on["background_small1"]["eval_accuracy"] != on["background_small2"]["eval_accuracy"]
+  assert main(["eval", str(run_dir), "--eval-split", "no_such_split"]) == 2
+  assert "no_such_split" in capsys.readouterr().err
+
+
 def test_train_mini_imagenet_from_a_folder_tree(tmp_path, capsys, monkeypatch):
   from tests.test_mini_imagenet import _folders
   monkeypatch.setenv("METAJAX_CACHE", str(tmp_path / "cache"))

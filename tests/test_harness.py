@@ -135,6 +135,21 @@ def test_eval_at_other_shots_tests_the_model_trained_at_the_runs_train_shots(tmp
     load_run(run_dir, ways=3)
 
 
+def test_eval_at_a_kept_earlier_step_tests_that_checkpoint(tmp_path, capsys):
+  from metajax.harness.run import evaluate
+  run_dir = tmp_path / "run"
+  assert main(["train", "--steps", "300", "--chunk", "100", "--eval-tasks", "10", "--out-dir", str(run_dir)]) == 0
+  assert main(["eval", str(run_dir), "--step", "100", "--eval-tasks", "30"]) == 0
+  assert "after 100 meta-steps" in capsys.readouterr().out
+  written = json.loads((run_dir / "eval-100-30tasks-10shot-100queries-1inner.json").read_text())
+  _, problem, early = load_run(run_dir, step=100, eval_tasks=30)
+  _, _, latest = load_run(run_dir)
+  assert (written["steps"], int(early.step), int(latest.step)) == (100, 100, 300)
+  losses = {int(s.step): np.mean(evaluate(problem, s, 30, seed=10_000)["loss"]) for s in (early, latest)}
+  np.testing.assert_allclose(written["eval_loss"], losses[100], rtol=1e-6)
+  assert losses[100] > losses[300]  # 200 more meta-steps fit better
+
+
 def test_diverged_tasks_are_counted_and_the_median_reported():
   from metajax.harness.run import DIVERGENCE_FACTOR, summarize
   before = np.full(1000, 3.0)

@@ -114,6 +114,11 @@ class TrainArgs:
         features=f"--conv-features {self.conv_features}" if self.conv_features != "flatten" else None)
     if why:
       raise ValueError(why)
+    if self.dataset == "sinusoid":
+      for name in ("train_split", "eval_split"):  # the saved runs' values are the defaults
+        if getattr(self, name) not in (None, DATASET_DEFAULTS["sinusoid"][name]):
+          raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: sinusoid tasks are generated, "
+                           "they have no splits")
     defaults = {**DATASET_DEFAULTS[self.dataset], **ALGO_DEFAULTS.get((self.algo, self.dataset), {})}
     for name, value in defaults.items():
       if getattr(self, name) is None:

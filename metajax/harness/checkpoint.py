@@ -95,6 +95,9 @@ def restore(mngr: ocp.CheckpointManager, template: MetaState, step: Optional[int
   step = mngr.latest_step() if step is None else step
   if step is None:
     raise CheckpointError(f"no checkpoint found in {mngr.directory}")
+  if step not in mngr.all_steps():
+    raise CheckpointError(f"no checkpoint at step {step} in {mngr.directory}; it keeps steps "
+                          f"{sorted(mngr.all_steps())}")
   verify(mngr, step, fingerprint)
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
   try:

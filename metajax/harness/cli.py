@@ -103,8 +103,12 @@ def _parser() -> argparse.ArgumentParser:
     if field.name in choices:
       kwargs["choices"] = choices[field.name]
     train.add_argument(flag, **kwargs)
-  evaluate = sub.add_parser("eval", help="evaluate a run directory's latest checkpoint")
+  evaluate = sub.add_parser("eval", help="evaluate a run directory's latest checkpoint (or a kept earlier one)")
   evaluate.add_argument("run_dir", help="a directory written by metajax train --out-dir")
+  evaluate.add_argument("--step", type=int, help="the checkpoint's meta-step (default: the latest; "
+                        "--keep-checkpoints of them are kept)")
+  evaluate.add_argument("--eval-split", help=HELP["eval_split"] + " (default: the run's; its --train-split "
+                        "tests the model on the classes it was trained on)")
   evaluate.add_argument("--eval-tasks", type=int, help=HELP["eval_tasks"])
   evaluate.add_argument("--eval-inner-steps", type=int, help=HELP["eval_inner_steps"])
   evaluate.add_argument("--shots", type=int, help="support examples per test task (per class; default: the run's "
@@ -151,11 +155,12 @@ def _main(ns: argparse.Namespace) -> None:
   if ns.command == "train":
     run(TrainArgs(**{k: v for k, v in vars(ns).items() if k != "command"}))
   elif ns.command == "eval":
-    args, problem, state = load_run(_run_dir(ns.run_dir), eval_tasks=ns.eval_tasks,
+    args, problem, state = load_run(_run_dir(ns.run_dir), step=ns.step, eval_tasks=ns.eval_tasks,
                                     eval_inner_steps=ns.eval_inner_steps, eval_queries=ns.eval_queries,
-                                    data_dir=ns.data_dir,
+                                    data_dir=ns.data_dir, eval_split=ns.eval_split,
                                     shots=ns.shots, eval_inner_batch=ns.eval_inner_batch, out_dir=ns.run_dir)
-    report(args, problem, state, out_name=eval_file_name(args, int(state.step), problem.entry.inner_steps))
+    report(args, problem, state, out_name=eval_file_name(args, int(state.step), problem.entry.inner_steps,
+                                                         split_named=ns.eval_split is not None))
   else:
     from metajax.harness import plots
     run_dir = _run_dir(ns.run_dir)

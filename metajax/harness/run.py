@@ -24,7 +24,7 @@ from metajax.harness.args import LATER_OPTIONS, RESUMABLE_CHANGES, TrainArgs
 from metajax.harness.problem import Problem, build
 
 RUN_FILE = "run.json"
-TEST_CHANGES = ("shots", "eval_inner_batch")  # settings a trained run can be tested at, besides the resumable ones
+TEST_CHANGES = ("shots", "eval_inner_batch", "eval_split")  # settings a run can be tested at, besides the resumable ones
 
 
 class Interrupted(KeyboardInterrupt):
@@ -242,13 +242,17 @@ def run(args: TrainArgs, log: Callable[[str], None] = print) -> dict:
   return report(args, problem, state, log, train_time)
 
 
-def load_run(run_dir: str | os.PathLike, **overrides: Any) -> tuple[TrainArgs, Problem, MetaState]:
-  """Settings, problem and latest checkpointed state of a run directory.
+def load_run(run_dir: str | os.PathLike, step: Optional[int] = None,
+             **overrides: Any) -> tuple[TrainArgs, Problem, MetaState]:
+  """Settings, problem and checkpointed state (the latest, or the kept one at ``step``) of a run
+  directory.
 
   ``overrides`` replace resumable settings (e.g. ``eval_tasks``, ``data_dir``) or the
   ``TEST_CHANGES``: the run's model was trained at its ``train_shots`` (saved with the run),
   so it can be tested on tasks with any number of ``shots`` per class (and inner mini-batches
-  of ``eval_inner_batch`` at test).
+  of ``eval_inner_batch`` at test), and on another split's classes (``eval_split``: its
+  ``train_split`` tells a gap between the training and the test classes from a model that
+  is worse on both).
   """
   saved = read_run_file(Path(run_dir))
   unknown = set(overrides) - set(RESUMABLE_CHANGES) - set(TEST_CHANGES)
@@ -261,7 +265,7 @@ def load_run(run_dir: str | os.PathLike, **overrides: Any) -> tuple[TrainArgs, P
   args = dataclasses.replace(trained, **{k: v for k, v in given.items() if k in TEST_CHANGES})
   problem = build(args)
   mngr = checkpoint.manager(Path(run_dir) / "checkpoints", create=False)
-  return args, problem, checkpoint.restore(mngr, problem.state, fingerprint=fingerprint(trained))
+  return args, problem, checkpoint.restore(mngr, problem.state, step=step, fingerprint=fingerprint(trained))
 
 
 DIVERGENCE_FACTOR = 100.0  # a task diverged when its query loss is non-finite or above this × the median reference
@@ -289,12 +293,14 @@ def summarize(results: dict[str, np.ndarray]) -> dict:
   return summary
 
 
-def eval_file_name(args: TrainArgs, step: int, inner_steps: bool) -> str:
-  """``eval-<step>-<tasks>tasks-<shots>shot-<queries>queries[-<n>inner].json``: one file per evaluation
-  setting."""
+def eval_file_name(args: TrainArgs, step: int, inner_steps: bool, split_named: bool = False) -> str:
+  """``eval-<step>-<tasks>tasks-<shots>shot-<queries>queries[-<n>inner][-<split>].json``: one file per
+  evaluation setting (the split is named when ``split_named``, i.e. it was chosen at test)."""
   name = f"eval-{step}-{args.eval_tasks}tasks-{args.shots}shot-{args.eval_queries}queries"
   if inner_steps:
     name += f"-{args.eval_inner_steps or args.inner_steps}inner"
+  if split_named:
+    name += f"-{args.eval_split}"
   return name + ".json"
 
 
@@ -306,6 +312,8 @@ def report(args: TrainArgs, problem: Problem, state: MetaState, log: Callable[[s
   results = evaluate(problem, state, args.eval_tasks, args.seed + 10_000, args.eval_inner_steps)
   summary = {"dataset": args.dataset, "algo": args.algo, "steps": int(state.step), "eval_tasks": args.eval_tasks,
              "shots": args.shots, "train_shots": args.train_shots, "eval_queries": args.eval_queries}
+  if args.eval_split is not None:
+    summary["eval_split"] = args.eval_split
   if problem.entry.inner_steps:
     summary["eval_inner_steps"] = args.eval_inner_steps or args.inner_steps
   if train_time is not None:
