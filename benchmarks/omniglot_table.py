@@ -322,7 +322,7 @@ def test_cell(ns: argparse.Namespace) -> dict:
                      "run the cell instead")
   try:  # the protocol's test settings, which the comparison above leaves out
     args, problem, state = load_run(source, shots=ns.shots, eval_queries=CURVE_QUERIES,
-                                    eval_tasks=ns.test_tasks, data_dir=ns.data_dir,
+                                    eval_split=wanted["eval_split"], eval_tasks=ns.test_tasks, data_dir=ns.data_dir,
                                     eval_inner_steps=settings.get("eval_inner_steps"),
                                     eval_inner_batch=settings.get("eval_inner_batch"))
   except checkpoint.CheckpointError as err:

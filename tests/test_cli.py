@@ -80,12 +80,15 @@ def test_eval_on_the_training_split_tests_the_trained_classes_and_names_them(tmp
   run_dir = tmp_path / "run"
   tiny = _tiny_run("protonet", tmp_path, monkeypatch)
   assert main(["train", *tiny, "--steps", "2", "--out-dir", str(run_dir)]) == 0
+  capsys.readouterr()
   for split in ("background_small2", "background_small1"):  # the run's test split, then its training split
     assert main(["eval", str(run_dir), "--eval-tasks", "10", "--eval-split", split]) == 0
-  on = {split: json.loads((run_dir / f"eval-2-10tasks-1shot-2queries-{split}.json").read_text())
-        for split in ("background_small2", "background_small1")}
-  assert [s["eval_split"] for s in on.values()] == list(on)
-  assert on["background_small1"]["eval_accuracy"] != on["background_small2"]["eval_accuracy"]
+  out = capsys.readouterr().out
+  assert "(5-way 1-shot) after" in out and "(5-way 1-shot, background_small1 split) after" in out
+  own = json.loads((run_dir / "eval-2-10tasks-1shot-2queries.json").read_text())
+  trained_on = json.loads((run_dir / "eval-2-10tasks-1shot-2queries-background_small1.json").read_text())
+  assert (own["eval_split"], trained_on["eval_split"]) == ("background_small2", "background_small1")
+  assert own["eval_accuracy"] != trained_on["eval_accuracy"]
   assert main(["eval", str(run_dir), "--eval-split", "no_such_split"]) == 2
   assert "no_such_split" in capsys.readouterr().err
 

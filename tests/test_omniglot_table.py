@@ -79,6 +79,20 @@ def test_a_source_differing_only_in_resumable_and_test_settings_is_accepted(tmp_
     table.test_cell(ns)
 
 
+def test_a_source_saved_with_another_test_split_is_tested_on_the_cells(tmp_path, monkeypatch):
+  ns = _ns(tmp_path)
+  _save_source(ns, eval_split="val")  # the test split is a test setting: the model is the same
+  asked = {}
+
+  def load_run(source, **overrides):
+    asked.update(overrides)
+    raise FileNotFoundError("stop here")
+  monkeypatch.setattr(table, "load_run", load_run)
+  with pytest.raises(FileNotFoundError, match="stop here"):
+    table.test_cell(ns)
+  assert asked["eval_split"] == "test"
+
+
 def test_an_ablation_names_its_run_directory_and_refuses_the_cells_own_options(tmp_path):
   ns = _ns(tmp_path, shots=1, set=[table._setting("carry_mode=sequential"), table._setting("inner_lr=0.002")])
   assert table._overrides(ns) == {"carry_mode": "sequential", "inner_lr": 0.002}

@@ -114,11 +114,6 @@ class TrainArgs:
         features=f"--conv-features {self.conv_features}" if self.conv_features != "flatten" else None)
     if why:
       raise ValueError(why)
-    if self.dataset == "sinusoid":
-      for name in ("train_split", "eval_split"):  # the saved runs' values are the defaults
-        if getattr(self, name) not in (None, DATASET_DEFAULTS["sinusoid"][name]):
-          raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: sinusoid tasks are generated, "
-                           "they have no splits")
     defaults = {**DATASET_DEFAULTS[self.dataset], **ALGO_DEFAULTS.get((self.algo, self.dataset), {})}
     for name, value in defaults.items():
       if getattr(self, name) is None:
@@ -160,6 +155,14 @@ SWITCHES = tuple(name for name, hint in get_type_hints(TrainArgs).items() if hin
 # The string options and their choices, from their ``Literal`` types (the CLI's ``choices``).
 CHOICES: dict[str, tuple[str, ...]] = {name: get_args(hint) for name, hint in get_type_hints(TrainArgs).items()
                                        if get_origin(hint) is Literal}
+
+
+def check_splits_exist(dataset: str, **splits: Optional[str]) -> None:
+  """Raises ``ValueError`` when a split option (``train_split=``, ``eval_split=``) is given for the
+  sinusoid's generated tasks, which have none (it would be ignored)."""
+  given = [f"--{name.replace('_', '-')} {value!r}" for name, value in splits.items() if value is not None]
+  if dataset == "sinusoid" and given:
+    raise ValueError(f"{', '.join(given)}: sinusoid tasks are generated, they have no splits")
 
 
 # Options added after run directories were first saved, with the value a run.json that lacks one had.

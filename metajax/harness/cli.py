@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from metajax.core.xla_cpu import use_fast_cpu_convolutions
-from metajax.harness.args import ALGO_DEFAULTS, CHOICES, DATASET_DEFAULTS, TrainArgs
+from metajax.harness.args import ALGO_DEFAULTS, CHOICES, DATASET_DEFAULTS, TrainArgs, check_splits_exist
 from metajax.harness.checkpoint import CheckpointError
 from metajax.harness.run import (Interrupted, NonFiniteLoss, eval_file_name, load_run, read_run_file, report,
                                  run)
@@ -153,14 +153,19 @@ def _run_dir(path: str) -> Path:
 
 def _main(ns: argparse.Namespace) -> None:
   if ns.command == "train":
+    if not ns.resume:  # a saved run's options were accepted when it started
+      check_splits_exist(ns.dataset, train_split=ns.train_split, eval_split=ns.eval_split)
     run(TrainArgs(**{k: v for k, v in vars(ns).items() if k != "command"}))
   elif ns.command == "eval":
-    args, problem, state = load_run(_run_dir(ns.run_dir), step=ns.step, eval_tasks=ns.eval_tasks,
+    saved = read_run_file(_run_dir(ns.run_dir))
+    check_splits_exist(saved["dataset"], eval_split=ns.eval_split)
+    args, problem, state = load_run(ns.run_dir, step=ns.step, eval_tasks=ns.eval_tasks,
                                     eval_inner_steps=ns.eval_inner_steps, eval_queries=ns.eval_queries,
                                     data_dir=ns.data_dir, eval_split=ns.eval_split,
                                     shots=ns.shots, eval_inner_batch=ns.eval_inner_batch, out_dir=ns.run_dir)
-    report(args, problem, state, out_name=eval_file_name(args, int(state.step), problem.entry.inner_steps,
-                                                         split_named=ns.eval_split is not None))
+    other_split = ns.eval_split not in (None, saved["eval_split"])
+    report(args, problem, state, split_named=other_split,
+           out_name=eval_file_name(args, int(state.step), problem.entry.inner_steps, split_named=other_split))
   else:
     from metajax.harness import plots
     run_dir = _run_dir(ns.run_dir)

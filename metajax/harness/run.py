@@ -295,7 +295,7 @@ def summarize(results: dict[str, np.ndarray]) -> dict:
 
 def eval_file_name(args: TrainArgs, step: int, inner_steps: bool, split_named: bool = False) -> str:
   """``eval-<step>-<tasks>tasks-<shots>shot-<queries>queries[-<n>inner][-<split>].json``: one file per
-  evaluation setting (the split is named when ``split_named``, i.e. it was chosen at test)."""
+  evaluation setting (the split is named when ``split_named``: another than the run's)."""
   name = f"eval-{step}-{args.eval_tasks}tasks-{args.shots}shot-{args.eval_queries}queries"
   if inner_steps:
     name += f"-{args.eval_inner_steps or args.inner_steps}inner"
@@ -306,13 +306,14 @@ def eval_file_name(args: TrainArgs, step: int, inner_steps: bool, split_named: b
 
 def report(args: TrainArgs, problem: Problem, state: MetaState, log: Callable[[str], None] = print,
            train_time: Optional[float] = None, out_name: str = "summary.json",
-           warn: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> dict:
-  """Evaluates on ``args.eval_tasks`` new tasks, logs one line (and a warning when tasks
-  diverged, see :func:`summarize`), writes ``out_name`` in the run directory; returns the summary."""
+           warn: Callable[[str], None] = lambda line: print(line, file=sys.stderr), split_named: bool = False) -> dict:
+  """Evaluates on ``args.eval_tasks`` new tasks, logs one line (naming the split when ``split_named``;
+  and a warning when tasks diverged, see :func:`summarize`), writes ``out_name`` in the run
+  directory; returns the summary."""
   results = evaluate(problem, state, args.eval_tasks, args.seed + 10_000, args.eval_inner_steps)
   summary = {"dataset": args.dataset, "algo": args.algo, "steps": int(state.step), "eval_tasks": args.eval_tasks,
              "shots": args.shots, "train_shots": args.train_shots, "eval_queries": args.eval_queries}
-  if args.eval_split is not None:
+  if args.dataset != "sinusoid":
     summary["eval_split"] = args.eval_split
   if problem.entry.inner_steps:
     summary["eval_inner_steps"] = args.eval_inner_steps or args.inner_steps
@@ -330,6 +331,8 @@ def report(args: TrainArgs, problem: Problem, state: MetaState, log: Callable[[s
     shape += f" of a {args.train_shots}-shot-trained model"
   if problem.entry.inner_steps:
     shape += f", {summary['eval_inner_steps']} inner step(s)"
+  if split_named:
+    shape += f", {args.eval_split} split"
   trained = f"; trained in {train_time:.1f} s" if train_time is not None else ""
   log(f"eval on {args.eval_tasks} new {args.dataset} tasks ({shape}) after "
       f"{int(state.step)} meta-steps: {line}{trained}")
