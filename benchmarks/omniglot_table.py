@@ -6,13 +6,17 @@
   python benchmarks/omniglot_table.py test --algo fomaml --ways 5 --shots 1   # its own model again
   python benchmarks/omniglot_table.py render      # table -> stdout and omniglot_table.png
   python benchmarks/omniglot_table.py merge gpu_table.json --git COMMIT   # rows run elsewhere
+  python benchmarks/omniglot_table.py park --algo maml --ways 20 --shots 1   # for git to keep, unfinished
   python benchmarks/omniglot_table.py run --algo maml --ways 5 --shots 1 --steps 2 \
       --runs-dir /tmp/smoke-runs --table /tmp/smoke.json   # a smoke run, away from the table and its runs
 
 ``run`` trains one cell with its paper's protocol (:func:`protocol`; differences are
 stored with the cell) in a run directory ``--runs-dir/<split>_<algo>_<W>w<S>s`` that
 holds Orbax checkpoints: run the same command again (in another session, under
-``nohup``) and it resumes where it stopped, exactly. Training stops at ``--steps``
+``nohup``) and it resumes where it stopped, exactly. A new machine's runs directory is
+empty: ``park`` packs a cell's run directory (its newest checkpoint) into
+``benchmarks/parked/<cell>.tar.gz``, which git keeps, and ``run`` and ``test`` unpack it
+where the runs directory lacks the cell. Training stops at ``--steps``
 or at the first curve point past ``--budget-minutes`` of training time in all
 (evaluation excluded), past ``--wall-minutes``, or at the end of the chunk running at a
 Ctrl-C (``kill -INT``); then ``--test-tasks`` (600) test tasks give the cell's accuracy and 95% CI,
@@ -39,7 +43,8 @@ import functools
 import json
 import os
 import sys
-from pathlib import Path
+import tarfile
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
 import jax.numpy as jnp
@@ -56,6 +61,8 @@ from metajax.harness.problem import Problem, build  # noqa: E402
 from metajax.harness.run import RUN_FILE, TEST_CHANGES, evaluate, load_run, read_run_file  # noqa: E402
 
 TABLE = RESULTS / "omniglot_table.json"  # --table's default
+PARKED = Path(__file__).parent / "parked"  # --parked-dir's default: run directories for git to keep
+RECORDS = (RUN_FILE, "metrics.jsonl", "curve.jsonl")  # what a run directory needs to resume, but its checkpoint
 CELLS = ((5, 1), (5, 5), (20, 1), (20, 5))
 # Each paper's Omniglot accuracy (%), Vinyals split, at CELLS. Reptile: its transductive
 # numbers (Nichol et al. 2018, table 1), since BatchNorm here uses the test batch's statistics.
@@ -253,6 +260,7 @@ def run_cell(ns: argparse.Namespace) -> dict:
     settings["steps"] = ns.steps
   cell = _cell(ns, ns.shots)
   out_dir = Path(ns.runs_dir) / cell
+  _unpark(Path(ns.parked_dir), out_dir)
   resume = _check_resumable(out_dir, ns.budget_minutes)
   curve_every = ns.curve_every or (read_run_file(out_dir)["chunk"] if resume else 500)
   curve_file = out_dir / "curve.jsonl"
@@ -268,20 +276,25 @@ def run_cell(ns: argparse.Namespace) -> dict:
                          **({"ablation": overrides} if overrides else {}))
 
 
+def _newest_checkpoint(run_dir: Path) -> int | None:
+  """The meta-step of ``run_dir``'s newest checkpoint (None: it has none, or does not exist)."""
+  return max(checkpoint.manager(run_dir / "checkpoints", create=False).all_steps(), default=None)
+
+
 def _check_resumable(out_dir: Path, budget_minutes: float | None) -> bool:
   """Whether ``out_dir`` holds a run to resume (a checkpoint); refuses a run directory without one (it
   stopped before its first curve point: nothing to lose, but ``rm`` is the user's call), and a run
   already past ``budget_minutes`` at its newest checkpoint (``run`` would train one more chunk)."""
-  steps = checkpoint.manager(out_dir / "checkpoints", create=False).all_steps()
-  if not steps:
+  newest = _newest_checkpoint(out_dir)
+  if newest is None:
     if (out_dir / RUN_FILE).exists():
       raise SystemExit(f"{out_dir} holds a run with no checkpoint (it stopped before its first curve point); "
                        f"remove it (rm -r {out_dir}) to start the cell again")
     return False
-  seconds = _trained_seconds(out_dir, max(steps))
+  seconds = _trained_seconds(out_dir, newest)
   if budget_minutes is not None and seconds is not None and seconds >= 60 * budget_minutes:
     raise SystemExit(f"{out_dir.name} had trained {seconds / 60:.1f} minutes at its newest checkpoint "
-                     f"(meta-step {max(steps):,}), past --budget-minutes {budget_minutes:g}: raise the budget to "
+                     f"(meta-step {newest:,}), past --budget-minutes {budget_minutes:g}: raise the budget to "
                      "train on, or test it again with the test command")
   return True
 
@@ -302,6 +315,63 @@ def _trained_seconds(run_dir: Path, step: int) -> float | None:
   return timed[-1] if timed else None
 
 
+def park(ns: argparse.Namespace) -> Path:
+  """Packs a cell's run directory, its records and newest checkpoint only, into
+  ``<parked-dir>/<cell>.tar.gz`` for git to keep: a session may start on a new machine, whose runs
+  directory is empty (it happened twice), and ``run`` and ``test`` resume from the archive then."""
+  run_dir = Path(ns.runs_dir) / _cell(ns, ns.shots)
+  step = _newest_checkpoint(run_dir)
+  if step is None:
+    raise SystemExit(f"{run_dir} holds no checkpoint to park")
+  archive = Path(ns.parked_dir) / f"{run_dir.name}.tar.gz"
+  archive.parent.mkdir(parents=True, exist_ok=True)
+  partial = archive.with_name(archive.name + ".partial")
+  with tarfile.open(partial, "w:gz") as tar:
+    for name in [*RECORDS, f"checkpoints/{step}"]:
+      if (run_dir / name).exists():
+        tar.add(run_dir / name, arcname=f"{run_dir.name}/{name}")
+  os.replace(partial, archive)  # a stopped park leaves the archive before it whole
+  print(f"parked {run_dir.name} at meta-step {step:,}: {archive} ({archive.stat().st_size / 2**20:.1f} MiB)")
+  return archive
+
+
+def _parked_step(archive: Path, tar: tarfile.TarFile) -> int:
+  """The meta-step of the checkpoint in ``archive``, a :func:`park` archive of a run directory named as
+  it is; refuses any member that is not a plain file or folder under that name (it unpacks nowhere else)."""
+  cell = archive.name.removesuffix(".tar.gz")
+  steps = set()
+  for member in tar.getmembers():
+    path = PurePosixPath(member.name)
+    if path.is_absolute() or ".." in path.parts or path.parts[0] != cell or not (member.isfile() or member.isdir()):
+      raise SystemExit(f"{archive}: {member.name!r} is not a file of a {cell} run directory; not unpacking it")
+    if len(path.parts) >= 3 and path.parts[1] == "checkpoints" and path.parts[2].isdigit():
+      steps.add(int(path.parts[2]))
+  if len(steps) != 1:
+    raise SystemExit(f"{archive} holds {len(steps)} checkpoints, not one: it is not a park archive")
+  return steps.pop()
+
+
+def _unpark(parked_dir: Path, run_dir: Path) -> None:
+  """Unpacks ``run_dir``'s archive from ``parked_dir``, if any, where ``run_dir`` does not exist;
+  refuses when ``run_dir`` is behind the archive (which to go on from is the user's call)."""
+  archive = parked_dir / f"{run_dir.name}.tar.gz"
+  if not archive.is_file():
+    return
+  with tarfile.open(archive, "r:gz") as tar:
+    parked = _parked_step(archive, tar)
+    if run_dir.exists():
+      here = _newest_checkpoint(run_dir)
+      if here is None or here < parked:
+        at = "has no checkpoint" if here is None else f"is at meta-step {here:,}"
+        raise SystemExit(f"{run_dir} {at}, behind its parked archive {archive} at "
+                         f"{parked:,}: to go on from the archive, remove the run directory (rm -r {run_dir}); "
+                         f"to go on from the run directory, remove the archive")
+      return
+    safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # members checked above either way
+    tar.extractall(run_dir.parent, **safe)
+  print(f"{run_dir.name}: unpacked from {archive} at meta-step {parked:,}")
+
+
 def test_cell(ns: argparse.Namespace) -> dict:
   """Tests a trained cell's model again (``--model-shots`` omitted: the cell's own, as after a change
   of its protocol's test), or the model of the ``--model-shots`` cell on ``--shots``-shot tasks. Either
@@ -311,6 +381,7 @@ def test_cell(ns: argparse.Namespace) -> dict:
   source = Path(ns.runs_dir) / _cell(ns, ns.shots if own else ns.model_shots)
   train_again = (f"train it first: omniglot_table.py run --algo {ns.algo} --ways {ns.ways} "
                  f"--shots {ns.shots if own else ns.model_shots} --split {ns.split} --runs-dir {ns.runs_dir}")
+  _unpark(Path(ns.parked_dir), source)
   if not (source / RUN_FILE).is_file():
     raise SystemExit(f"no trained {source.name} cell in {source.parent}; {train_again}")
   settings, differences = protocol(ns.algo, ns.ways, ns.shots)
@@ -544,16 +615,25 @@ def main() -> None:
   cell = sub.add_parser("run", help="train and test one cell (resumes its run directory)")
   retest = sub.add_parser("test", help="test a cell's trained model again, or another cell's that trains "
                                        "identically at these shots")
-  for command in (cell, retest):
+  parked = sub.add_parser("park", help="pack a cell's run directory (its newest checkpoint) into --parked-dir "
+                                       "for git to keep; run and test unpack it where the runs directory lacks it")
+  for command in (cell, retest, parked):
     command.add_argument("--algo", required=True, choices=sorted(PAPER))
     command.add_argument("--ways", type=int, required=True, choices=(5, 20))
     command.add_argument("--shots", type=int, required=True, choices=(1, 5))
     command.add_argument("--split", default="vinyals", choices=sorted(SPLITS))
+    command.add_argument("--runs-dir", default=str(Path(__file__).parent / "runs"))
+    command.add_argument("--parked-dir", default=str(PARKED),
+                         help="the folder of park archives, <cell>.tar.gz (default: benchmarks/parked)")
+  for command in (cell, retest):
     command.add_argument("--test-tasks", type=_count, default=600)
     command.add_argument("--eval-chunk", type=_count, default=20, help="test tasks evaluated at once (memory only: the tasks are the same whatever it is)")
-    command.add_argument("--runs-dir", default=str(Path(__file__).parent / "runs"))
     command.add_argument("--data-dir", default=os.environ.get("METAJAX_DATA", str(DEFAULT_DATA)))
     command.add_argument("--seed", type=int, default=0)
+  for command in (cell, parked):
+    command.add_argument("--set", action="append", type=_setting, metavar="NAME=VALUE",
+                         help="an ablation: change a protocol setting (repeatable; the row goes to the table's "
+                              "<name>_ablations.json beside it)")
   cell.add_argument("--steps", type=_count, help="meta-steps (default: the paper's)")
   cell.add_argument("--budget-minutes", type=_minutes, help="stop after this much training time in all")
   cell.add_argument("--wall-minutes", type=_minutes,
@@ -565,13 +645,11 @@ def main() -> None:
                          "resuming)")
   cell.add_argument("--curve-tasks", type=_count,
                     help="test tasks of each curve point (default: 100, or the run's when resuming)")
-  cell.add_argument("--set", action="append", type=_setting, metavar="NAME=VALUE",
-                    help="an ablation: change a protocol setting (repeatable; the row goes to the table's "
-                         "<name>_ablations.json beside it)")
   cell.set_defaults(fn=run_cell)
   retest.add_argument("--model-shots", type=int, choices=(1, 5),
                       help="the shots of the cell whose run directory holds the model (default: this cell's)")
   retest.set_defaults(fn=test_cell)
+  parked.set_defaults(fn=park)
   rendered = sub.add_parser("render", help="print the Markdown table, plot the curves")
   rendered.set_defaults(fn=render)
   merged = sub.add_parser("merge", help="store the new rows of another copy's table file (a lent GPU's)")

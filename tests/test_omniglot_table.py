@@ -7,7 +7,9 @@ import dataclasses
 import importlib.util
 import json
 import os
+import shutil
 import signal
+import tarfile
 from pathlib import Path
 
 import matplotlib.pyplot
@@ -26,7 +28,8 @@ _spec.loader.exec_module(table)
 
 def _ns(tmp_path: Path, **kw) -> argparse.Namespace:
   fields = dict(algo="reptile", ways=5, shots=5, model_shots=1, split="vinyals", test_tasks=600, eval_chunk=20,
-                runs_dir=str(tmp_path), data_dir=str(tmp_path / "data"), seed=0, table=tmp_path / "rows.json")
+                runs_dir=str(tmp_path), data_dir=str(tmp_path / "data"), seed=0, table=tmp_path / "rows.json",
+                parked_dir=str(tmp_path / "parked"))
   return argparse.Namespace(**{**fields, **kw})
 
 
@@ -280,6 +283,55 @@ def test_a_run_directory_resumes_from_a_checkpoint_and_not_past_its_budget(tmp_p
   assert table._check_resumable(run, None) and table._check_resumable(run, 2)
   with pytest.raises(SystemExit, match=r"had trained 1.5 minutes .*\(meta-step 20\), past --budget-minutes 1.5"):
     table._check_resumable(run, 1.5)
+
+
+@needs_shared
+def test_a_parked_run_directory_unpacks_where_it_is_missing_and_restores_its_newest_state(tmp_path, monkeypatch):
+  import jax
+  from metajax.harness.args import TrainArgs
+  from metajax.harness.problem import build
+  from metajax.harness.run import load_run, train
+  monkeypatch.setenv("METAJAX_CACHE", str(tmp_path / "cache"))
+  ns = _ns(tmp_path, algo="protonet", ways=5, shots=1, runs_dir=str(tmp_path / "runs"), set=None)
+  run = tmp_path / "runs" / "vinyals_protonet_5w1s"
+  args = TrainArgs(dataset="omniglot", data_dir=str(SHARED), algo="protonet", width=8, steps=4, chunk=2,
+                   meta_batch=2, queries=2, eval_queries=2, train_split="background_small1",
+                   eval_split="background_small2", out_dir=str(run))
+  train(args, build(args))
+  (run / "curve.jsonl").write_text('{"step": 4}\n')
+  archive = table.park(ns)
+  with tarfile.open(archive) as tar:
+    names = {n.split("/", 2)[1] for n in tar.getnames() if n.count("/") >= 1}
+    assert names == {RUN_FILE, "metrics.jsonl", "curve.jsonl", "checkpoints"}
+    assert {n.split("/")[2] for n in tar.getnames() if n.count("/") >= 2} == {"4"}  # the newest only
+  *_, trained = load_run(run)
+  run.rename(tmp_path / "old")
+  table._unpark(Path(ns.parked_dir), run)  # a new machine: the runs directory lacks the cell
+  *_, unparked = load_run(run)
+  assert int(unparked.step) == 4 and jax.tree.all(jax.tree.map(np.array_equal, trained, unparked))
+  assert (run / "curve.jsonl").read_text() == '{"step": 4}\n'
+  table._unpark(Path(ns.parked_dir), run)  # as far as its archive: left as it is
+  shutil.rmtree(run)
+  (tmp_path / "old").rename(run)
+  (run / "checkpoints" / "4").rename(run / "checkpoints" / "4.unusable")  # a run directory behind it
+  with pytest.raises(SystemExit, match=r"is at meta-step 2, behind its parked archive .* at 4: .*rm -r "):
+    table._unpark(Path(ns.parked_dir), run)
+
+
+def test_park_refuses_a_run_without_checkpoint_and_unpark_an_archive_reaching_outside_its_cell(tmp_path):
+  ns = _ns(tmp_path, algo="maml", ways=5, shots=1, set=None)
+  with pytest.raises(SystemExit, match="vinyals_maml_5w1s holds no checkpoint to park"):
+    table.park(ns)
+  parked = tmp_path / "parked"
+  parked.mkdir()
+  (tmp_path / "note").write_text("outside")
+  for name, why in [("../note", "is not a file of a vinyals_maml_5w1s run directory"),
+                    ("vinyals_maml_5w1s/run.json", "holds 0 checkpoints, not one")]:
+    with tarfile.open(parked / "vinyals_maml_5w1s.tar.gz", "w:gz") as tar:
+      tar.add(tmp_path / "note", arcname=name)
+    with pytest.raises(SystemExit, match=why):
+      table._unpark(parked, tmp_path / "runs" / "vinyals_maml_5w1s")
+    assert not (tmp_path / "runs").exists() and (tmp_path / "note").read_text() == "outside"
 
 
 def test_a_resumed_curve_goes_on_with_its_own_number_of_tasks():
