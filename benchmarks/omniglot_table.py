@@ -6,7 +6,8 @@
   python benchmarks/omniglot_table.py test --algo fomaml --ways 5 --shots 1   # its own model again
   python benchmarks/omniglot_table.py render      # table -> stdout and omniglot_table.png
   python benchmarks/omniglot_table.py merge gpu_table.json --git COMMIT   # rows run elsewhere
-  python benchmarks/omniglot_table.py park --algo maml --ways 20 --shots 1   # for git to keep, unfinished
+  python benchmarks/omniglot_table.py park --algo maml --ways 20 --shots 1    # an unfinished run, for git to keep
+  python benchmarks/omniglot_table.py unpark --algo maml --ways 20 --shots 1  # on a new machine, to go on with it
   python benchmarks/omniglot_table.py run --algo maml --ways 5 --shots 1 --steps 2 \
       --runs-dir /tmp/smoke-runs --table /tmp/smoke.json   # a smoke run, away from the table and its runs
 
@@ -14,9 +15,9 @@
 stored with the cell) in a run directory ``--runs-dir/<split>_<algo>_<W>w<S>s`` that
 holds Orbax checkpoints: run the same command again (in another session, under
 ``nohup``) and it resumes where it stopped, exactly. A new machine's runs directory is
-empty: ``park`` packs a cell's run directory (its newest checkpoint) into
-``benchmarks/parked/<cell>.tar.gz``, which git keeps, and ``run`` and ``test`` unpack it
-where the runs directory lacks the cell. Training stops at ``--steps``
+empty: ``park`` packs a stopped cell's run directory (its newest intact checkpoint) into
+``benchmarks/parked/<cell>.tar.gz``, which git keeps, and ``unpark`` unpacks it into the runs
+directory, for ``run`` or ``test`` to go on from. Training stops at ``--steps``
 or at the first curve point past ``--budget-minutes`` of training time in all
 (evaluation excluded), past ``--wall-minutes``, or at the end of the chunk running at a
 Ctrl-C (``kill -INT``); then ``--test-tasks`` (600) test tasks give the cell's accuracy and 95% CI,
@@ -42,8 +43,10 @@ import fcntl
 import functools
 import json
 import os
+import shutil
 import sys
 import tarfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
@@ -58,7 +61,8 @@ from metajax.data import episodes, omniglot  # noqa: E402
 from metajax.harness.args import RESUMABLE_CHANGES, TrainArgs  # noqa: E402
 from metajax.harness import checkpoint  # noqa: E402
 from metajax.harness.problem import Problem, build  # noqa: E402
-from metajax.harness.run import RUN_FILE, TEST_CHANGES, evaluate, load_run, read_run_file  # noqa: E402
+from metajax.harness.run import (RUN_FILE, TEST_CHANGES, evaluate, fingerprint, load_run, read_run_file,  # noqa: E402
+                                 saved_args)
 
 TABLE = RESULTS / "omniglot_table.json"  # --table's default
 PARKED = Path(__file__).parent / "parked"  # --parked-dir's default: run directories for git to keep
@@ -260,7 +264,6 @@ def run_cell(ns: argparse.Namespace) -> dict:
     settings["steps"] = ns.steps
   cell = _cell(ns, ns.shots)
   out_dir = Path(ns.runs_dir) / cell
-  _unpark(Path(ns.parked_dir), out_dir)
   resume = _check_resumable(out_dir, ns.budget_minutes)
   curve_every = ns.curve_every or (read_run_file(out_dir)["chunk"] if resume else 500)
   curve_file = out_dir / "curve.jsonl"
@@ -283,13 +286,18 @@ def _newest_checkpoint(run_dir: Path) -> int | None:
 
 def _check_resumable(out_dir: Path, budget_minutes: float | None) -> bool:
   """Whether ``out_dir`` holds a run to resume (a checkpoint); refuses a run directory without one (it
-  stopped before its first curve point: nothing to lose, but ``rm`` is the user's call), and a run
-  already past ``budget_minutes`` at its newest checkpoint (``run`` would train one more chunk)."""
+  stopped before its first curve point: nothing to lose, but ``rm`` is the user's call), a new run of a
+  cell that :data:`PARKED` holds (hours of training, likely forgotten), and a run already past
+  ``budget_minutes`` at its newest checkpoint (``run`` would train one more chunk)."""
   newest = _newest_checkpoint(out_dir)
   if newest is None:
     if (out_dir / RUN_FILE).exists():
       raise SystemExit(f"{out_dir} holds a run with no checkpoint (it stopped before its first curve point); "
                        f"remove it (rm -r {out_dir}) to start the cell again")
+    if (PARKED / f"{out_dir.name}.tar.gz").exists():
+      raise SystemExit(f"{PARKED / out_dir.name}.tar.gz holds this cell's run: unpark it first (omniglot_table.py "
+                       f"unpark with this cell's options and --runs-dir {out_dir.parent}) to go on from it, or "
+                       "remove the archive to start the cell again")
     return False
   seconds = _trained_seconds(out_dir, newest)
   if budget_minutes is not None and seconds is not None and seconds >= 60 * budget_minutes:
@@ -316,23 +324,47 @@ def _trained_seconds(run_dir: Path, step: int) -> float | None:
 
 
 def park(ns: argparse.Namespace) -> Path:
-  """Packs a cell's run directory, its records and newest checkpoint only, into
+  """Packs a stopped cell's run directory, its records and newest intact checkpoint only, into
   ``<parked-dir>/<cell>.tar.gz`` for git to keep: a session may start on a new machine, whose runs
-  directory is empty (it happened twice), and ``run`` and ``test`` resume from the archive then."""
+  directory is empty. Refuses to replace an archive of a later meta-step."""
   run_dir = Path(ns.runs_dir) / _cell(ns, ns.shots)
-  step = _newest_checkpoint(run_dir)
+  if not (run_dir / RUN_FILE).is_file():
+    raise SystemExit(f"no run to park: {run_dir} holds no {RUN_FILE}")
+  mngr = checkpoint.manager(run_dir / "checkpoints", create=False)
+  step = next((s for s in sorted(mngr.all_steps(), reverse=True) if _intact(mngr, s, run_dir)), None)
   if step is None:
-    raise SystemExit(f"{run_dir} holds no checkpoint to park")
+    raise SystemExit(f"{run_dir} holds no intact checkpoint to park")
   archive = Path(ns.parked_dir) / f"{run_dir.name}.tar.gz"
+  if archive.exists() and _read_archive(archive, _parked_step) > step:
+    raise SystemExit(f"{archive} is at a later meta-step than {run_dir} ({step:,}); remove it to park this run")
   archive.parent.mkdir(parents=True, exist_ok=True)
   partial = archive.with_name(archive.name + ".partial")
   with tarfile.open(partial, "w:gz") as tar:
     for name in [*RECORDS, f"checkpoints/{step}"]:
       if (run_dir / name).exists():
         tar.add(run_dir / name, arcname=f"{run_dir.name}/{name}")
-  os.replace(partial, archive)  # a stopped park leaves the archive before it whole
+  os.replace(partial, archive)  # an interrupted park leaves the previous archive intact
   print(f"parked {run_dir.name} at meta-step {step:,}: {archive} ({archive.stat().st_size / 2**20:.1f} MiB)")
   return archive
+
+
+def _intact(mngr, step: int, run_dir: Path) -> bool:
+  """Whether checkpoint ``step`` verifies against its integrity record and ``run_dir``'s settings."""
+  try:
+    checkpoint.verify(mngr, step, fingerprint(saved_args(run_dir)))
+  except checkpoint.CheckpointError:
+    return False
+  return True
+
+
+def _read_archive(archive: Path, read: Callable[[Path, tarfile.TarFile], Any]) -> Any:
+  """``read(archive, tar)`` of the open ``archive``; a damaged or foreign one stops with its name."""
+  try:
+    with tarfile.open(archive, "r:gz") as tar:
+      return read(archive, tar)
+  except (tarfile.TarError, EOFError, zlib.error) as err:  # damaged data inside: the checkpoint's digests
+    raise SystemExit(f"{archive} is not a readable park archive ({type(err).__name__}: {err}); "
+                     "check it out again, or remove it") from None
 
 
 def _parked_step(archive: Path, tar: tarfile.TarFile) -> int:
@@ -341,35 +373,49 @@ def _parked_step(archive: Path, tar: tarfile.TarFile) -> int:
   cell = archive.name.removesuffix(".tar.gz")
   steps = set()
   for member in tar.getmembers():
-    path = PurePosixPath(member.name)
-    if path.is_absolute() or ".." in path.parts or path.parts[0] != cell or not (member.isfile() or member.isdir()):
+    parts = PurePosixPath(member.name).parts
+    if not parts or parts[0] != cell or ".." in parts or not (member.isfile() or member.isdir()):
       raise SystemExit(f"{archive}: {member.name!r} is not a file of a {cell} run directory; not unpacking it")
-    if len(path.parts) >= 3 and path.parts[1] == "checkpoints" and path.parts[2].isdigit():
-      steps.add(int(path.parts[2]))
+    if len(parts) >= 3 and parts[1] == "checkpoints" and parts[2].isdigit():
+      steps.add(int(parts[2]))
   if len(steps) != 1:
     raise SystemExit(f"{archive} holds {len(steps)} checkpoints, not one: it is not a park archive")
   return steps.pop()
 
 
-def _unpark(parked_dir: Path, run_dir: Path) -> None:
-  """Unpacks ``run_dir``'s archive from ``parked_dir``, if any, where ``run_dir`` does not exist;
-  refuses when ``run_dir`` is behind the archive (which to go on from is the user's call)."""
-  archive = parked_dir / f"{run_dir.name}.tar.gz"
+def unpark(ns: argparse.Namespace) -> Path:
+  """Unpacks the cell's :func:`park` archive into the runs directory, where the cell is missing (or an
+  empty folder); a run directory as far as the archive or further is left as it is, one behind it is
+  refused (which to go on from is the user's call). The unpacking is atomic: a folder beside the cell's,
+  renamed into place."""
+  run_dir = Path(ns.runs_dir) / _cell(ns, ns.shots)
+  archive = Path(ns.parked_dir) / f"{run_dir.name}.tar.gz"
   if not archive.is_file():
-    return
-  with tarfile.open(archive, "r:gz") as tar:
+    raise SystemExit(f"no park archive of {run_dir.name}: {archive} does not exist")
+  here = _newest_checkpoint(run_dir)
+
+  def unpack(archive: Path, tar: tarfile.TarFile) -> int:
     parked = _parked_step(archive, tar)
-    if run_dir.exists():
-      here = _newest_checkpoint(run_dir)
-      if here is None or here < parked:
-        at = "has no checkpoint" if here is None else f"is at meta-step {here:,}"
-        raise SystemExit(f"{run_dir} {at}, behind its parked archive {archive} at "
-                         f"{parked:,}: to go on from the archive, remove the run directory (rm -r {run_dir}); "
-                         f"to go on from the run directory, remove the archive")
-      return
+    if run_dir.exists() and any(run_dir.iterdir()):
+      if here is not None and here >= parked:
+        print(f"{run_dir} is at meta-step {here:,}, as far as its archive ({parked:,}) or further: left as it is")
+        return parked
+      raise SystemExit(f"{run_dir} ({'no checkpoint' if here is None else f'meta-step {here:,}'}) is behind its "
+                       f"archive {archive} ({parked:,}): to go on from the archive, remove the run directory "
+                       f"(rm -r {run_dir}); to go on from the run directory, leave the archive packed")
+    aside = run_dir.with_name(f".{run_dir.name}.unpacking")
+    shutil.rmtree(aside, ignore_errors=True)  # an interrupted unpark's
     safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # members checked above either way
-    tar.extractall(run_dir.parent, **safe)
-  print(f"{run_dir.name}: unpacked from {archive} at meta-step {parked:,}")
+    tar.extractall(aside, **safe)
+    if run_dir.exists():
+      run_dir.rmdir()
+    os.rename(aside / run_dir.name, run_dir)
+    aside.rmdir()
+    print(f"{run_dir}: unpacked from {archive} at meta-step {parked:,}")
+    return parked
+
+  _read_archive(archive, unpack)
+  return run_dir
 
 
 def test_cell(ns: argparse.Namespace) -> dict:
@@ -381,9 +427,9 @@ def test_cell(ns: argparse.Namespace) -> dict:
   source = Path(ns.runs_dir) / _cell(ns, ns.shots if own else ns.model_shots)
   train_again = (f"train it first: omniglot_table.py run --algo {ns.algo} --ways {ns.ways} "
                  f"--shots {ns.shots if own else ns.model_shots} --split {ns.split} --runs-dir {ns.runs_dir}")
-  _unpark(Path(ns.parked_dir), source)
   if not (source / RUN_FILE).is_file():
-    raise SystemExit(f"no trained {source.name} cell in {source.parent}; {train_again}")
+    raise SystemExit(f"no trained {source.name} cell in {source.parent}; {train_again}"
+                     + (" (or unpark it: it is parked)" if (PARKED / f"{source.name}.tar.gz").exists() else ""))
   settings, differences = protocol(ns.algo, ns.ways, ns.shots)
   wanted, saved = dataclasses.asdict(_cell_args(ns, settings)), read_run_file(source)
   differ = [f"--{k.replace('_', '-')} {saved.get(k)!r} (this cell: {v!r})" for k, v in wanted.items()
@@ -615,25 +661,28 @@ def main() -> None:
   cell = sub.add_parser("run", help="train and test one cell (resumes its run directory)")
   retest = sub.add_parser("test", help="test a cell's trained model again, or another cell's that trains "
                                        "identically at these shots")
-  parked = sub.add_parser("park", help="pack a cell's run directory (its newest checkpoint) into --parked-dir "
-                                       "for git to keep; run and test unpack it where the runs directory lacks it")
-  for command in (cell, retest, parked):
+  parked = sub.add_parser("park", help="pack a stopped cell's run directory (its newest checkpoint) into "
+                                       "--parked-dir, for git to keep")
+  unparked = sub.add_parser("unpark", help="unpack a cell's park archive into --runs-dir, to go on from it")
+  for command in (cell, retest, parked, unparked):
     command.add_argument("--algo", required=True, choices=sorted(PAPER))
     command.add_argument("--ways", type=int, required=True, choices=(5, 20))
     command.add_argument("--shots", type=int, required=True, choices=(1, 5))
     command.add_argument("--split", default="vinyals", choices=sorted(SPLITS))
     command.add_argument("--runs-dir", default=str(Path(__file__).parent / "runs"))
+  for command in (parked, unparked):
     command.add_argument("--parked-dir", default=str(PARKED),
                          help="the folder of park archives, <cell>.tar.gz (default: benchmarks/parked)")
+    command.add_argument("--set", action="append", type=_setting, metavar="NAME=VALUE",
+                         help="an ablation cell's settings, as run was given them")
   for command in (cell, retest):
     command.add_argument("--test-tasks", type=_count, default=600)
     command.add_argument("--eval-chunk", type=_count, default=20, help="test tasks evaluated at once (memory only: the tasks are the same whatever it is)")
     command.add_argument("--data-dir", default=os.environ.get("METAJAX_DATA", str(DEFAULT_DATA)))
     command.add_argument("--seed", type=int, default=0)
-  for command in (cell, parked):
-    command.add_argument("--set", action="append", type=_setting, metavar="NAME=VALUE",
-                         help="an ablation: change a protocol setting (repeatable; the row goes to the table's "
-                              "<name>_ablations.json beside it)")
+  cell.add_argument("--set", action="append", type=_setting, metavar="NAME=VALUE",
+                    help="an ablation: change a protocol setting (repeatable; the row goes to the table's "
+                         "<name>_ablations.json beside it)")
   cell.add_argument("--steps", type=_count, help="meta-steps (default: the paper's)")
   cell.add_argument("--budget-minutes", type=_minutes, help="stop after this much training time in all")
   cell.add_argument("--wall-minutes", type=_minutes,
@@ -650,6 +699,7 @@ def main() -> None:
                       help="the shots of the cell whose run directory holds the model (default: this cell's)")
   retest.set_defaults(fn=test_cell)
   parked.set_defaults(fn=park)
+  unparked.set_defaults(fn=unpark)
   rendered = sub.add_parser("render", help="print the Markdown table, plot the curves")
   rendered.set_defaults(fn=render)
   merged = sub.add_parser("merge", help="store the new rows of another copy's table file (a lent GPU's)")

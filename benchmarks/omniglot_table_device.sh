@@ -5,6 +5,7 @@
 #   echo /.data/ >> .git/info/exclude; echo /.runs/ >> .git/info/exclude
 #   mkdir -p .data .runs && cp -r ../shared/data/omniglot .data/      # ../shared does not travel
 #   tar -xf runs_maml.tar -C .runs                                     # runs brought back before, to resume
+#   python benchmarks/omniglot_table.py unpark --algo maml --ways 20 --shots 1 --runs-dir .runs   # a parked one
 #
 # then `run` with carry [".data", ".runs"], timeout_s 600 and the command
 #

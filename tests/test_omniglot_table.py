@@ -268,9 +268,14 @@ def test_a_borrowed_model_names_the_machine_that_trained_it_when_the_table_knows
   assert table._source_machine(ns, 200) == {}  # the row holds another model of that cell
 
 
-def test_a_run_directory_resumes_from_a_checkpoint_and_not_past_its_budget(tmp_path):
+def test_a_run_directory_resumes_from_a_checkpoint_and_not_past_its_budget(tmp_path, monkeypatch):
   run = tmp_path / "vinyals_maml_5w1s"
+  monkeypatch.setattr(table, "PARKED", tmp_path / "parked")
   assert table._check_resumable(run, None) is False  # a new cell
+  (tmp_path / "parked").mkdir()
+  (tmp_path / "parked" / "vinyals_maml_5w1s.tar.gz").write_bytes(b"")
+  with pytest.raises(SystemExit, match=r"vinyals_maml_5w1s.tar.gz holds this cell's run: unpark it first"):
+    table._check_resumable(run, None)  # on a new machine, the cell is parked
   (run / "checkpoints").mkdir(parents=True)
   (run / RUN_FILE).write_text("{}")
   with pytest.raises(SystemExit, match=r"holds a run with no checkpoint .*remove it \(rm -r "):
@@ -294,44 +299,63 @@ def test_a_parked_run_directory_unpacks_where_it_is_missing_and_restores_its_new
   monkeypatch.setenv("METAJAX_CACHE", str(tmp_path / "cache"))
   ns = _ns(tmp_path, algo="protonet", ways=5, shots=1, runs_dir=str(tmp_path / "runs"), set=None)
   run = tmp_path / "runs" / "vinyals_protonet_5w1s"
-  args = TrainArgs(dataset="omniglot", data_dir=str(SHARED), algo="protonet", width=8, steps=4, chunk=2,
+  args = TrainArgs(dataset="omniglot", data_dir=str(SHARED), algo="protonet", width=8, steps=6, chunk=2,
                    meta_batch=2, queries=2, eval_queries=2, train_split="background_small1",
                    eval_split="background_small2", out_dir=str(run))
   train(args, build(args))
-  (run / "curve.jsonl").write_text('{"step": 4}\n')
+  (run / "curve.jsonl").write_text('{"step": 6}\n')
+  (run / "checkpoints" / "6" / "metajax_integrity.json").unlink()  # a park while step 6 was being written
   archive = table.park(ns)
   with tarfile.open(archive) as tar:
     names = {n.split("/", 2)[1] for n in tar.getnames() if n.count("/") >= 1}
     assert names == {RUN_FILE, "metrics.jsonl", "curve.jsonl", "checkpoints"}
-    assert {n.split("/")[2] for n in tar.getnames() if n.count("/") >= 2} == {"4"}  # the newest only
-  *_, trained = load_run(run)
+    assert {n.split("/")[2] for n in tar.getnames() if n.count("/") >= 2} == {"4"}  # the newest intact only
+  *_, trained = load_run(run, step=4)
   run.rename(tmp_path / "old")
-  table._unpark(Path(ns.parked_dir), run)  # a new machine: the runs directory lacks the cell
+  run.mkdir()  # an empty folder is as good as none
+  assert table.unpark(ns) == run
   *_, unparked = load_run(run)
   assert int(unparked.step) == 4 and jax.tree.all(jax.tree.map(np.array_equal, trained, unparked))
-  assert (run / "curve.jsonl").read_text() == '{"step": 4}\n'
-  table._unpark(Path(ns.parked_dir), run)  # as far as its archive: left as it is
+  assert (run / "curve.jsonl").read_text() == '{"step": 6}\n' and not list(run.parent.glob(".*unpacking"))
+  table.unpark(ns)  # as far as its archive: left as it is
   shutil.rmtree(run)
   (tmp_path / "old").rename(run)
-  (run / "checkpoints" / "4").rename(run / "checkpoints" / "4.unusable")  # a run directory behind it
-  with pytest.raises(SystemExit, match=r"is at meta-step 2, behind its parked archive .* at 4: .*rm -r "):
-    table._unpark(Path(ns.parked_dir), run)
-
-
-def test_park_refuses_a_run_without_checkpoint_and_unpark_an_archive_reaching_outside_its_cell(tmp_path):
-  ns = _ns(tmp_path, algo="maml", ways=5, shots=1, set=None)
-  with pytest.raises(SystemExit, match="vinyals_maml_5w1s holds no checkpoint to park"):
+  for step in ("6", "4"):  # leaves the run directory at step 2, behind the archive
+    (run / "checkpoints" / step).rename(run / "checkpoints" / f"{step}.unusable")
+  with pytest.raises(SystemExit, match=r"\(meta-step 2\) is behind its archive .* \(4\): .*\(rm -r "):
+    table.unpark(ns)
+  with pytest.raises(SystemExit, match=r"is at a later meta-step than .* \(2\); remove it to park this run"):
     table.park(ns)
+
+
+def test_park_and_unpark_refuse_what_they_cannot_use_and_unpack_nothing_outside_the_cell(tmp_path, monkeypatch):
+  ns = _ns(tmp_path, algo="maml", ways=5, shots=1, set=None, runs_dir=str(tmp_path / "runs"))
+  with pytest.raises(SystemExit, match="no run to park: .*vinyals_maml_5w1s holds no run.json"):
+    table.park(ns)
+  with pytest.raises(SystemExit, match="no park archive of vinyals_maml_5w1s"):
+    table.unpark(ns)
   parked = tmp_path / "parked"
   parked.mkdir()
+  archive = parked / "vinyals_maml_5w1s.tar.gz"
   (tmp_path / "note").write_text("outside")
+  monkeypatch.delattr(tarfile, "data_filter", raising=False)  # Python before 3.10.12 / 3.11.4: the checks alone
   for name, why in [("../note", "is not a file of a vinyals_maml_5w1s run directory"),
+                    (".", "is not a file of a vinyals_maml_5w1s run directory"),
                     ("vinyals_maml_5w1s/run.json", "holds 0 checkpoints, not one")]:
-    with tarfile.open(parked / "vinyals_maml_5w1s.tar.gz", "w:gz") as tar:
+    with tarfile.open(archive, "w:gz") as tar:
       tar.add(tmp_path / "note", arcname=name)
     with pytest.raises(SystemExit, match=why):
-      table._unpark(parked, tmp_path / "runs" / "vinyals_maml_5w1s")
-    assert not (tmp_path / "runs").exists() and (tmp_path / "note").read_text() == "outside"
+      table.unpark(ns)
+  link = tarfile.TarInfo("vinyals_maml_5w1s/checkpoints/2/x")
+  link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+  with tarfile.open(archive, "w:gz") as tar:
+    tar.addfile(link)
+  with pytest.raises(SystemExit, match="'vinyals_maml_5w1s/checkpoints/2/x' is not a file"):
+    table.unpark(ns)
+  archive.write_bytes(archive.read_bytes()[:40])  # cut short
+  with pytest.raises(SystemExit, match="is not a readable park archive"):
+    table.unpark(ns)
+  assert not (tmp_path / "runs").exists() and (tmp_path / "note").read_text() == "outside"
 
 
 def test_a_resumed_curve_goes_on_with_its_own_number_of_tasks():

@@ -242,6 +242,13 @@ def run(args: TrainArgs, log: Callable[[str], None] = print) -> dict:
   return report(args, problem, state, log, train_time)
 
 
+def saved_args(run_dir: str | os.PathLike, **changes: Any) -> TrainArgs:
+  """The settings ``run_dir``'s checkpoints were trained with (its ``run.json``), with ``changes``."""
+  saved = read_run_file(Path(run_dir))
+  known = {f.name for f in dataclasses.fields(TrainArgs)}
+  return TrainArgs(**{**{k: v for k, v in saved.items() if k in known}, **changes, "resume": False})
+
+
 def load_run(run_dir: str | os.PathLike, step: Optional[int] = None,
              **overrides: Any) -> tuple[TrainArgs, Problem, MetaState]:
   """Settings, problem and checkpointed state (the latest, or the kept one at ``step``) of a run
@@ -254,14 +261,11 @@ def load_run(run_dir: str | os.PathLike, step: Optional[int] = None,
   ``train_split`` tells a gap between the training and the test classes from a model that
   is worse on both).
   """
-  saved = read_run_file(Path(run_dir))
   unknown = set(overrides) - set(RESUMABLE_CHANGES) - set(TEST_CHANGES)
   if unknown:
     raise ValueError(f"cannot override {sorted(unknown)} of a saved run")
-  known = {f.name for f in dataclasses.fields(TrainArgs)}
   given = {k: v for k, v in overrides.items() if v is not None}
-  trained = TrainArgs(**{**{k: v for k, v in saved.items() if k in known},
-                         **{k: v for k, v in given.items() if k not in TEST_CHANGES}, "resume": False})
+  trained = saved_args(run_dir, **{k: v for k, v in given.items() if k not in TEST_CHANGES})
   args = dataclasses.replace(trained, **{k: v for k, v in given.items() if k in TEST_CHANGES})
   problem = build(args)
   mngr = checkpoint.manager(Path(run_dir) / "checkpoints", create=False)
