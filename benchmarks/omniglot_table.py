@@ -38,6 +38,7 @@ The data folder is --data-dir or $METAJAX_DATA (default ../shared/data).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import fcntl
 import functools
@@ -294,8 +295,8 @@ def _check_resumable(out_dir: Path, budget_minutes: float | None) -> bool:
     if (out_dir / RUN_FILE).exists():
       raise SystemExit(f"{out_dir} holds a run with no checkpoint (it stopped before its first curve point); "
                        f"remove it (rm -r {out_dir}) to start the cell again")
-    if (PARKED / f"{out_dir.name}.tar.gz").exists():
-      raise SystemExit(f"{PARKED / out_dir.name}.tar.gz holds this cell's run: unpark it first (omniglot_table.py "
+    if _archive(out_dir, PARKED).exists():
+      raise SystemExit(f"{_archive(out_dir, PARKED)} holds this cell's run: unpark it first (omniglot_table.py "
                        f"unpark with this cell's options and --runs-dir {out_dir.parent}) to go on from it, or "
                        "remove the archive to start the cell again")
     return False
@@ -323,6 +324,11 @@ def _trained_seconds(run_dir: Path, step: int) -> float | None:
   return timed[-1] if timed else None
 
 
+def _archive(run_dir: Path, parked_dir: str | Path) -> Path:
+  """The :func:`park` archive of the cell whose run directory is ``run_dir``."""
+  return Path(parked_dir) / f"{run_dir.name}.tar.gz"
+
+
 def park(ns: argparse.Namespace) -> Path:
   """Packs a stopped cell's run directory, its records and newest intact checkpoint only, into
   ``<parked-dir>/<cell>.tar.gz`` for git to keep: a session may start on a new machine, whose runs
@@ -330,13 +336,15 @@ def park(ns: argparse.Namespace) -> Path:
   run_dir = Path(ns.runs_dir) / _cell(ns, ns.shots)
   if not (run_dir / RUN_FILE).is_file():
     raise SystemExit(f"no run to park: {run_dir} holds no {RUN_FILE}")
-  mngr = checkpoint.manager(run_dir / "checkpoints", create=False)
-  step = next((s for s in sorted(mngr.all_steps(), reverse=True) if _intact(mngr, s, run_dir)), None)
+  mngr, run_fingerprint = checkpoint.manager(run_dir / "checkpoints", create=False), fingerprint(saved_args(run_dir))
+  step = next((s for s in sorted(mngr.all_steps(), reverse=True) if _intact(mngr, s, run_fingerprint)), None)
   if step is None:
     raise SystemExit(f"{run_dir} holds no intact checkpoint to park")
-  archive = Path(ns.parked_dir) / f"{run_dir.name}.tar.gz"
-  if archive.exists() and _read_archive(archive, _parked_step) > step:
-    raise SystemExit(f"{archive} is at a later meta-step than {run_dir} ({step:,}); remove it to park this run")
+  archive = _archive(run_dir, ns.parked_dir)
+  if archive.exists():
+    with _open_archive(archive) as tar:
+      if _parked_step(archive, tar) > step:
+        raise SystemExit(f"{archive} is at a later meta-step than {run_dir} ({step:,}); remove it to park this run")
   archive.parent.mkdir(parents=True, exist_ok=True)
   partial = archive.with_name(archive.name + ".partial")
   with tarfile.open(partial, "w:gz") as tar:
@@ -348,20 +356,21 @@ def park(ns: argparse.Namespace) -> Path:
   return archive
 
 
-def _intact(mngr, step: int, run_dir: Path) -> bool:
-  """Whether checkpoint ``step`` verifies against its integrity record and ``run_dir``'s settings."""
+def _intact(mngr, step: int, run_fingerprint: str) -> bool:
+  """Whether checkpoint ``step`` verifies against its integrity record and its run's fingerprint."""
   try:
-    checkpoint.verify(mngr, step, fingerprint(saved_args(run_dir)))
+    checkpoint.verify(mngr, step, run_fingerprint)
   except checkpoint.CheckpointError:
     return False
   return True
 
 
-def _read_archive(archive: Path, read: Callable[[Path, tarfile.TarFile], Any]) -> Any:
-  """``read(archive, tar)`` of the open ``archive``; a damaged or foreign one stops with its name."""
+@contextlib.contextmanager
+def _open_archive(archive: Path):
+  """``archive`` open for reading; a damaged or foreign one, here or while it is read, stops with its name."""
   try:
     with tarfile.open(archive, "r:gz") as tar:
-      return read(archive, tar)
+      yield tar
   except (tarfile.TarError, EOFError, zlib.error) as err:  # damaged data inside: the checkpoint's digests
     raise SystemExit(f"{archive} is not a readable park archive ({type(err).__name__}: {err}); "
                      "check it out again, or remove it") from None
@@ -389,17 +398,16 @@ def unpark(ns: argparse.Namespace) -> Path:
   refused (which to go on from is the user's call). The unpacking is atomic: a folder beside the cell's,
   renamed into place."""
   run_dir = Path(ns.runs_dir) / _cell(ns, ns.shots)
-  archive = Path(ns.parked_dir) / f"{run_dir.name}.tar.gz"
+  archive = _archive(run_dir, ns.parked_dir)
   if not archive.is_file():
     raise SystemExit(f"no park archive of {run_dir.name}: {archive} does not exist")
   here = _newest_checkpoint(run_dir)
-
-  def unpack(archive: Path, tar: tarfile.TarFile) -> int:
+  with _open_archive(archive) as tar:
     parked = _parked_step(archive, tar)
     if run_dir.exists() and any(run_dir.iterdir()):
       if here is not None and here >= parked:
         print(f"{run_dir} is at meta-step {here:,}, as far as its archive ({parked:,}) or further: left as it is")
-        return parked
+        return run_dir
       raise SystemExit(f"{run_dir} ({'no checkpoint' if here is None else f'meta-step {here:,}'}) is behind its "
                        f"archive {archive} ({parked:,}): to go on from the archive, remove the run directory "
                        f"(rm -r {run_dir}); to go on from the run directory, leave the archive packed")
@@ -407,14 +415,11 @@ def unpark(ns: argparse.Namespace) -> Path:
     shutil.rmtree(aside, ignore_errors=True)  # an interrupted unpark's
     safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # members checked above either way
     tar.extractall(aside, **safe)
-    if run_dir.exists():
-      run_dir.rmdir()
-    os.rename(aside / run_dir.name, run_dir)
-    aside.rmdir()
-    print(f"{run_dir}: unpacked from {archive} at meta-step {parked:,}")
-    return parked
-
-  _read_archive(archive, unpack)
+  if run_dir.exists():
+    run_dir.rmdir()
+  os.rename(aside / run_dir.name, run_dir)
+  aside.rmdir()
+  print(f"{run_dir}: unpacked from {archive} at meta-step {parked:,}")
   return run_dir
 
 
@@ -429,7 +434,7 @@ def test_cell(ns: argparse.Namespace) -> dict:
                  f"--shots {ns.shots if own else ns.model_shots} --split {ns.split} --runs-dir {ns.runs_dir}")
   if not (source / RUN_FILE).is_file():
     raise SystemExit(f"no trained {source.name} cell in {source.parent}; {train_again}"
-                     + (" (or unpark it: it is parked)" if (PARKED / f"{source.name}.tar.gz").exists() else ""))
+                     + (" (or unpark it: it is parked)" if _archive(source, PARKED).exists() else ""))
   settings, differences = protocol(ns.algo, ns.ways, ns.shots)
   wanted, saved = dataclasses.asdict(_cell_args(ns, settings)), read_run_file(source)
   differ = [f"--{k.replace('_', '-')} {saved.get(k)!r} (this cell: {v!r})" for k, v in wanted.items()
