@@ -4,8 +4,7 @@
 #
 #   echo /.data/ >> .git/info/exclude; echo /.runs/ >> .git/info/exclude
 #   mkdir -p .data .runs && cp -r ../shared/data/omniglot .data/      # ../shared does not travel
-#   tar -xf runs_maml.tar -C .runs                                     # runs brought back before, to resume
-#   python benchmarks/omniglot_table.py unpark --algo maml --ways 20 --shots 1 --runs-dir .runs   # a parked one
+#   python benchmarks/omniglot_table.py unpark --algo maml --ways 20 --shots 1 --runs-dir .runs   # to resume a parked cell
 #
 # then `run` with carry [".data", ".runs"], timeout_s 600 and the command
 #
@@ -16,9 +15,10 @@
 # paper's code tests. A cell still running LIMIT_S - 90 seconds after the start (LIMIT_S: the call's
 # limit, default 600) is stopped at its next chunk, checkpointed, and brings back no row. $OUT gets the
 # rows that changed (store them here with `omniglot_table.py merge omniglot_table.json --git COMMIT`),
-# logs.tar.gz, and runs_<algo>.tar: each cell's run directory with only its newest checkpoint (unpack
-# into .runs/ to resume in the next call, or into /root/metajax-runs/ to go on here). At most 6
-# algorithms a call ($OUT brings back 8 files). Exits non-zero if a cell failed.
+# logs.tar.gz, and parked_<algo>.tar: the `omniglot_table.py park` archives of its cells, each with its
+# newest intact checkpoint (`tar -xf parked_maml.tar -C benchmarks/parked`, commit them, and `unpark` a
+# cell into .runs/ to resume it in the next call, or into /root/metajax-runs/ to go on here). At most 6
+# algorithms a call ($OUT brings back 8 files). Exits non-zero if a cell failed or could not be parked.
 set -u
 : "${OUT:?set by the device tool: the folder whose files come back}"
 cd "$(dirname "$0")/.."
@@ -52,17 +52,17 @@ before, after, out = (sys.argv[1:])
 old = json.load(open(before))
 json.dump([r for r in json.load(open(after)) if r not in old], open(out, "w"), indent=1)
 PY
-tar -czf "$OUT/logs.tar.gz" -C /tmp logs
-for algo in $(printf '%s\n' $cells | cut -d: -f1 | sort -u); do
-  members=()
-  for dir in $runs/vinyals_"$algo"_*; do
-    newest=$(ls "$dir/checkpoints" 2>/dev/null | grep -Ex '[0-9]+' | sort -n | tail -1)
-    [ -n "$newest" ] || continue
-    cell=$(basename "$dir")
-    members+=("$cell/run.json" "$cell/metrics.jsonl" "$cell/curve.jsonl" "$cell/checkpoints/$newest")
-  done
-  [ ${#members[@]} -gt 0 ] && tar -cf "$OUT/runs_$algo.tar" -C $runs "${members[@]}"
+parked=/tmp/parked && rm -rf $parked
+for cell in $cells; do
+  IFS=: read -r algo ways shots <<< "$cell"
+  python3 benchmarks/omniglot_table.py park --algo "$algo" --ways "$ways" --shots "$shots" --runs-dir $runs \
+      --parked-dir "$parked/$algo" >> $logs/park.log 2>&1 || failed+=("$cell (not parked)")
 done
+for dir in $parked/*/; do
+  [ -d "$dir" ] || continue  # no cell parked
+  (cd "$dir" && tar -cf "$OUT/parked_$(basename "$dir").tar" *.tar.gz)
+done
+tar -czf "$OUT/logs.tar.gz" -C /tmp logs
 grep -h "test tasks after" $logs/*.log
 ls -l "$OUT"
 if [ ${#failed[@]} -gt 0 ]; then
