@@ -2,49 +2,65 @@
 # Trains Omniglot table cells side by side on a lent GPU (the `device` tool's `run`) and brings back
 # their new rows and newest checkpoints. Prepare once, here, in the repository root:
 #
-#   echo /.data/ >> .git/info/exclude; echo /.runs/ >> .git/info/exclude
-#   mkdir -p .data .runs && cp -r ../shared/data/omniglot .data/      # ../shared does not travel
-#   python benchmarks/omniglot_table.py unpark --algo maml --ways 20 --shots 1 --runs-dir .runs   # to resume a parked cell
+#   echo /.data/ >> .git/info/exclude
+#   mkdir -p .data && cp -r ../shared/data/omniglot .data/      # ../shared does not travel
 #
-# then `run` with carry [".data", ".runs"], timeout_s 600 and the command
+# then `run` with carry [".data"], timeout_s 600 and the command
 #
 #   bash benchmarks/omniglot_table_device.sh MINUTES CELL...          # CELL: algo:ways:shots, e.g. maml:5:1
 #
-# Each cell trains until the first curve point past MINUTES of wall time (compilation included), with
-# its run's curve spacing when resumed (new: 200 meta-steps, Relation's 500), then is tested as its
-# paper's code tests. A cell still running LIMIT_S - 90 seconds after the start (LIMIT_S: the call's
-# limit, default 600) is stopped at its next chunk, checkpointed, and brings back no row. $OUT gets the
-# rows that changed (store them here with `omniglot_table.py merge omniglot_table.json --git COMMIT`),
-# logs.tar.gz, and parked_<algo>.tar: the `omniglot_table.py park` archives of its cells, each with its
-# newest intact checkpoint (`tar -xf parked_maml.tar -C benchmarks/parked`, commit them, and `unpark` a
-# cell into .runs/ to resume it in the next call, or into /root/metajax-runs/ to go on here). At most 6
-# algorithms a call ($OUT brings back 8 files). Exits non-zero if a cell failed or could not be parked.
+# A cell with an archive in benchmarks/parked/ (`omniglot_table.py park`) goes on from it; any other
+# starts afresh. Each cell trains until the first curve point past MINUTES of wall time (compilation
+# included), with its run's curve spacing when resumed (new: 200 meta-steps, Relation's 500), then is
+# tested as its paper's code tests. A cell still running LIMIT_S - 90 seconds after the script's start
+# (LIMIT_S: the call's limit, default 600) is stopped at its next chunk, checkpointed, and brings back no
+# row. $OUT gets the rows that changed (store them here with `omniglot_table.py merge
+# omniglot_table.json --git COMMIT`), logs.tar.gz, and parked_<algo>.tar: the park archives of its
+# cells, each with its newest intact checkpoint (`tar -xf parked_maml.tar -C benchmarks/parked`
+# replaces the archives it holds; commit them: the next call goes on from them, and `unpark` into
+# /root/metajax-runs/ goes on here). At most 6 algorithms a call ($OUT brings back 8 files). Exits
+# non-zero if a cell failed or could not be parked.
 set -u
 : "${OUT:?set by the device tool: the folder whose files come back}"
 cd "$(dirname "$0")/.."
 minutes=$1; shift
 cells=$(printf '%s\n' "$@" | sort -u)
 export PYTHONPATH=$PWD METAJAX_DATA=$PWD/.data XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1
-runs=/tmp/runs logs=/tmp/logs table=benchmarks/results/omniglot_table.json
-rm -rf $runs $logs && mkdir -p $runs $logs  # a warm machine keeps /tmp from the call before
-[ -d .runs ] && cp -r .runs/. $runs/
+runs=/tmp/runs logs=/tmp/logs parked=/tmp/parked table=benchmarks/results/omniglot_table.json
+rm -rf $runs $logs $parked && mkdir -p $runs $logs  # a warm machine keeps /tmp from the call before
 cp $table /tmp/table_before.json
+failed=()
+declare -A pids
+wait_all() {  # waits for the processes in `pids`; a cell whose process failed joins `failed`, with $1
+  local cell
+  for cell in "${!pids[@]}"; do wait "${pids[$cell]}" || failed+=("$cell$1"); done
+  pids=()
+}
+table() {  # table SECONDS COMMAND CELL ARGS...: `omniglot_table.py COMMAND` on CELL's run in $runs, in the
+            # background, interrupted after SECONDS (at least 1)
+  local seconds=$(($1 > 1 ? $1 : 1)) command=$2 algo ways shots; IFS=: read -r algo ways shots <<< "$3"; shift 3
+  timeout -s INT $seconds python3 benchmarks/omniglot_table.py "$command" --algo "$algo" --ways "$ways" \
+      --shots "$shots" --runs-dir $runs "$@" >> "$logs/${algo}_${ways}w${shots}s.log" 2>&1 &
+}
+for cell in $cells; do
+  IFS=: read -r algo ways shots <<< "$cell"
+  [ -f "benchmarks/parked/vinyals_${algo}_${ways}w${shots}s.tar.gz" ] || continue
+  table 60 unpark "$cell"; pids[$cell]=$!
+done
+wait_all " (not unpacked)"
 (while sleep 60; do nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader; done \
   > $logs/gpu.csv 2>&1) &
 sampler=$!
-declare -A pids
 for cell in $cells; do
   IFS=: read -r algo ways shots <<< "$cell"
   eval_chunk=$([ "$algo" = relation ] && [ "$ways" = 20 ] && echo 4 || echo 10)
   every=()
   [ -f "$runs/vinyals_${algo}_${ways}w${shots}s/run.json" ] || every=(--curve-every "$([ "$algo" = relation ] && echo 500 || echo 200)")
-  timeout -s INT $((${LIMIT_S:-600} - 90)) python3 benchmarks/omniglot_table.py run --algo "$algo" --ways "$ways" \
-      --shots "$shots" --runs-dir $runs --wall-minutes "$minutes" --eval-chunk "$eval_chunk" "${every[@]}" \
-      > "$logs/${algo}_${ways}w${shots}s.log" 2>&1 &
+  left=$((${LIMIT_S:-600} - 90 - SECONDS))
+  table $left run "$cell" --wall-minutes "$minutes" --eval-chunk "$eval_chunk" "${every[@]}"
   pids[$cell]=$!
 done
-failed=()
-for cell in $cells; do wait "${pids[$cell]}" || failed+=("$cell"); done
+wait_all ""
 kill $sampler
 python3 - /tmp/table_before.json $table "$OUT/omniglot_table.json" <<'PY'  # the rows this call changed
 import json, sys
@@ -52,12 +68,11 @@ before, after, out = (sys.argv[1:])
 old = json.load(open(before))
 json.dump([r for r in json.load(open(after)) if r not in old], open(out, "w"), indent=1)
 PY
-parked=/tmp/parked && rm -rf $parked
 for cell in $cells; do
-  IFS=: read -r algo ways shots <<< "$cell"
-  python3 benchmarks/omniglot_table.py park --algo "$algo" --ways "$ways" --shots "$shots" --runs-dir $runs \
-      --parked-dir "$parked/$algo" >> $logs/park.log 2>&1 || failed+=("$cell (not parked)")
+  algo=${cell%%:*}
+  table 60 park "$cell" --parked-dir "$parked/$algo"; pids[$cell]=$!
 done
+wait_all " (not parked)"
 for dir in $parked/*/; do
   [ -d "$dir" ] || continue  # no cell parked
   (cd "$dir" && tar -cf "$OUT/parked_$(basename "$dir").tar" *.tar.gz)
