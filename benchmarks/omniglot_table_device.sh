@@ -31,7 +31,7 @@ rm -rf $runs $logs $parked && mkdir -p $runs $logs  # a warm machine keeps /tmp 
 cp $table /tmp/table_before.json
 failed=()
 declare -A pids
-wait_all() {  # waits for the processes in `pids`; a cell whose process failed joins `failed`, with $1
+wait_all() {  # waits for the processes in `pids`; a cell whose process failed joins `failed`, tagged $1
   local cell
   for cell in "${!pids[@]}"; do wait "${pids[$cell]}" || failed+=("$cell$1"); done
   pids=()
@@ -47,7 +47,7 @@ for cell in $cells; do
   [ -f "benchmarks/parked/vinyals_${algo}_${ways}w${shots}s.tar.gz" ] || continue
   table 60 unpark "$cell"; pids[$cell]=$!
 done
-wait_all " (not unpacked)"
+wait_all " (unpark)"
 (while sleep 60; do nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader; done \
   > $logs/gpu.csv 2>&1) &
 sampler=$!
@@ -60,7 +60,7 @@ for cell in $cells; do
   table $left run "$cell" --wall-minutes "$minutes" --eval-chunk "$eval_chunk" "${every[@]}"
   pids[$cell]=$!
 done
-wait_all ""
+wait_all " (run)"
 kill $sampler
 python3 - /tmp/table_before.json $table "$OUT/omniglot_table.json" <<'PY'  # the rows this call changed
 import json, sys
@@ -72,7 +72,7 @@ for cell in $cells; do
   algo=${cell%%:*}
   table 60 park "$cell" --parked-dir "$parked/$algo"; pids[$cell]=$!
 done
-wait_all " (not parked)"
+wait_all " (park)"
 for dir in $parked/*/; do
   [ -d "$dir" ] || continue  # no cell parked
   (cd "$dir" && tar -cf "$OUT/parked_$(basename "$dir").tar" *.tar.gz)
