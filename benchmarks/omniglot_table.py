@@ -295,8 +295,9 @@ def _check_resumable(out_dir: Path, budget_minutes: float | None) -> bool:
     if (out_dir / RUN_FILE).exists():
       raise SystemExit(f"{out_dir} holds a run with no checkpoint (it stopped before its first curve point); "
                        f"remove it (rm -r {out_dir}) to start the cell again")
-    if _archive(out_dir, PARKED).exists():
-      raise SystemExit(f"{_archive(out_dir, PARKED)} holds this cell's run: unpark it first (omniglot_table.py "
+    parked = _archive(out_dir, PARKED)
+    if parked.exists():
+      raise SystemExit(f"{parked} holds this cell's run: unpark it first (omniglot_table.py "
                        f"unpark with this cell's options and --runs-dir {out_dir.parent}) to go on from it, or "
                        "remove the archive to start the cell again")
     return False
@@ -336,7 +337,8 @@ def park(ns: argparse.Namespace) -> Path:
   run_dir = Path(ns.runs_dir) / _cell(ns, ns.shots)
   if not (run_dir / RUN_FILE).is_file():
     raise SystemExit(f"no run to park: {run_dir} holds no {RUN_FILE}")
-  mngr, run_fingerprint = checkpoint.manager(run_dir / "checkpoints", create=False), fingerprint(saved_args(run_dir))
+  mngr = checkpoint.manager(run_dir / "checkpoints", create=False)
+  run_fingerprint = fingerprint(saved_args(run_dir))
   step = next((s for s in sorted(mngr.all_steps(), reverse=True) if _intact(mngr, s, run_fingerprint)), None)
   if step is None:
     raise SystemExit(f"{run_dir} holds no intact checkpoint to park")

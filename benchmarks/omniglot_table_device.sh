@@ -36,16 +36,19 @@ wait_all() {  # waits for the processes in `pids`; a cell whose process failed j
   for cell in "${!pids[@]}"; do wait "${pids[$cell]}" || failed+=("$cell$1"); done
   pids=()
 }
-table() {  # table SECONDS COMMAND CELL ARGS...: `omniglot_table.py COMMAND` on CELL's run in $runs, in the
-            # background, interrupted after SECONDS (at least 1)
+run_name() {  # run_name CELL: the cell's run directory and park archive name (omniglot_table._cell)
+  local algo ways shots; IFS=: read -r algo ways shots <<< "$1"
+  echo "vinyals_${algo}_${ways}w${shots}s"
+}
+on_cell() {  # on_cell SECONDS COMMAND CELL ARGS...: `omniglot_table.py COMMAND` on CELL's run in $runs, in
+             # the background, interrupted after SECONDS (at least 1)
   local seconds=$(($1 > 1 ? $1 : 1)) command=$2 algo ways shots; IFS=: read -r algo ways shots <<< "$3"; shift 3
   timeout -s INT $seconds python3 benchmarks/omniglot_table.py "$command" --algo "$algo" --ways "$ways" \
       --shots "$shots" --runs-dir $runs "$@" >> "$logs/${algo}_${ways}w${shots}s.log" 2>&1 &
 }
 for cell in $cells; do
-  IFS=: read -r algo ways shots <<< "$cell"
-  [ -f "benchmarks/parked/vinyals_${algo}_${ways}w${shots}s.tar.gz" ] || continue
-  table 60 unpark "$cell"; pids[$cell]=$!
+  [ -f "benchmarks/parked/$(run_name "$cell").tar.gz" ] || continue
+  on_cell 60 unpark "$cell"; pids[$cell]=$!
 done
 wait_all " (unpark)"
 (while sleep 60; do nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader; done \
@@ -55,9 +58,9 @@ for cell in $cells; do
   IFS=: read -r algo ways shots <<< "$cell"
   eval_chunk=$([ "$algo" = relation ] && [ "$ways" = 20 ] && echo 4 || echo 10)
   every=()
-  [ -f "$runs/vinyals_${algo}_${ways}w${shots}s/run.json" ] || every=(--curve-every "$([ "$algo" = relation ] && echo 500 || echo 200)")
+  [ -f "$runs/$(run_name "$cell")/run.json" ] || every=(--curve-every "$([ "$algo" = relation ] && echo 500 || echo 200)")
   left=$((${LIMIT_S:-600} - 90 - SECONDS))
-  table $left run "$cell" --wall-minutes "$minutes" --eval-chunk "$eval_chunk" "${every[@]}"
+  on_cell $left run "$cell" --wall-minutes "$minutes" --eval-chunk "$eval_chunk" "${every[@]}"
   pids[$cell]=$!
 done
 wait_all " (run)"
@@ -70,7 +73,7 @@ json.dump([r for r in json.load(open(after)) if r not in old], open(out, "w"), i
 PY
 for cell in $cells; do
   algo=${cell%%:*}
-  table 60 park "$cell" --parked-dir "$parked/$algo"; pids[$cell]=$!
+  on_cell 60 park "$cell" --parked-dir "$parked/$algo"; pids[$cell]=$!
 done
 wait_all " (park)"
 for dir in $parked/*/; do
