@@ -23,20 +23,24 @@ def test_train_sinusoid_prints_an_evaluation_line_and_writes_metrics(tmp_path, c
   assert summary["eval_loss"] < summary["eval_loss_before"]
 
 
-def test_metrics_record_each_chunks_mean_largest_and_last_loss(tmp_path):
+def test_metrics_record_each_chunks_mean_largest_and_last_loss_and_largest_grad_norm(tmp_path):
   """A chunk of 10 steps records the mean, largest and last of the losses that ten one-step chunks
-  record one by one, so a spike at a checkpoint shows though the chunk's mean hides it."""
+  record one by one, so a spike at a checkpoint shows though the chunk's mean hides it; and the
+  largest meta-gradient norm, so does a gradient spike."""
   records = {}
   for chunk in (1, 10):
     assert main(["train", "--steps", "10", "--chunk", str(chunk), "--eval-tasks", "5",
                  "--out-dir", str(tmp_path / str(chunk))]) == 0
     records[chunk] = [json.loads(line) for line in (tmp_path / str(chunk) / "metrics.jsonl").read_text().splitlines()]
   losses = np.array([r["loss"] for r in records[1]])
+  norms = np.array([r["grad_norm"] for r in records[1]])
   assert [r["loss_max"] for r in records[1]] == [r["loss_last"] for r in records[1]] == list(losses)
+  assert [r["grad_norm_max"] for r in records[1]] == list(norms)
   (fused,) = records[10]
-  np.testing.assert_allclose([fused["loss"], fused["loss_max"], fused["loss_last"]],
-                             [losses.mean(), losses.max(), losses[-1]], rtol=1e-5)
-  assert fused["loss_max"] > fused["loss"]
+  np.testing.assert_allclose([fused["loss"], fused["loss_max"], fused["loss_last"], fused["grad_norm"],
+                              fused["grad_norm_max"]], [losses.mean(), losses.max(), losses[-1], norms.mean(),
+                                                        norms.max()], rtol=1e-5)
+  assert fused["loss_max"] > fused["loss"] and fused["grad_norm_max"] > fused["grad_norm"]
 
 
 def _tiny_run(algo: str, tmp_path, monkeypatch) -> list[str]:

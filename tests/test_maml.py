@@ -313,6 +313,20 @@ def test_meta_step_applies_the_optimizer_to_meta_grad(mlp, batch, key):
   _close(new.meta_params, jax.tree.map(lambda p, g: p - 0.5 * g, state.meta_params, grads))
 
 
+def test_grad_norm_is_the_meta_gradients_norm_before_clipping(mlp, batch, key):
+  params, apply_fn = mlp
+  clipped = _config("maml", apply_fn, optimizer=optax.chain(optax.clip_by_global_norm(1e-3), optax.sgd(1.0)))
+  state = maml.init(clipped, params, key)
+  grads, _ = maml.meta_grad(state, batch, config=clipped)
+  norm = float(jnp.sqrt(sum(jnp.sum(g ** 2) for g in jax.tree.leaves(grads))))
+  new, metrics = maml.meta_step(state, batch, config=clipped)
+  assert norm > 1e-2
+  np.testing.assert_allclose(metrics["grad_norm"], norm, rtol=1e-5)
+  moved = jnp.sqrt(sum(jnp.sum((a - b) ** 2) for a, b in zip(jax.tree.leaves(new.meta_params),
+                                                              jax.tree.leaves(state.meta_params))))
+  np.testing.assert_allclose(moved, 1e-3, rtol=1e-4)  # the optimizer clipped what the metric reports
+
+
 @pytest.mark.parametrize("mode", ["scalar", "per_param", "per_step"])
 def test_learned_inner_rates_take_the_parameters_dtype(mode, key):
   from tests.conftest import tiny_mlp

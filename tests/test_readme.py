@@ -32,7 +32,7 @@ def test_protocol_section_runs(registry_restored):
   usage, new_learner = _blocks("One protocol for every learner")
   scope: dict = {}
   exec(compile(usage, "README:protocol", "exec"), scope)
-  assert set(scope["metrics"]) == {"objective", "loss", "support_loss"}
+  assert set(scope["metrics"]) == {"objective", "loss", "support_loss", "grad_norm"}
   assert scope["prediction"].shape == (10, 1) and scope["per_task"]["loss"].shape == (25,)
   exec(compile(new_learner, "README:add-a-learner", "exec"), {})
   learner, params = REGISTRY["soft-nn"].build(Setup(x_shape=(4,), ways=3), jax.random.PRNGKey(0))
@@ -42,7 +42,7 @@ def test_protocol_section_runs(registry_restored):
   from metajax.core import Task
   batch = jax.tree.map(lambda a: a[None], Task(x, labels, x, labels))
   state, metrics = jax.jit(learner.meta_step)(learner.init(jax.random.PRNGKey(3), params), batch)
-  assert int(state.step) == 1 and set(metrics) == {"loss", "accuracy", "objective"}
+  assert int(state.step) == 1 and set(metrics) == {"loss", "accuracy", "objective", "grad_norm"}
   assert float(learner.evaluate(state, batch)["accuracy"][0]) == 1.0
 
 

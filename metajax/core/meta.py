@@ -128,17 +128,18 @@ def initial_state(optimizer: optax.GradientTransformation, meta_params: PyTree, 
   return MetaState(meta_params, optimizer.init(learned(meta_params)), jnp.zeros((), jnp.int32), key)
 
 
-def apply_outer_update(optimizer: optax.GradientTransformation, state: MetaState,
-                       grads: PyTree) -> MetaState:
+def apply_outer_update(optimizer: optax.GradientTransformation, state: MetaState, grads: PyTree,
+                       metrics: dict[str, Array]) -> tuple[MetaState, dict[str, Array]]:
   """``state`` after one ``optimizer`` step of its :func:`learned` meta-parameters along the
-  meta-gradient ``grads`` (step + 1); :data:`CARRIED` entries stay as they are (and any
-  gradient ``grads`` holds for them is ignored)."""
-  params = learned(state.meta_params)
-  updates, opt_state = optimizer.update(learned(grads), state.opt_state, params)
+  meta-gradient ``grads`` (step + 1), and ``metrics`` with ``grad_norm``, the global norm of
+  the gradient ``optimizer`` receives (before any clipping it applies). :data:`CARRIED`
+  entries stay as they are (and any gradient ``grads`` holds for them is ignored)."""
+  params, grads = learned(state.meta_params), learned(grads)
+  updates, opt_state = optimizer.update(grads, state.opt_state, params)
   new = optax.apply_updates(params, updates)
   if isinstance(state.meta_params, dict):
     new = {**state.meta_params, **new}
-  return MetaState(new, opt_state, state.step + 1, state.key)
+  return MetaState(new, opt_state, state.step + 1, state.key), {**metrics, "grad_norm": optax.tree.norm(grads)}
 
 
 def mean_and_ci95(values: Array | np.ndarray) -> tuple[float, float]:

@@ -23,6 +23,8 @@ Array = jax.Array
 # task-batch means (scalars); ``evaluate`` reports one value per task, ``(tasks,)``.
 METRICS: dict[str, str] = {
     "objective": "the differentiated outer objective (meta_step only)",
+    "grad_norm": "global norm of the meta-gradient the outer optimizer receives, before any clipping "
+                 "(meta_step only)",
     "loss": "query loss after adaptation, by the learner's own loss_fn",
     "accuracy": "query accuracy after adaptation (classification)",
     "loss_before": "query loss at the meta-learned initialisation, before adaptation "

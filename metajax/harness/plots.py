@@ -27,25 +27,27 @@ def _save(fig, path: Path) -> Path:
 
 
 def learning_curves(run_dir: Path, width_px: int = 900, height_px: int = 400) -> Path:
-  """``run_dir/curves.png``: training (and validation) loss and accuracy against meta-steps, and
-  each chunk's largest training loss where ``metrics.jsonl`` records it."""
+  """``run_dir/curves.png``: training (and validation) loss and accuracy, and the meta-gradient's
+  norm, against meta-steps; and each chunk's largest training loss and gradient norm where
+  ``metrics.jsonl`` records them."""
   lines = (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").exists() else []
   records = [json.loads(line) for line in lines if line.strip()]
   if not records:
     raise ValueError(f"{run_dir}/metrics.jsonl holds no records to plot")
-  panels = [name for name in ("loss", "accuracy") if name in records[0]]
+  panels = [name for name in ("loss", "accuracy", "grad_norm") if name in records[0]]
   fig, axes = _figure(width_px, height_px, 1, len(panels))
   for ax, name in zip(axes[0], panels):
+    shown = "gradient norm" if name == "grad_norm" else name
     for prefix, style in (("", "-"), ("val_", "o--")):
       points = [(r["step"], r[prefix + name]) for r in records if prefix + name in r]
       if points:
-        ax.plot(*zip(*points), style, label=f"{'validation' if prefix else 'train'} {name}")
-    worst = [(r["step"], r["loss_max"]) for r in records if name == "loss" and "loss_max" in r]
+        ax.plot(*zip(*points), style, label=f"{'validation' if prefix else 'train'} {shown}")
+    worst = [(r["step"], r[f"{name}_max"]) for r in records if f"{name}_max" in r]
     if worst:
-      ax.plot(*zip(*worst), ":", label="train loss, chunk's largest")
+      ax.plot(*zip(*worst), ":", label=f"train {shown}, chunk's largest")
     ax.set_xlabel("meta-step")
-    ax.set_ylabel(f"query {name} after adaptation")
-    ax.set_yscale("log" if name == "loss" else "linear")
+    ax.set_ylabel("meta-gradient norm" if name == "grad_norm" else f"query {name} after adaptation")
+    ax.set_yscale("linear" if name == "accuracy" else "log")
     ax.legend()
   fig.tight_layout()
   return _save(fig, run_dir / "curves.png")

@@ -142,7 +142,8 @@ def train(args: TrainArgs, problem: Optional[Problem] = None,
 
   With ``args.out_dir`` it writes ``run.json`` (the settings), ``metrics.jsonl``
   (a record per chunk: each metric's mean over the chunk's meta-steps, and the loss's largest
-  value, ``loss_max``, and its last, ``loss_last``, where a spike the mean hides shows)
+  value, ``loss_max``, and its last, ``loss_last``, where a spike the mean hides shows, and the
+  meta-gradient's largest norm, ``grad_norm_max``)
   and Orbax checkpoints under ``checkpoints/`` every ``checkpoint_every`` chunks
   and at the end; ``args.resume`` restores the latest checkpoint and continues
   with the same chunks, ending bit-identical to an uninterrupted run.
@@ -192,6 +193,7 @@ def train(args: TrainArgs, problem: Optional[Problem] = None,
         state, done, chunks = new_state, done + n, chunks + 1
         record = {"step": done, **{k: float(v.mean()) for k, v in metrics.items()},
                   "loss_max": float(metrics["loss"].max()), "loss_last": float(metrics["loss"][-1]),
+                  "grad_norm_max": float(metrics["grad_norm"].max()),
                   "time_s": round(time.perf_counter() - start - paused, 3)}
         if args.val_every and chunks % args.val_every == 0:
           t0 = time.perf_counter()

@@ -84,7 +84,7 @@ def task_loss(config: LearnerConfig, meta_params: PyTree, task: Task) -> tuple[A
 
 def meta_step(state: MetaState, task_batch: Task, *, config: LearnerConfig) -> tuple[MetaState, dict]:
   """One optimizer step on the mean query loss of a task batch (fields ``(tasks, n, ...)``);
-  metrics: task-batch means of ``loss`` (= ``objective``) and ``metrics_fn``'s."""
+  metrics: task-batch means of ``loss`` (= ``objective``) and ``metrics_fn``'s, and ``grad_norm``."""
   check_task(task_batch, batched=True)
 
   def task_grad(task):
@@ -93,7 +93,7 @@ def meta_step(state: MetaState, task_batch: Task, *, config: LearnerConfig) -> t
     return grads, {**metrics, "objective": loss}
 
   grads, metrics = mean_task_grads(task_grad, task_batch, config.task_strategy)
-  return apply_outer_update(config.optimizer, state, grads), metrics
+  return apply_outer_update(config.optimizer, state, grads, metrics)
 
 
 def evaluate(state: MetaState, task_batch: Task, inner_steps: None = None, *, config: LearnerConfig) -> dict:

@@ -503,10 +503,10 @@ def meta_step(state: MetaState, task_batch: Task, *, config: MAMLConfig) -> tupl
   """One outer step on a task batch: :func:`meta_grad`, then the outer optimizer (and, with
   ``running_stats``, the moving average of the step's ``batch_stats``).
 
-  Returns ``(new_state, metrics)`` (as :func:`meta_grad`'s, less ``batch_stats``).
+  Returns ``(new_state, metrics)``: :func:`meta_grad`'s, less ``batch_stats``, plus ``grad_norm``.
   """
   grads, metrics = meta_grad(state, task_batch, config=config)
-  new = apply_outer_update(config.optimizer, state, grads)
+  new, metrics = apply_outer_update(config.optimizer, state, grads, metrics)
   if config.running_stats is None:
     return new, metrics
   m, batch = config.running_stats.momentum, metrics.pop("batch_stats")
@@ -567,7 +567,7 @@ def reptile_step(state: MetaState, task_batch: Task, *, config: ReptileConfig) -
   """One Reptile outer step: :func:`reptile_grad`, then the outer optimizer (and, with
   ``carry_inner_state``, the inner state its ``carry_mode`` carries on, kept for the next step)."""
   grads, metrics = reptile_grad(state, task_batch, config=config)
-  new = apply_outer_update(config.optimizer, state, grads)
+  new, metrics = apply_outer_update(config.optimizer, state, grads, metrics)
   if not config.carry_inner_state:
     return new, metrics
   return new._replace(meta_params={**new.meta_params, "inner_state": metrics.pop("inner_state")}), metrics

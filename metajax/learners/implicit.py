@@ -139,9 +139,10 @@ def meta_grad(state: MetaState, task_batch: Task, *, config: IMAMLConfig) -> tup
 
 
 def meta_step(state: MetaState, task_batch: Task, *, config: IMAMLConfig) -> tuple[MetaState, dict]:
-  """One iMAML outer step: :func:`meta_grad`, then the outer optimizer."""
+  """One iMAML outer step: :func:`meta_grad`, then the outer optimizer; metrics: :func:`meta_grad`'s
+  and ``grad_norm``."""
   grads, metrics = meta_grad(state, task_batch, config=config)
-  return apply_outer_update(config.optimizer, state, grads), metrics
+  return apply_outer_update(config.optimizer, state, grads, metrics)
 
 
 def learner(config: IMAMLConfig) -> MetaLearner:

@@ -191,9 +191,9 @@ def meta_step(state: MetaState, task_batch: Task, *, config: LearnedOptimizerCon
   """Meta-trains on one batch of problems: ``horizon / truncation`` net updates.
 
   Optimizee starting points come from ``init_fn`` with keys folded from
-  ``state.key``. Returns ``(state, metrics)``, task-batch means: ``objective`` (of
-  the truncated segments, their mean), ``loss`` (query after ``horizon`` steps),
-  ``support_loss`` (at the start) and ``support_loss_after``.
+  ``state.key``. Returns ``(state, metrics)``, task-batch means: ``objective`` and
+  ``grad_norm`` (means over the truncated segments, one update each), ``loss`` (query
+  after ``horizon`` steps), ``support_loss`` (at the start) and ``support_loss_after``.
   """
   check_task(task_batch, batched=True)
   starts, opt_state = _starts(config, jax.random.fold_in(state.key, 1), num_tasks(task_batch))
@@ -208,14 +208,15 @@ def meta_step(state: MetaState, task_batch: Task, *, config: LearnedOptimizerCon
       return losses_.mean(), finals
 
     (value, finals), grads = jax.value_and_grad(objective, has_aux=True)(meta.meta_params)
-    return (apply_outer_update(config.optimizer, meta, grads), *jax.lax.stop_gradient(finals)), value
+    meta, outer = apply_outer_update(config.optimizer, meta, grads, {"objective": value})
+    return (meta, *jax.lax.stop_gradient(finals)), outer
 
-  (new, finals, _), values = jax.lax.scan(segment, (state, starts, opt_state), None,
-                                          length=config.horizon // config.truncation)
+  (new, finals, _), outer = jax.lax.scan(segment, (state, starts, opt_state), None,
+                                         length=config.horizon // config.truncation)
   metrics = map_tasks(lambda t, s, f: _final_metrics(config, t, s, f), task_batch, config.task_strategy,
                       starts, finals)
   metrics = {k: v.mean() for k, v in metrics.items() if k != "loss_before"}
-  return new._replace(step=state.step + 1), {**metrics, "objective": values.mean()}
+  return new._replace(step=state.step + 1), {**metrics, **{k: v.mean() for k, v in outer.items()}}
 
 
 def _eval_starts(config: LearnedOptimizerConfig, n: int, key: Optional[Array]):
