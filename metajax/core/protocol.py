@@ -20,11 +20,12 @@ PyTree = Any
 Array = jax.Array
 
 # The metric vocabulary: one meaning per key, for every learner. ``meta_step`` reports
-# task-batch means (scalars); ``evaluate`` reports one value per task, ``(tasks,)``.
+# scalars, task-batch means but ``grad_norm`` (:func:`~metajax.core.apply_outer_update`'s, the
+# norm of the batch's meta-gradient); ``evaluate`` reports one value per task, ``(tasks,)``.
 METRICS: dict[str, str] = {
     "objective": "the differentiated outer objective (meta_step only)",
     "grad_norm": "global norm of the meta-gradient the outer optimizer receives, before any clipping "
-                 "(meta_step only)",
+                 "(meta_step only; learned optimizer: the mean over its truncated segments' updates)",
     "loss": "query loss after adaptation, by the learner's own loss_fn",
     "accuracy": "query accuracy after adaptation (classification)",
     "loss_before": "query loss at the meta-learned initialisation, before adaptation "
@@ -42,7 +43,7 @@ class MetaLearner(NamedTuple):
     init: ``(key, params) -> MetaState``; ``params`` are the initial model
       parameters, ``key`` seeds on-device task sampling.
     meta_step: ``(state, task_batch) -> (state, metrics)``: one outer step on a
-      task batch (fields ``(tasks, n, ...)``); metrics are task-batch means.
+      task batch (fields ``(tasks, n, ...)``); metrics are scalars, :data:`METRICS`.
     evaluate: ``(state, task_batch, inner_steps=None) -> {name: (tasks,)}``: query
       metrics of every task after adapting to its support set (``inner_steps``
       overrides the configured count; learners without an inner loop reject it).

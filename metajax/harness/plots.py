@@ -34,7 +34,7 @@ def learning_curves(run_dir: Path, width_px: int = 900, height_px: int = 400) ->
   records = [json.loads(line) for line in lines if line.strip()]
   if not records:
     raise ValueError(f"{run_dir}/metrics.jsonl holds no records to plot")
-  panels = [name for name in ("loss", "accuracy", "grad_norm") if name in records[0]]
+  panels = [name for name in ("loss", "accuracy", "grad_norm") if any(name in r for r in records)]
   fig, axes = _figure(width_px, height_px, 1, len(panels))
   for ax, name in zip(axes[0], panels):
     shown = "gradient norm" if name == "grad_norm" else name

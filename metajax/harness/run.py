@@ -193,7 +193,7 @@ def train(args: TrainArgs, problem: Optional[Problem] = None,
         state, done, chunks = new_state, done + n, chunks + 1
         record = {"step": done, **{k: float(v.mean()) for k, v in metrics.items()},
                   "loss_max": float(metrics["loss"].max()), "loss_last": float(metrics["loss"][-1]),
-                  "grad_norm_max": float(metrics["grad_norm"].max()),
+                  **({"grad_norm_max": float(metrics["grad_norm"].max())} if "grad_norm" in metrics else {}),
                   "time_s": round(time.perf_counter() - start - paused, 3)}
         if args.val_every and chunks % args.val_every == 0:
           t0 = time.perf_counter()
