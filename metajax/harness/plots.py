@@ -4,6 +4,7 @@ MAML paper's figure (true function, support points, predictions after 0, 1 and
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import jax
@@ -49,7 +50,9 @@ def learning_curves(run_dir: Path, width_px: int = 900, height_px: int = 400) ->
     ax.set_ylabel("meta-gradient norm" if name == "grad_norm" else f"query {name} after adaptation")
     ax.set_yscale("linear" if name == "accuracy" else "log")
     ax.legend()
-  fig.tight_layout()
+  with warnings.catch_warnings():  # a small figure's panels cannot fit every label; it is drawn anyway
+    warnings.filterwarnings("ignore", "Tight layout not applied", UserWarning)
+    fig.tight_layout()
   return _save(fig, run_dir / "curves.png")
 
 
