@@ -27,6 +27,14 @@ def _save(fig, path: Path) -> Path:
   return path
 
 
+# learning_curves' panels: metrics.jsonl key -> (name in the legend, y-axis label, y scale)
+PANELS = {
+    "loss": ("loss", "query loss after adaptation", "log"),
+    "accuracy": ("accuracy", "query accuracy after adaptation", "linear"),
+    "grad_norm": ("gradient norm", "meta-gradient norm", "log"),
+}
+
+
 def learning_curves(run_dir: Path, width_px: int = 900, height_px: int = 400) -> Path:
   """``run_dir/curves.png``: training (and validation) loss and accuracy, and the meta-gradient's
   norm, against meta-steps; and each chunk's largest training loss and gradient norm where
@@ -35,10 +43,10 @@ def learning_curves(run_dir: Path, width_px: int = 900, height_px: int = 400) ->
   records = [json.loads(line) for line in lines if line.strip()]
   if not records:
     raise ValueError(f"{run_dir}/metrics.jsonl holds no records to plot")
-  panels = [name for name in ("loss", "accuracy", "grad_norm") if any(name in r for r in records)]
+  panels = [name for name in PANELS if any(name in r for r in records)]
   fig, axes = _figure(width_px, height_px, 1, len(panels))
   for ax, name in zip(axes[0], panels):
-    shown = "gradient norm" if name == "grad_norm" else name
+    shown, ylabel, yscale = PANELS[name]
     for prefix, style in (("", "-"), ("val_", "o--")):
       points = [(r["step"], r[prefix + name]) for r in records if prefix + name in r]
       if points:
@@ -47,8 +55,8 @@ def learning_curves(run_dir: Path, width_px: int = 900, height_px: int = 400) ->
     if worst:
       ax.plot(*zip(*worst), ":", label=f"train {shown}, chunk's largest")
     ax.set_xlabel("meta-step")
-    ax.set_ylabel("meta-gradient norm" if name == "grad_norm" else f"query {name} after adaptation")
-    ax.set_yscale("linear" if name == "accuracy" else "log")
+    ax.set_ylabel(ylabel)
+    ax.set_yscale(yscale)
     ax.legend()
   with warnings.catch_warnings():  # a small figure's panels cannot fit every label; it is drawn anyway
     warnings.filterwarnings("ignore", "Tight layout not applied", UserWarning)
