@@ -42,9 +42,10 @@ run_name() {  # run_name CELL: the cell's run directory and park archive name (o
 }
 on_cell() {  # on_cell SECONDS COMMAND CELL ARGS...: `omniglot_table.py COMMAND` on CELL's run in $runs, in
              # the background, interrupted after SECONDS (at least 1)
-  local seconds=$(($1 > 1 ? $1 : 1)) command=$2 algo ways shots; IFS=: read -r algo ways shots <<< "$3"; shift 3
+  local seconds=$(($1 > 1 ? $1 : 1)) command=$2 log algo ways shots; IFS=: read -r algo ways shots <<< "$3"
+  log=$logs/$(run_name "$3").log; shift 3
   timeout -s INT $seconds python3 benchmarks/omniglot_table.py "$command" --algo "$algo" --ways "$ways" \
-      --shots "$shots" --runs-dir $runs "$@" >> "$logs/${algo}_${ways}w${shots}s.log" 2>&1 &
+      --shots "$shots" --runs-dir $runs "$@" >> "$log" 2>&1 &
 }
 for cell in $cells; do
   [ -f "benchmarks/parked/$(run_name "$cell").tar.gz" ] || continue
