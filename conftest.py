@@ -7,8 +7,8 @@
   42 instead of 62 CPU-seconds. Runs outside pytest (benchmarks, the CLI) are not affected;
 - XLA:CPU emits its fusions with its older, elemental emitters (:data:`LEGACY_FUSIONS`) unless
   ``XLA_FLAGS`` already chooses, and where this jaxlib knows the flag: at that optimisation level
-  they compile a second-order Conv4 meta-gradient 3-6x faster (14 s against 2.3 s alone on a
-  loaded 2-core machine) and run it as fast.
+  they compile a tiny second-order Conv4 meta-gradient 6x faster (2.3 s against 14 s, beside a
+  training run on 2 cores) and run it as fast (benchmarks/RESULTS.md, "XLA:CPU's fusion emitters").
 """
 import os
 import subprocess
