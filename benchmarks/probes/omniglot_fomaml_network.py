@@ -11,13 +11,13 @@ the network:
           the same variance except the first layer's, 5.7x larger in standard deviation)
 
   python benchmarks/probes/omniglot_fomaml_network.py invert [--ways 5 --shots 1 --steps 5000]
-      [--inner-lr 2.0] [--out-dir /root/metajax-runs/ablate]
+      [--inner-lr 2.0] [--algo maml] [--out-dir /root/metajax-runs/ablate]
 
 ``--inner-lr`` replaces the protocol's inner learning rate (their code's step on the mean loss is
-``ways`` times its ``update_lr``: RESULTS.md).
+``ways`` times its ``update_lr``: RESULTS.md). ``--algo maml`` probes the second-order cell instead.
 
-Swaps the registry's backbone and fomaml build in this process only; writes
-``<out-dir>/fomaml_<W>w<S>s_<variant>.json`` with the curve. RESULTS.md has the findings."""
+Swaps the registry's backbone and the learner's build in this process only; writes
+``<out-dir>/<algo>_<W>w<S>s_<variant>.json`` with the curve. RESULTS.md has the findings."""
 from __future__ import annotations
 
 import argparse
@@ -44,6 +44,7 @@ parser.add_argument("--ways", type=int, default=20)
 parser.add_argument("--shots", type=int, default=1)
 parser.add_argument("--steps", type=int, default=1000)
 parser.add_argument("--curve-every", type=int, default=250)
+parser.add_argument("--algo", choices=("fomaml", "maml"), default="fomaml")
 parser.add_argument("--inner-lr", type=float, help="the inner learning rate (default: the protocol's)")
 parser.add_argument("--out-dir", default="/root/metajax-runs/ablate")
 parser.add_argument("--data-dir", default=os.environ.get("METAJAX_DATA", str(DEFAULT_DATA)))
@@ -56,7 +57,7 @@ conv_init = nn.initializers.xavier_uniform() if cli.variant == "xavier" else nn.
 
 class Net(Conv4):
   """The protocol's network (stride-2 blocks, averaged features, batch-statistics BatchNorm) with
-  the variant's change; for this FOMAML cell only (no features-only or running-statistics use)."""
+  the variant's change; for this MAML-family cell only (no features-only or running-statistics use)."""
 
   @nn.compact
   def __call__(self, x, use_running_average=False):
@@ -73,14 +74,14 @@ class Net(Conv4):
 
 registry.Setup.backbone = lambda self, head=True: Net(num_classes=self.ways, width=self.width)  # this process only
 if bn_shift:
-  entry = registry.REGISTRY["fomaml"]
-  registry.REGISTRY["fomaml"] = entry._replace(build=registry._gradient(
-      functools.partial(gradient.fomaml, adapt_filter=lambda p: not gradient.is_batch_norm(p))))
-ns = argparse.Namespace(algo="fomaml", ways=cli.ways, shots=cli.shots, split="vinyals", test_tasks=600, eval_chunk=20,
+  entry = registry.REGISTRY[cli.algo]
+  registry.REGISTRY[cli.algo] = entry._replace(build=registry._gradient(
+      functools.partial(getattr(gradient, cli.algo), adapt_filter=lambda p: not gradient.is_batch_norm(p))))
+ns = argparse.Namespace(algo=cli.algo, ways=cli.ways, shots=cli.shots, split="vinyals", test_tasks=600, eval_chunk=20,
                         runs_dir=cli.out_dir, data_dir=cli.data_dir, seed=0)
-settings, _ = T.protocol("fomaml", cli.ways, cli.shots)
+settings, _ = T.protocol(cli.algo, cli.ways, cli.shots)
 settings["steps"] = cli.steps
-out = f"{cli.out_dir}/fomaml_{cli.ways}w{cli.shots}s_{cli.variant}"
+out = f"{cli.out_dir}/{cli.algo}_{cli.ways}w{cli.shots}s_{cli.variant}"
 if cli.inner_lr is not None:
   settings["inner_lr"] = cli.inner_lr
   out += f"_lr{cli.inner_lr:g}"
@@ -88,4 +89,4 @@ args = T._cell_args(ns, settings, chunk=cli.curve_every, out_dir=out, resume=Fal
 problem = build(args)
 state, steps, t, curve = train_with_curve(args, problem, curve_tasks=100, eval_chunk=20, label=cli.variant)
 Path(out + ".json").write_text(json.dumps(
-    {"variant": cli.variant, "inner_lr": settings["inner_lr"], "curve": curve, "train_s": t, "machine": machine()}, indent=1))
+    {"algo": cli.algo, "variant": cli.variant, "inner_lr": settings["inner_lr"], "curve": curve, "train_s": t, "machine": machine()}, indent=1))
