@@ -27,5 +27,6 @@ def _xla_accepts(flags: str) -> bool:
 os.environ.setdefault("METAJAX_SMALL", "1")
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 _flags = os.environ.get("XLA_FLAGS", "")
-if "xla_cpu_use_fusion_emitters" not in _flags and _xla_accepts(f"{_flags} {LEGACY_FUSIONS}".strip()):
-  os.environ["XLA_FLAGS"] = f"{_flags} {LEGACY_FUSIONS}".strip()
+_with_legacy = f"{_flags} {LEGACY_FUSIONS}".strip()
+if "xla_cpu_use_fusion_emitters" not in _flags and _xla_accepts(_with_legacy):
+  os.environ["XLA_FLAGS"] = _with_legacy
