@@ -4,7 +4,7 @@
   python benchmarks/omniglot_table.py run --algo maml --ways 20 --shots 1 --split lake
   python benchmarks/omniglot_table.py test --algo reptile --ways 5 --shots 5 --model-shots 1
   python benchmarks/omniglot_table.py test --algo fomaml --ways 5 --shots 1   # its own model again
-  python benchmarks/omniglot_table.py render      # table -> stdout and omniglot_table.png
+  python benchmarks/omniglot_table.py render      # table -> stdout, omniglot_table.png (and the ablations')
   python benchmarks/omniglot_table.py merge gpu_table.json --git COMMIT   # rows run elsewhere
   python benchmarks/omniglot_table.py park --algo maml --ways 20 --shots 1    # an unfinished run, for git to keep
   python benchmarks/omniglot_table.py unpark --algo maml --ways 20 --shots 1  # on a new machine, to go on with it
@@ -544,10 +544,15 @@ def _cell_key(row: dict) -> tuple:
   return row["split"], row["algo"], row["ways"], row["shots"], json.dumps(row.get("ablation"), sort_keys=True)
 
 
+def _ablations_file(table: Path) -> Path:
+  """The file of the ablation rows of the table file ``table`` (``<name>.json``): ``<name>_ablations.json``
+  beside it."""
+  return table.with_name(f"{table.stem}_ablations.json")
+
+
 def _destination(table: Path, row: dict) -> Path:
-  """The file a row goes to: the table file ``table`` (``<name>.json``), or an ablation's
-  ``<name>_ablations.json`` beside it."""
-  return table.with_name(f"{table.stem}_ablations.json") if "ablation" in row else table
+  """The file a row goes to: the table file ``table``, or an ablation's :func:`_ablations_file`."""
+  return _ablations_file(table) if "ablation" in row else table
 
 
 def _store(row: dict, table: Path) -> None:
@@ -609,7 +614,7 @@ def merge(ns: argparse.Namespace) -> None:
 
 def render(ns: argparse.Namespace) -> None:
   """Prints the table ``ns.table`` as Markdown (for RESULTS.md) and plots accuracy against training time
-  into the ``.png`` beside it."""
+  into the ``.png`` beside it; the same for its ablation rows, if any (:func:`render_ablations`)."""
   rows = _rows(ns.table)
   print("| split | algo | cell | accuracy (600 tasks, 95% CI) | queries | paper | to paper, target "
         "| meta-steps (planned) | training | device |")
@@ -625,6 +630,57 @@ def render(ns: argparse.Namespace) -> None:
   figure = ns.table.with_suffix(".png")
   plot(rows, figure)
   print(f"wrote {figure}")
+  ablations_file = _ablations_file(ns.table)
+  if ablations_file.exists():
+    render_ablations(rows, _rows(ablations_file), ablations_file.with_suffix(".png"))
+
+
+def _settings(row: dict) -> str:
+  """An ablation row's settings, ``name=value, ...``."""
+  return ", ".join(f"{k}={v}" for k, v in row["ablation"].items())
+
+
+def render_ablations(rows: list[dict], ablations: list[dict], figure: Path) -> None:
+  """Prints the ablation rows as Markdown, each beside its cell's table row, and plots their curves
+  against the table row's into ``figure``."""
+  table = {_cell_key(r)[:4]: r for r in rows}
+  print("\n| split | algo | cell | ablation | accuracy (600 tasks, 95% CI) | meta-steps | the table's row | device |")
+  print("|---|---|---|---|---|---|---|---|")
+  for r in ablations:
+    own = table.get(_cell_key(r)[:4])
+    beside = "—" if own is None else f"{own['accuracy']:.2f} ± {own['ci95']:.2f} after {own['meta_steps']:,}"
+    print(f"| {r['split']} | {r['algo']} | {r['ways']}w{r['shots']}s | {_settings(r)} | "
+          f"{r['accuracy']:.2f} ± {r['ci95']:.2f} | {r['meta_steps']:,} | {beside} | {trained_on(r)['device']} |")
+  plot_ablations(rows, ablations, figure)
+  print(f"wrote {figure}")
+
+
+def plot_ablations(rows: list[dict], ablations: list[dict], path: Path):
+  """One panel per ablated cell: each ablation's learning curve (dashed) and its cell's table row's
+  (solid, "protocol") against meta-steps, which, unlike training minutes, ablations run on other days
+  and machines share; a dotted line marks the paper's number. Returns the figure."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  table = {_cell_key(r)[:4]: r for r in rows}
+  cells = sorted({_cell_key(r)[:4] for r in ablations if r["curve"]})
+  fig, axes = plt.subplots(1, len(cells), figsize=(4.5 * len(cells), 3.8), squeeze=False)
+  for ax, cell in zip(axes[0], cells):
+    own = table.get(cell)
+    lines = [] if own is None or not own["curve"] else [(own, "-", "protocol")]
+    lines += [(r, "--", _settings(r)) for r in ablations if _cell_key(r)[:4] == cell and r["curve"]]
+    for i, (r, style, label) in enumerate(lines):
+      ax.plot([p["step"] for p in r["curve"]], [100 * p["accuracy"] for p in r["curve"]], style, color=f"C{i}",
+              label=label)
+    if lines[0][0]["paper"] is not None:
+      ax.axhline(lines[0][0]["paper"], color="k", linestyle=":", label="paper")
+    split, algo, ways, shots = cell
+    ax.set(title=f"{algo} {ways}w{shots}s ({split})", xlabel="meta-steps", ylabel="test-task accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  return fig
 
 
 def plot(rows: list[dict], path: Path):
@@ -707,7 +763,7 @@ def main() -> None:
   retest.set_defaults(fn=test_cell)
   parked.set_defaults(fn=park)
   unparked.set_defaults(fn=unpark)
-  rendered = sub.add_parser("render", help="print the Markdown table, plot the curves")
+  rendered = sub.add_parser("render", help="print the Markdown table and its ablations', plot the curves")
   rendered.set_defaults(fn=render)
   merged = sub.add_parser("merge", help="store the new rows of another copy's table file (a lent GPU's)")
   for command in (cell, retest, rendered, merged):

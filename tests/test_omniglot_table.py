@@ -181,6 +181,36 @@ def test_render_reads_the_table_it_is_given_and_plots_beside_it(tmp_path, monkey
   assert f"wrote {tmp_path / 'smoke.png'}" in out and (tmp_path / "smoke.png").stat().st_size > 0
 
 
+def test_render_puts_each_ablation_beside_its_table_row_and_plots_them_against_meta_steps(tmp_path, monkeypatch,
+                                                                                         capsys):
+  curve = lambda *acc: [{"step": 250 * (i + 1), "train_time_s": 60.0 * (i + 1), "accuracy": a}
+                        for i, a in enumerate(acc)]
+  row = {"split": "vinyals", "algo": "maml", "ways": 20, "shots": 1, "accuracy": 86.35, "ci95": 0.63, "paper": 95.8,
+         "test_queries": 1, "meta_steps": 750, "planned_steps": 60000, "train_seconds": 180.0,
+         "machine": {"device": "cpu"}, "curve": curve(0.6, 0.7, 0.8)}
+  ablations = [{**row, "accuracy": 87.29, "ci95": 0.58, "meta_steps": 500, "curve": curve(0.65, 0.75),
+                "ablation": {"inner_lr": 2.0}},
+               {**row, "algo": "reptile", "ways": 5, "paper": 97.68, "accuracy": 85.2, "meta_steps": 250,
+                "curve": curve(0.85), "ablation": {"carry_mode": "sequential", "meta_batch": 4}}]
+  (tmp_path / "smoke.json").write_text(json.dumps([row]))
+  (tmp_path / "smoke_ablations.json").write_text(json.dumps(ablations))
+  monkeypatch.setattr("sys.argv", ["omniglot_table.py", "render", "--table", str(tmp_path / "smoke.json")])
+  table.main()
+  out = capsys.readouterr().out
+  assert "| vinyals | maml | 20w1s | inner_lr=2.0 | 87.29 ± 0.58 | 500 | 86.35 ± 0.63 after 750 | cpu |" in out
+  assert "| vinyals | reptile | 5w1s | carry_mode=sequential, meta_batch=4 | 85.20 ± 0.63 | 250 | — | cpu |" in out
+  assert (tmp_path / "smoke_ablations.png").stat().st_size > 0
+  fig = table.plot_ablations([row], ablations, tmp_path / "ablations.png")
+  panels = {ax.get_title(): {l.get_label(): l for l in ax.get_lines()} for ax in fig.axes}
+  assert sorted(panels) == ["maml 20w1s (vinyals)", "reptile 5w1s (vinyals)"]
+  maml = panels["maml 20w1s (vinyals)"]
+  assert list(maml["protocol"].get_xdata()) == [250, 500, 750] and maml["protocol"].get_linestyle() == "-"
+  assert list(maml["inner_lr=2.0"].get_ydata()) == pytest.approx([65, 75])
+  assert maml["inner_lr=2.0"].get_linestyle() == "--" and list(maml["paper"].get_ydata()) == [95.8, 95.8]
+  assert set(panels["reptile 5w1s (vinyals)"]) == {"carry_mode=sequential, meta_batch=4", "paper"}  # no table row
+  matplotlib.pyplot.close(fig)
+
+
 def test_the_plot_gives_each_learner_one_colour_in_every_panel(tmp_path):
   curve = lambda *acc: [{"train_time_s": 60.0 * (i + 1), "accuracy": a} for i, a in enumerate(acc)]
   row = lambda algo, ways, shots, device="cpu", split="vinyals": dict(
