@@ -44,6 +44,15 @@ def test_every_protocol_gives_valid_settings_at_every_cell(algo, tmp_path):
     table.protocol("anil", 5, 1)
 
 
+@pytest.mark.parametrize("algo,ways,inner_lr", [("maml", 20, 2.0), ("maml", 5, 0.4), ("fomaml", 20, 0.1),
+                                                  ("fomaml", 5, 0.4)])
+def test_only_20_way_maml_takes_finn_et_al_s_inner_step_and_the_others_name_the_difference(algo, ways, inner_lr):
+  for shots in (1, 5):
+    settings, differences = table.protocol(algo, ways, shots)
+    assert settings["inner_lr"] == inner_lr
+    assert (table.INNER_STEP_DIFFERENCE in differences) == (inner_lr != 2.0)  # their step on the mean loss: 2.0
+
+
 def _save_source(ns: argparse.Namespace, **changes) -> Path:
   """A run directory of ``ns``'s model cell holding only the ``run.json`` it would be trained with."""
   source_ns = argparse.Namespace(**{**vars(ns), "shots": ns.model_shots})
