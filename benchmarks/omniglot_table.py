@@ -647,7 +647,7 @@ def _settings(row: dict) -> str:
 
 def render_ablations(rows: list[dict], ablations: list[dict], figure: Path) -> None:
   """Prints the ablation rows as Markdown, each beside its cell's table row, and plots their curves
-  against the table row's into ``figure``."""
+  against the table row's into ``figure`` (none: no curve to plot)."""
   table = {_cell_key(r)[:4]: r for r in rows}
   print("\n| split | algo | cell | ablation | accuracy (600 tasks, 95% CI) | meta-steps | the table's row | device |")
   print("|---|---|---|---|---|---|---|---|")
@@ -656,12 +656,13 @@ def render_ablations(rows: list[dict], ablations: list[dict], figure: Path) -> N
     beside = "—" if own is None else f"{own['accuracy']:.2f} ± {own['ci95']:.2f} after {own['meta_steps']:,}"
     print(f"| {r['split']} | {r['algo']} | {r['ways']}w{r['shots']}s | {_settings(r)} | "
           f"{r['accuracy']:.2f} ± {r['ci95']:.2f} | {r['meta_steps']:,} | {beside} | {trained_on(r)['device']} |")
-  plot_ablations(rows, ablations, figure)
-  print(f"wrote {figure}")
+  if any(r["curve"] for r in ablations):
+    plot_ablations(rows, ablations, figure)
+    print(f"wrote {figure}")
 
 
 def plot_ablations(rows: list[dict], ablations: list[dict], path: Path):
-  """One panel per ablated cell: each ablation's learning curve (dashed) and its cell's table row's
+  """One panel per ablated cell with a curve: each ablation's learning curve (dashed) and its cell's table row's
   (solid, "protocol") against meta-steps, which, unlike training minutes, ablations run on other days
   and machines share; a dotted line marks the paper's number. Returns the figure."""
   import matplotlib

@@ -218,6 +218,11 @@ def test_render_puts_each_ablation_beside_its_table_row_and_plots_them_against_m
   assert maml["inner_lr=2.0"].get_linestyle() == "--" and list(maml["paper"].get_ydata()) == [95.8, 95.8]
   assert set(panels["reptile 5w1s (vinyals)"]) == {"carry_mode=sequential, meta_batch=4", "paper"}  # no table row
   matplotlib.pyplot.close(fig)
+  (tmp_path / "smoke_ablations.png").unlink()
+  (tmp_path / "smoke_ablations.json").write_text(json.dumps([{**a, "curve": []} for a in ablations]))
+  table.main()  # rows without curves: the Markdown, no figure
+  out = capsys.readouterr().out
+  assert "| inner_lr=2.0 | 87.29 ± 0.58 |" in out and not (tmp_path / "smoke_ablations.png").exists()
 
 
 def test_the_plot_gives_each_learner_one_colour_in_every_panel(tmp_path):
