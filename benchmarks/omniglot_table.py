@@ -507,8 +507,7 @@ def _rows(table: Path) -> list[dict]:
 
 def _table_row(table: Path, split: str, algo: str, ways: int, shots: int) -> dict | None:
   """The row of a cell in the table file ``table``, if any."""
-  return next((r for r in _rows(table) if (r["split"], r["algo"], r["ways"], r["shots"]) == (split, algo, ways, shots)),
-              None)
+  return next((r for r in _rows(table) if _cell_of(r) == (split, algo, ways, shots)), None)
 
 
 def trained_on(row: dict) -> dict:
@@ -544,9 +543,14 @@ def _read_jsonl(path: Path) -> list[dict]:
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _cell_of(row: dict) -> tuple:
+  """A row's cell: its split, learner, ways and shots."""
+  return row["split"], row["algo"], row["ways"], row["shots"]
+
+
 def _cell_key(row: dict) -> tuple:
   """A row's cell, and its ablation's settings (``"null"`` for the table's rows)."""
-  return row["split"], row["algo"], row["ways"], row["shots"], json.dumps(row.get("ablation"), sort_keys=True)
+  return *_cell_of(row), json.dumps(row.get("ablation"), sort_keys=True)
 
 
 def _ablations_file(table: Path) -> Path:
@@ -648,11 +652,11 @@ def _settings(row: dict) -> str:
 def render_ablations(rows: list[dict], ablations: list[dict], figure: Path) -> None:
   """Prints the ablation rows as Markdown, each beside its cell's table row, and plots their curves
   against the table row's into ``figure`` (none: no curve to plot)."""
-  table = {_cell_key(r)[:4]: r for r in rows}
+  table = {_cell_of(r): r for r in rows}
   print("\n| split | algo | cell | ablation | accuracy (600 tasks, 95% CI) | meta-steps | the table's row | device |")
   print("|---|---|---|---|---|---|---|---|")
   for r in ablations:
-    own = table.get(_cell_key(r)[:4])
+    own = table.get(_cell_of(r))
     beside = "—" if own is None else f"{own['accuracy']:.2f} ± {own['ci95']:.2f} after {own['meta_steps']:,}"
     print(f"| {r['split']} | {r['algo']} | {r['ways']}w{r['shots']}s | {_settings(r)} | "
           f"{r['accuracy']:.2f} ± {r['ci95']:.2f} | {r['meta_steps']:,} | {beside} | {trained_on(r)['device']} |")
@@ -668,13 +672,13 @@ def plot_ablations(rows: list[dict], ablations: list[dict], path: Path):
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  table = {_cell_key(r)[:4]: r for r in rows}
-  cells = sorted({_cell_key(r)[:4] for r in ablations if r["curve"]})
+  table = {_cell_of(r): r for r in rows}
+  cells = sorted({_cell_of(r) for r in ablations if r["curve"]})
   fig, axes = plt.subplots(1, len(cells), figsize=(4.5 * len(cells), 3.8), squeeze=False)
   for ax, cell in zip(axes[0], cells):
     own = table.get(cell)
     lines = [] if own is None or not own["curve"] else [(own, "-", "protocol")]
-    lines += [(r, "--", _settings(r)) for r in ablations if _cell_key(r)[:4] == cell and r["curve"]]
+    lines += [(r, "--", _settings(r)) for r in ablations if _cell_of(r) == cell and r["curve"]]
     for i, (r, style, label) in enumerate(lines):
       ax.plot([p["step"] for p in r["curve"]], [100 * p["accuracy"] for p in r["curve"]], style, color=f"C{i}",
               label=label)
