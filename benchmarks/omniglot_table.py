@@ -139,7 +139,9 @@ def protocol(algo: str, ways: int, shots: int) -> tuple[dict, list[str]]:
                  outer_lr_decay_steps=2_000),
             ["a fixed 40,000 episodes on the training and validation characters (their code stops training on "
              "the training characters when the validation loss has not fallen for 20,000 episodes, then trains "
-             "again on both for the best episode count plus 20,000)"])
+             "again on both for the best episode count plus 20,000)",
+             "BatchNorm normalises each test task with its own statistics, support and query together (their "
+             "code tests with the running averages of training)"])
   if algo in ("matching", "matching-fce"):  # Vinyals et al. 2016
     return (dict(meta_batch=8, queries=15, steps=40_000),
             (["no full-context embeddings (the matching-fce row has them)"] if algo == "matching" else []) +

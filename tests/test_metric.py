@@ -35,6 +35,16 @@ def test_prototypical_logits_equal_a_hand_computation():
   np.testing.assert_allclose(scores, [[-1.0, -181.0], [-145.0, -5.0]])
 
 
+def test_prototypical_embeds_support_and_query_as_one_batch():
+  # An embedding that centres its batch, as BatchNorm in training mode does: with support and query in one
+  # batch, both move alike and the distances are the uncentred ones (separately, the query set's mean,
+  # (5, 5), and the support set's, (5.5, 5.5), would shift them apart).
+  centre = lambda params, x: x - x.mean(0)
+  task = _toy_task()
+  np.testing.assert_allclose(_predict(metric.prototypical(centre, ways=2), {}, task),
+                             _predict(metric.prototypical(identity, ways=2), {"scale": 1.0}, task), rtol=1e-6)
+
+
 def test_matching_attention_sums_to_one_and_predicts_neighbours():
   key = jax.random.PRNGKey(0)
   attention = metric.matching_attention(jax.random.normal(key, (7, 5)), jax.random.normal(key, (4, 5)))

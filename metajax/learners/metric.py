@@ -45,12 +45,18 @@ def class_means(embeddings: Array, labels: Array, ways: int) -> Array:
 
 
 def prototypical(embed_fn: EmbedFn, ways: int, **kwargs: Any) -> MetaLearner:
-  """Prototypical networks; ``embed_fn(params, x (n, ...)) -> (n, d)``."""
+  """Prototypical networks; ``embed_fn(params, x (n, ...)) -> (n, d)``.
+
+  Support and query are embedded as one batch, as Snell et al.'s code does, so an
+  embedding that normalises with its batch's statistics (BatchNorm) normalises
+  prototypes and queries alike.
+  """
   check_ways(ways, "prototypical")
 
   def scores(params, task):
-    protos = class_means(embed_fn(params, task.x_support), task.y_support, ways)
-    query = embed_fn(params, task.x_query)
+    n = task.x_support.shape[0]
+    embedded = embed_fn(params, jnp.concatenate([task.x_support, task.x_query]))
+    protos, query = class_means(embedded[:n], task.y_support, ways), embedded[n:]
     return -jnp.sum(jnp.square(query[:, None, :] - protos[None]), axis=-1)
 
   return learner(LearnerConfig(scores, name="prototypical", **kwargs))
