@@ -56,7 +56,11 @@ def prototypical(embed_fn: EmbedFn, ways: int, **kwargs: Any) -> MetaLearner:
   def scores(params, task):
     n = task.x_support.shape[0]
     embedded = embed_fn(params, jnp.concatenate([task.x_support, task.x_query]))
-    protos, query = class_means(embedded[:n], task.y_support, ways), embedded[n:]
+    # Prototypes average over all rows, the queries' with weight 0: slicing the support's rows instead
+    # makes XLA:CPU (jaxlib 0.10.2) fuse both slices' gradients into a YNNPACK kernel that segfaults
+    # at 60-way 5-shot 5-query (benchmarks/RESULTS.md).
+    labels = jnp.concatenate([task.y_support, jnp.full(task.x_query.shape[0], ways, task.y_support.dtype)])
+    protos, query = class_means(embedded, labels, ways), embedded[n:]
     return -jnp.sum(jnp.square(query[:, None, :] - protos[None]), axis=-1)
 
   return learner(LearnerConfig(scores, name="prototypical", **kwargs))
