@@ -45,6 +45,22 @@ def test_prototypical_embeds_support_and_query_as_one_batch():
                              _predict(metric.prototypical(identity, ways=2), {"scale": 1.0}, task), rtol=1e-6)
 
 
+def test_prototypical_gradient_runs_at_omniglot_s_60_way_5_shot_size():
+  # Slicing one embedded batch into support and query rows gave a gradient that segfaults XLA:CPU
+  # (jaxlib 0.10.2) from 300 rows of each (benchmarks/probes/xla_cpu_pad_dot_crash.py).
+  ways, shots, queries, d = 60, 5, 5, 64
+  key_s, key_q, key_w = jax.random.split(jax.random.PRNGKey(0), 3)
+  labels = jnp.repeat(jnp.arange(ways), shots)
+  task = Task(jax.random.normal(key_s, (ways * shots, d)), labels, jax.random.normal(key_q, (ways * queries, d)),
+              jnp.repeat(jnp.arange(ways), queries))
+  learner = metric.prototypical(lambda params, x: x @ params["w"], ways)
+  loss = lambda w: optax.softmax_cross_entropy_with_integer_labels(_predict(learner, {"w": w}, task), task.y_query).mean()
+  w = jax.random.normal(key_w, (d, d)) / 8
+  grad = jax.jit(jax.grad(loss))(w)
+  eps = 1e-3 * jax.random.normal(jax.random.PRNGKey(1), (d, d))
+  np.testing.assert_allclose(float(jnp.vdot(grad, eps)), float(loss(w + eps) - loss(w - eps)) / 2, rtol=2e-2)
+
+
 def test_matching_attention_sums_to_one_and_predicts_neighbours():
   key = jax.random.PRNGKey(0)
   attention = metric.matching_attention(jax.random.normal(key, (7, 5)), jax.random.normal(key, (4, 5)))
