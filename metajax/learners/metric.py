@@ -39,7 +39,8 @@ EmbedFn = Callable[[PyTree, Array], Array]
 
 
 def class_means(embeddings: Array, labels: Array, ways: int) -> Array:
-  """``(n, d)`` embeddings and ``(n,)`` integer labels -> ``(ways, d)`` per-class means."""
+  """``(n, d)`` embeddings and ``(n,)`` integer labels -> ``(ways, d)`` per-class means; a label
+  outside ``[0, ways)`` puts its row in no class."""
   onehot = jax.nn.one_hot(labels, ways, dtype=embeddings.dtype)
   return (onehot.T @ embeddings) / jnp.maximum(onehot.sum(0), 1.0)[:, None]
 
@@ -56,8 +57,8 @@ def prototypical(embed_fn: EmbedFn, ways: int, **kwargs: Any) -> MetaLearner:
   def scores(params, task):
     n = task.x_support.shape[0]
     embedded = embed_fn(params, jnp.concatenate([task.x_support, task.x_query]))
-    # Prototypes average over all rows, the queries' with weight 0: slicing the support's rows instead
-    # makes XLA:CPU (jaxlib 0.10.2) fuse both slices' gradients into a YNNPACK kernel that segfaults
+    # Prototypes average over all rows, the queries' labelled ``ways`` (no class): slicing the support's rows
+    # instead makes XLA:CPU (jaxlib 0.10.2) fuse both slices' gradients into a YNNPACK kernel that segfaults
     # at 60-way 5-shot 5-query (benchmarks/RESULTS.md).
     labels = jnp.concatenate([task.y_support, jnp.full(task.x_query.shape[0], ways, task.y_support.dtype)])
     protos, query = class_means(embedded, labels, ways), embedded[n:]
