@@ -59,6 +59,7 @@ from _common import DEFAULT_DATA, RESULTS, machine, train_with_curve  # noqa: E4
 from metajax.core import mean_and_ci95  # noqa: E402
 from metajax.core.validate import check_finite_number, check_positive_int  # noqa: E402
 from metajax.data import episodes, omniglot  # noqa: E402
+from metajax.data.images import Resample  # noqa: E402
 from metajax.harness.args import RESUMABLE_CHANGES, TrainArgs  # noqa: E402
 from metajax.harness import checkpoint  # noqa: E402
 from metajax.harness.problem import Problem, build  # noqa: E402
@@ -84,6 +85,12 @@ CURVE_QUERIES = 15  # queries per class of every learning curve's tasks (and of 
 WITHIN_CI = ("protonet", "relation")
 # Finn et al.'s inner loss is the support set's per-example cross-entropy over update_batch_size, summed by
 # tf.gradients: ``ways`` times the mean cross-entropy of every learner here.
+# Every paper's code here shrinks Omniglot's 1-bit PNGs with Pillow, which resizes 1-bit images with nearest
+# neighbours whatever filter is asked for (MAML's resize_images.py asks for Lanczos; the Relation network
+# reads MAML's resized images). ProtoNet's protocol resizes so (--resample nearest); the other protocols keep
+# Lanczos, with which their rows and the runs still going were trained.
+RESAMPLE_DIFFERENCE = ("images shrunk with Lanczos, grey levels (their code: black and white, nearest neighbours, "
+                       "as Pillow resizes 1-bit PNGs whatever filter is asked for)")
 INNER_STEP_DIFFERENCE = (
     "their inner learning rate on the mean cross-entropy, so 1/ways of their inner step (their loss sums the "
     "support's per-example losses divided by the shots: on the mean, their rate is update_lr x ways, 2.0 at 5- and "
@@ -118,7 +125,8 @@ def protocol(algo: str, ways: int, shots: int) -> tuple[dict, list[str]]:
              "conv kernels start LeCun-normal (theirs: Glorot-uniform, the first layer's std 5.7x smaller; "
              "with theirs, the FOMAML 20w1s curve was the same within noise: "
              "benchmarks/probes/omniglot_fomaml_network.py xavier)",
-             "the Vinyals characters (theirs: 1,100 drawn at random to train on, the last 423 to test on)"]
+             "the Vinyals characters (theirs: 1,100 drawn at random to train on, the last 423 to test on)",
+             RESAMPLE_DIFFERENCE]
             + ([INNER_STEP_DIFFERENCE] if inner_lr == update_lr else []))
   if algo == "reptile":  # Nichol et al. 2018, appendix A and their run_omniglot.py commands (transductive)
     five = ways == 5
@@ -133,10 +141,10 @@ def protocol(algo: str, ways: int, shots: int) -> tuple[dict, list[str]]:
              "--carry-mode sequential, whose 5w1s curve matched the mean carry's within noise to 5,500 steps)",
              "inner mini-batches cycle through the support with classes interleaved (theirs: reshuffled)",
              "the Vinyals characters, tested with rotations as classes (theirs: 1,200 drawn at random to train "
-             "on, the other 423 tested unrotated; benchmarks/omniglot_unrotated.py)"])
+             "on, the other 423 tested unrotated; benchmarks/omniglot_unrotated.py)", RESAMPLE_DIFFERENCE])
   if algo == "protonet":  # Snell et al. 2017, section 3.1
     return (dict(meta_batch=1, train_ways=60, queries=5, steps=40_000, outer_lr_decay="halve",
-                 outer_lr_decay_steps=2_000),
+                 outer_lr_decay_steps=2_000, resample="nearest"),
             ["a fixed 40,000 episodes on the training and validation characters (their code stops training on "
              "the training characters when the validation loss has not fallen for 20,000 episodes, then trains "
              "again on both for the best episode count plus 20,000)",
@@ -158,7 +166,8 @@ def protocol(algo: str, ways: int, shots: int) -> tuple[dict, list[str]]:
              "the Vinyals characters, rotations as classes (their code: 1,200 characters drawn at random to train "
              "on, the other 423 to test on, each task turned by one random multiple of 90 degrees)",
              "one 600-task test of the last model (their code tests 1,000 tasks every 5,000 episodes and keeps "
-             "the model whenever that test accuracy rises: the paper's number is a best of test evaluations)"])
+             "the model whenever that test accuracy rises: the paper's number is a best of test evaluations)",
+             RESAMPLE_DIFFERENCE])
   raise ValueError(f"no Omniglot protocol for {algo!r}; choose one of {sorted(PAPER)}")
 
 
@@ -173,19 +182,20 @@ def test_queries(algo: str, shots: int) -> int:
   return 1 if algo == "reptile" else CURVE_QUERIES
 
 
-def lake_eval_tasks(data_dir: str, ways: int, shots: int):
+def lake_eval_tasks(data_dir: str, ways: int, shots: int, resample: Resample = "lanczos"):
   """``(key, n, queries=CURVE_QUERIES) -> Task`` batch from images_evaluation without rotations,
   each task's classes from one alphabet (Lake et al.'s within-alphabet one-shot setting)."""
-  test = omniglot.load("evaluation", data_dir, rotations=False)
+  test = omniglot.load("evaluation", data_dir, rotations=False, resample=resample)
   images, groups = jnp.asarray(test.images), jnp.asarray(omniglot.alphabet_ids(test))
   return lambda key, n, queries=CURVE_QUERIES: episodes.sample(key, images, num_tasks=n, ways=ways, shots=shots,
                                                                queries=queries, groups=groups)
 
 
-def _on_split(problem: Problem, ns: argparse.Namespace) -> Problem:
-  """``problem`` with ``ns.split``'s test tasks (``build``'s are the Vinyals test split's)."""
+def _on_split(problem: Problem, ns: argparse.Namespace, resample: Resample = "lanczos") -> Problem:
+  """``problem`` with ``ns.split``'s test tasks (``build``'s are the Vinyals test split's), their
+  images shrunk with ``resample`` (the run's)."""
   if ns.split == "lake":
-    return problem._replace(eval_tasks=lake_eval_tasks(ns.data_dir, ns.ways, ns.shots))
+    return problem._replace(eval_tasks=lake_eval_tasks(ns.data_dir, ns.ways, ns.shots, resample))
   return problem
 
 
@@ -278,7 +288,7 @@ def run_cell(ns: argparse.Namespace) -> dict:
   curve = _read_jsonl(curve_file)
   curve_tasks = _curve_tasks(curve, ns.curve_tasks)
   args = _cell_args(ns, settings, chunk=curve_every, out_dir=str(out_dir), resume=resume)
-  problem = _on_split(build(args), ns)
+  problem = _on_split(build(args), ns, args.resample)
   state, steps, train_time_s, curve = train_with_curve(
       args, problem, curve_tasks=curve_tasks, budget_minutes=ns.budget_minutes, wall_minutes=ns.wall_minutes,
       eval_chunk=ns.eval_chunk, curve=curve, label=cell,
@@ -458,7 +468,7 @@ def test_cell(ns: argparse.Namespace) -> dict:
                                     eval_inner_batch=settings.get("eval_inner_batch"))
   except checkpoint.CheckpointError as err:
     raise SystemExit(f"{source}: {err}; {train_again}") from err
-  problem = _on_split(problem, ns)
+  problem = _on_split(problem, ns, args.resample)
   steps = int(state.step)
   seconds = _trained_seconds(source, steps)
   if seconds is None:

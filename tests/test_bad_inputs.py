@@ -293,6 +293,9 @@ CLI_CASES = [
     (["train", "--shots", "5", "--inner-batch", "6"], "--inner-batch 6 exceeds the 5 support examples of a training task"),
     (["train", "--dataset", "omniglot", "--ways", "20", "--eval-inner-batch", "21"],
      "--eval-inner-batch 21 exceeds the 20 support examples of an evaluation task"),
+    (["train", "--resample", "bicubic"], "invalid choice: 'bicubic'"),
+    (["train", "--dataset", "mini-imagenet", "--resample", "nearest"],
+     "--resample nearest: only Omniglot's images are resized by this option"),
 ]
 
 
@@ -318,7 +321,7 @@ def test_train_args_switches_take_only_booleans(name):
 
 def test_every_string_option_has_its_choices():
   assert sorted(CHOICES) == ["carry_mode", "conv_features", "dataset", "downsample", "inner_optimizer",
-                             "outer_lr_decay", "outer_optimizer", "task_strategy"]
+                             "outer_lr_decay", "outer_optimizer", "resample", "task_strategy"]
   assert set(CHOICES["dataset"]) == set(DATASET_DEFAULTS)
 
 

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from metajax.data import episodes, omniglot
+from metajax.data import images as imgs
 from metajax.data.images import ImageError
 
 SHARED = Path(os.environ.get("METAJAX_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -125,6 +126,44 @@ def test_rgb_and_odd_sized_images_are_converted_and_resized(tmp_path):
   assert data.images.shape == (6, 4, 28, 28)
   expected = Image.new("RGB", (1, 1), (200, 100, 50)).convert("L").getpixel((0, 0))
   assert abs(int(data.images[0, 0, 14, 14]) - expected) <= 1
+
+
+def _drawing(seed: int = 0) -> Image.Image:
+  """A 105×105 1-bit image (mode "1", as Omniglot's PNGs) of random 3-pixel strokes on white."""
+  ink = np.ones((105, 105), bool)
+  rng = np.random.default_rng(seed)
+  for r, c in rng.integers(0, 102, (40, 2)):
+    ink[r:r + 3, c:c + 30] = False
+  return Image.fromarray(ink)
+
+
+def test_nearest_resample_keeps_a_drawing_black_and_white_as_pillow_resizes_it(tmp_path):
+  drawing = _drawing()
+  assert drawing.mode == "1"
+  nearest, lanczos = (imgs.fit(drawing, (28, 28), "L", r) for r in ("nearest", "lanczos"))
+  # Pillow resizes a 1-bit image with nearest neighbours whatever filter is asked for (what the
+  # papers' codes fed their networks); "lanczos" converts to grey first and averages.
+  pillow = np.asarray(drawing.resize((28, 28), Image.Resampling.LANCZOS).convert("L"))
+  np.testing.assert_array_equal(nearest, pillow)
+  assert set(np.unique(nearest)) == {0, 255}
+  assert len(np.unique(lanczos)) > 10
+  with pytest.raises(ValueError, match="unknown resample 'bilinear'"):
+    imgs.fit(drawing, (28, 28), "L", "bilinear")
+
+
+def test_omniglot_resample_is_part_of_the_cache_key(tmp_path):
+  for a, c, d in np.ndindex(1, 2, 3):
+    path = tmp_path / "images_background" / f"Alpha{a}" / f"character{c + 1:02d}" / f"{c}_{d + 1:02d}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _drawing(10 * c + d).save(path)
+  load = lambda resample: omniglot.load("background", tmp_path, rotations=False, resample=resample,
+                                        cache_dir=tmp_path / "c").images
+  lanczos, nearest, again = load("lanczos"), load("nearest"), load("lanczos")
+  assert len(list((tmp_path / "c").glob("omniglot-*.npz"))) == 2
+  assert set(np.unique(nearest)) == {0, 255} and not np.array_equal(lanczos, nearest)
+  np.testing.assert_array_equal(again, lanczos)
+  with pytest.raises(ValueError, match="unknown resample"):
+    load("box")
 
 
 def test_unequal_drawer_counts_are_named(tmp_path):

@@ -197,6 +197,7 @@ def test_checkpoint_fingerprints_of_older_runs_still_match():
   assert fingerprint(TrainArgs(dataset="omniglot", algo="reptile", inner_optimizer="adam", carry_inner_state=True,
                                downsample="stride")) == "32cca90eaab2439b"
   assert fingerprint(TrainArgs(dataset="omniglot", conv_features="mean")) != fingerprint(TrainArgs(dataset="omniglot"))
+  assert fingerprint(TrainArgs(dataset="omniglot", resample="nearest")) != fingerprint(TrainArgs(dataset="omniglot"))
 
 
 def test_a_run_saved_before_an_option_existed_resumes_with_its_old_value(tmp_path, capsys):

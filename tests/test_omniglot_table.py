@@ -53,6 +53,16 @@ def test_only_20_way_maml_takes_finn_et_al_s_inner_step_and_the_others_name_the_
     assert (table.INNER_STEP_DIFFERENCE in differences) == (inner_lr != 2.0)  # their step on the mean loss: 2.0
 
 
+@pytest.mark.parametrize("algo", sorted(table.PAPER))
+def test_protonet_shrinks_images_as_its_code_and_the_other_coded_papers_name_the_difference(algo):
+  for ways, shots in table.CELLS:
+    settings, differences = table.protocol(algo, ways, shots)
+    nearest = settings.get("resample") == "nearest"
+    assert nearest == (algo == "protonet")
+    # Matching networks published no code; every other paper's code shrank the 1-bit PNGs with Pillow.
+    assert (table.RESAMPLE_DIFFERENCE in differences) == (not nearest and not algo.startswith("matching"))
+
+
 def _save_source(ns: argparse.Namespace, **changes) -> Path:
   """A run directory of ``ns``'s model cell holding only the ``run.json`` it would be trained with."""
   source_ns = argparse.Namespace(**{**vars(ns), "shots": ns.model_shots})

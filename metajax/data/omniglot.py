@@ -76,27 +76,29 @@ def _odd_character(chars: dict[str, list]) -> str:
   return f"{odd} has {len(files)} where the others have {usual}{detail}"
 
 
-def _decode_source(source: Path, size: int) -> dict[str, np.ndarray]:
+def _decode_source(source: Path, size: int, resample: imgs.Resample) -> dict[str, np.ndarray]:
   chars = _character_files(source)
   names = sorted(chars)
   counts = {len(chars[n]) for n in names}
   if len(counts) != 1:
     raise ValueError(f"{source}: characters have different numbers of drawings {sorted(counts)}; "
                      + _odd_character(chars))
-  array = np.stack([np.stack([imgs.decode(data, name, (size, size), "L")
+  array = np.stack([np.stack([imgs.decode(data, name, (size, size), "L", resample)
                               for name, data in sorted(chars[n])]) for n in names])
   return {"images": array, "names": np.array(names)}
 
 
 def load_source(source: str | os.PathLike, image_size: int = 28,
-                cache_dir: Optional[str | os.PathLike] = None) -> ImageClasses:
+                cache_dir: Optional[str | os.PathLike] = None, resample: imgs.Resample = "lanczos") -> ImageClasses:
   """All characters of one zip or folder, unrotated: ``images (chars, drawers, s, s)``."""
   source = Path(source)
   if not source.exists():
     raise FileNotFoundError(f"Omniglot source {str(source)!r} does not exist")
-  key = {"source": imgs.source_fingerprint(source), "size": image_size, "version": 1}
+  if resample not in imgs.RESAMPLES:
+    raise ValueError(f"Omniglot: unknown resample {resample!r}; choose one of {imgs.RESAMPLES}")
+  key = {"source": imgs.source_fingerprint(source), "size": image_size, "resample": resample, "version": 1}
   arrays = imgs.cached(imgs.cache_dir(cache_dir), "omniglot", key,
-                       lambda: _decode_source(source, image_size))
+                       lambda: _decode_source(source, image_size, resample))
   return ImageClasses(arrays["images"], arrays["names"])
 
 
@@ -121,7 +123,7 @@ def alphabet_ids(classes: ImageClasses) -> np.ndarray:
 
 
 def load(split: str = "trainval", data_dir: Optional[str | os.PathLike] = None, *,
-         image_size: int = 28, rotations: bool = True,
+         image_size: int = 28, rotations: bool = True, resample: imgs.Resample = "lanczos",
          cache_dir: Optional[str | os.PathLike] = None) -> ImageClasses:
   """Loads an Omniglot split as ``ImageClasses`` (``images (classes, 20, s, s)`` uint8).
 
@@ -133,12 +135,16 @@ def load(split: str = "trainval", data_dir: Optional[str | os.PathLike] = None, 
     image_size: side of the square output images.
     rotations: for Lake sets, add 90/180/270° rotations as classes (Vinyals
       split files list their rotations themselves).
+    resample: how the 105×105 1-bit drawings shrink: ``"lanczos"`` (grey levels) or
+      ``"nearest"``, black and white, as the MAML, ProtoNet, Reptile and Relation network
+      codes had them (Pillow resizes 1-bit images with nearest neighbours whatever filter
+      is asked for).
     cache_dir: where decoded arrays are cached (default ``$METAJAX_CACHE`` or
       ``~/.cache/metajax``).
   """
   root = resolve_data_dir(data_dir, ("omniglot",))
   if split in LAKE_SPLITS:
-    base = load_source(_find_source(root, f"images_{split}"), image_size, cache_dir)
+    base = load_source(_find_source(root, f"images_{split}"), image_size, cache_dir, resample)
     angles = ROTATIONS if rotations else (0,)
     images = np.concatenate([rotate(base.images, a) for a in angles])
     names = np.array([f"{n}/rot{a:03d}" for a in angles for n in base.names])
@@ -151,7 +157,7 @@ def load(split: str = "trainval", data_dir: Optional[str | os.PathLike] = None, 
   lines = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
   table: dict[str, np.ndarray] = {}
   for name in ("background", "evaluation"):
-    part = load_source(_find_source(root, f"images_{name}"), image_size, cache_dir)
+    part = load_source(_find_source(root, f"images_{name}"), image_size, cache_dir, resample)
     table.update(zip(part.names.tolist(), part.images))
   out = []
   for line in lines:

@@ -6,6 +6,7 @@ from typing import Literal, Optional, get_args, get_origin, get_type_hints
 
 from metajax.core.meta import TaskStrategy
 from metajax.core.validate import check_finite_number, check_nonnegative_int, check_positive_int
+from metajax.data.images import Resample
 from metajax.learners import registry
 from metajax.learners.gradient import CarryMode, check_carry_mode
 from metajax.models.conv4 import Downsample, VectorFeatures
@@ -84,6 +85,7 @@ class TrainArgs:
   eval_inner_steps: Optional[int] = None
   train_split: Optional[str] = None
   eval_split: Optional[str] = None
+  resample: Resample = "lanczos"
   seed: int = 0
   chunk: Optional[int] = None
   task_strategy: TaskStrategy = "auto"
@@ -102,6 +104,8 @@ class TrainArgs:
     for name, choices in CHOICES.items():
       if getattr(self, name) not in choices:
         raise ValueError(f"--{name.replace('_', '-')}: unknown value {getattr(self, name)!r}; choose one of {choices}")
+    if self.resample != "lanczos" and self.dataset != "omniglot":
+      raise ValueError(f"--resample {self.resample}: only Omniglot's images are resized by this option")
     entry = registry.get(self.algo)
     if entry.classification_only and self.dataset == "sinusoid":
       raise ValueError(f"{self.algo} is a classifier; use it with --dataset omniglot")
@@ -167,7 +171,7 @@ def check_splits_exist(dataset: str, **splits: Optional[str]) -> None:
 
 # Options added after run directories were first saved, with the value a run.json that lacks one had.
 # Checkpoint fingerprints leave them out at those values, so older runs still resume.
-LATER_OPTIONS = {"conv_features": "flatten", "carry_mode": "mean"}
+LATER_OPTIONS = {"conv_features": "flatten", "carry_mode": "mean", "resample": "lanczos"}
 # Options that may differ between a run and its resumption (everything else must match).
 RESUMABLE_CHANGES = ("steps", "resume", "devices", "eval_tasks", "eval_queries", "eval_inner_steps", "out_dir",
                      "data_dir", "checkpoint_every", "keep_checkpoints", "val_every", "val_tasks")

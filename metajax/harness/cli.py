@@ -68,6 +68,9 @@ HELP = {
     "train_split": "split meta-trained on (Omniglot, Vinyals: train, val, trainval, test; Lake: background, "
                    "evaluation, background_small1, background_small2; the other image sets: train, val, test)",
     "eval_split": "split evaluated (and validated) on",
+    "resample": "how Omniglot's 105x105 drawings shrink: lanczos (grey levels), or nearest (black and white, "
+                "as the MAML, ProtoNet, Reptile and Relation network codes had them: Pillow resizes 1-bit "
+                "images with nearest neighbours whatever filter is asked for)",
     "seed": "PRNG seed (initialisation, task sampling)",
     "chunk": "meta-steps fused into one compiled call",
     "task_strategy": "how the task axis runs: auto, vmap, map or unroll",

@@ -104,10 +104,13 @@ def build(args: TrainArgs) -> Problem:
                                   queries=args.queries)
     eval_tasks = lambda key, n, queries=args.eval_queries: sinusoid.sample(key, n, args.shots, queries)
     return _problem(args, (1,), False, sample_fn, None, eval_tasks)
-  train = LOADERS[args.dataset](args.train_split, args.data_dir)
+  loader = LOADERS[args.dataset]
+  if args.dataset == "omniglot":
+    loader = functools.partial(loader, resample=args.resample)
+  train = loader(args.train_split, args.data_dir)
   episodes.check_episode_shape(*train.images.shape[:2], args.train_ways, args.train_shots, args.queries,
                                train.counts)  # before the test split is decoded
-  test = LOADERS[args.dataset](args.eval_split, args.data_dir)
+  test = loader(args.eval_split, args.data_dir)
   episodes.check_episode_shape(*test.images.shape[:2], args.ways, args.shots, args.eval_queries, test.counts)
   sample_fn = functools.partial(episodes.sample, num_tasks=args.meta_batch, ways=args.train_ways,
                                 shots=args.train_shots, queries=args.queries, counts=train.counts)
