@@ -91,6 +91,8 @@ WITHIN_CI = ("protonet", "relation")
 # Lanczos, with which their rows and the runs still going were trained.
 RESAMPLE_DIFFERENCE = ("images shrunk with Lanczos, grey levels (their code: black and white, nearest neighbours, "
                        "as Pillow resizes 1-bit PNGs whatever filter is asked for)")
+INVERT_DIFFERENCE = ("strokes dark on light, 0 on 1 (their code inverts the images, 1 on 0; inverted, the FOMAML "
+                     "20w1s curve was the same within noise: benchmarks/probes/omniglot_fomaml_network.py invert)")
 INNER_STEP_DIFFERENCE = (
     "their inner learning rate on the mean cross-entropy, so 1/ways of their inner step (their loss sums the "
     "support's per-example losses divided by the shots: on the mean, their rate is update_lr x ways, 2.0 at 5- and "
@@ -126,7 +128,7 @@ def protocol(algo: str, ways: int, shots: int) -> tuple[dict, list[str]]:
              "with theirs, the FOMAML 20w1s curve was the same within noise: "
              "benchmarks/probes/omniglot_fomaml_network.py xavier)",
              "the Vinyals characters (theirs: 1,100 drawn at random to train on, the last 423 to test on)",
-             RESAMPLE_DIFFERENCE]
+             RESAMPLE_DIFFERENCE, INVERT_DIFFERENCE]
             + ([INNER_STEP_DIFFERENCE] if inner_lr == update_lr else []))
   if algo == "reptile":  # Nichol et al. 2018, appendix A and their run_omniglot.py commands (transductive)
     five = ways == 5
@@ -149,7 +151,8 @@ def protocol(algo: str, ways: int, shots: int) -> tuple[dict, list[str]]:
              "the training characters when the validation loss has not fallen for 20,000 episodes, then trains "
              "again on both for the best episode count plus 20,000)",
              "BatchNorm normalises each test task with its own statistics, support and query together (their "
-             "code tests with the running averages of training)"])
+             "code tests with the running averages of training; with population statistics the 20w5s model scored "
+             "the same: benchmarks/probes/protonet_population_bn.py)", INVERT_DIFFERENCE])
   if algo in ("matching", "matching-fce"):  # Vinyals et al. 2016
     return (dict(meta_batch=8, queries=15, steps=40_000),
             (["no full-context embeddings (the matching-fce row has them)"] if algo == "matching" else []) +

@@ -54,13 +54,15 @@ def test_only_20_way_maml_takes_finn_et_al_s_inner_step_and_the_others_name_the_
 
 
 @pytest.mark.parametrize("algo", sorted(table.PAPER))
-def test_protonet_shrinks_images_as_its_code_and_the_other_coded_papers_name_the_difference(algo):
+def test_protonet_shrinks_images_as_its_code_and_each_protocol_names_its_papers_other_image_differences(algo):
   for ways, shots in table.CELLS:
     settings, differences = table.protocol(algo, ways, shots)
     nearest = settings.get("resample") == "nearest"
     assert nearest == (algo == "protonet")
     # Matching networks published no code; every other paper's code shrank the 1-bit PNGs with Pillow.
     assert (table.RESAMPLE_DIFFERENCE in differences) == (not nearest and not algo.startswith("matching"))
+    # MAML's and ProtoNet's codes invert the images (1.0 - image); Reptile's and the Relation network's do not.
+    assert (table.INVERT_DIFFERENCE in differences) == (algo in ("maml", "fomaml", "protonet"))
 
 
 def _save_source(ns: argparse.Namespace, **changes) -> Path:
