@@ -83,8 +83,6 @@ CURVE_QUERIES = 15  # queries per class of every learning curve's tasks (and of 
 # Issue 14's targets: these learners at their paper's number within the CI; the others within
 # 1 point at 5-way and 3 at 20-way.
 WITHIN_CI = ("protonet", "relation")
-# Finn et al.'s inner loss is the support set's per-example cross-entropy over update_batch_size, summed by
-# tf.gradients: ``ways`` times the mean cross-entropy of every learner here.
 # Every paper's code here shrinks Omniglot's 1-bit PNGs with Pillow, which resizes 1-bit images with nearest
 # neighbours whatever filter is asked for (MAML's resize_images.py asks for Lanczos; the Relation network
 # reads MAML's resized images). ProtoNet's protocol resizes so (--resample nearest); the other protocols keep
@@ -93,6 +91,8 @@ RESAMPLE_DIFFERENCE = ("images shrunk with Lanczos, grey levels (their code: bla
                        "as Pillow resizes 1-bit PNGs whatever filter is asked for)")
 INVERT_DIFFERENCE = ("strokes dark on light, 0 on 1 (their code inverts the images, 1 on 0; inverted, the FOMAML "
                      "20w1s curve was the same within noise: benchmarks/probes/omniglot_fomaml_network.py invert)")
+# Finn et al.'s inner loss is the support set's per-example cross-entropy over update_batch_size, summed by
+# tf.gradients: ``ways`` times the mean cross-entropy of every learner here.
 INNER_STEP_DIFFERENCE = (
     "their inner learning rate on the mean cross-entropy, so 1/ways of their inner step (their loss sums the "
     "support's per-example losses divided by the shots: on the mean, their rate is update_lr x ways, 2.0 at 5- and "

@@ -149,6 +149,8 @@ def test_nearest_resample_keeps_a_drawing_black_and_white_as_pillow_resizes_it(t
   assert len(np.unique(lanczos)) > 10
   with pytest.raises(ValueError, match="unknown resample 'bilinear'"):
     imgs.fit(drawing, (28, 28), "L", "bilinear")
+  with pytest.raises(ValueError, match="^unknown resample 'box'"):  # not "x.png: not a readable image"
+    imgs.decode(b"", "x.png", (28, 28), "L", "box")
 
 
 def test_omniglot_resample_is_part_of_the_cache_key(tmp_path):

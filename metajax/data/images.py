@@ -78,6 +78,12 @@ def is_image_name(name: str) -> bool:
   return name.lower().endswith(IMAGE_SUFFIXES)
 
 
+def check_resample(resample: Resample) -> None:
+  """A ``ValueError`` naming the choices unless ``resample`` is one of :data:`RESAMPLES`."""
+  if resample not in RESAMPLES:
+    raise ValueError(f"unknown resample {resample!r}; choose one of {RESAMPLES}")
+
+
 def decode(data: bytes, name: str, size: tuple[int, int], mode: Literal["L", "RGB"],
            resample: Resample = "lanczos") -> np.ndarray:
   """Decodes image bytes to ``(h, w)`` (mode ``"L"``) or ``(h, w, 3)`` (``"RGB"``) uint8, resized
@@ -88,6 +94,7 @@ def decode(data: bytes, name: str, size: tuple[int, int], mode: Literal["L", "RG
   """
   from PIL import Image, UnidentifiedImageError
 
+  check_resample(resample)
   try:
     with Image.open(io.BytesIO(data)) as img:
       img.load()
@@ -105,8 +112,7 @@ def fit(img: PILImage.Image, size: tuple[int, int], mode: Literal["L", "RGB"],
   """
   from PIL import Image
 
-  if resample not in RESAMPLES:
-    raise ValueError(f"unknown resample {resample!r}; choose one of {RESAMPLES}")
+  check_resample(resample)
   img = img.convert(mode)
   if img.size != (size[1], size[0]):
     method = Image.Resampling.LANCZOS if resample == "lanczos" else Image.Resampling.NEAREST

@@ -94,8 +94,7 @@ def load_source(source: str | os.PathLike, image_size: int = 28,
   source = Path(source)
   if not source.exists():
     raise FileNotFoundError(f"Omniglot source {str(source)!r} does not exist")
-  if resample not in imgs.RESAMPLES:
-    raise ValueError(f"Omniglot: unknown resample {resample!r}; choose one of {imgs.RESAMPLES}")
+  imgs.check_resample(resample)
   key = {"source": imgs.source_fingerprint(source), "size": image_size, "resample": resample, "version": 1}
   arrays = imgs.cached(imgs.cache_dir(cache_dir), "omniglot", key,
                        lambda: _decode_source(source, image_size, resample))
