@@ -185,7 +185,7 @@ def test_queries(algo: str, shots: int) -> int:
   return 1 if algo == "reptile" else CURVE_QUERIES
 
 
-def lake_eval_tasks(data_dir: str, ways: int, shots: int, resample: Resample = "lanczos"):
+def lake_eval_tasks(data_dir: str, ways: int, shots: int, resample: Resample):
   """``(key, n, queries=CURVE_QUERIES) -> Task`` batch from images_evaluation without rotations,
   each task's classes from one alphabet (Lake et al.'s within-alphabet one-shot setting)."""
   test = omniglot.load("evaluation", data_dir, rotations=False, resample=resample)
@@ -194,7 +194,7 @@ def lake_eval_tasks(data_dir: str, ways: int, shots: int, resample: Resample = "
                                                                queries=queries, groups=groups)
 
 
-def _on_split(problem: Problem, ns: argparse.Namespace, resample: Resample = "lanczos") -> Problem:
+def _on_split(problem: Problem, ns: argparse.Namespace, resample: Resample) -> Problem:
   """``problem`` with ``ns.split``'s test tasks (``build``'s are the Vinyals test split's), their
   images shrunk with ``resample`` (the run's)."""
   if ns.split == "lake":

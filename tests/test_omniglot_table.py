@@ -290,7 +290,7 @@ def test_a_test_draws_the_split_problems_test_tasks_with_the_papers_queries(tmp_
   drawn = []
   fields = dict.fromkeys(table.Problem._fields)
   problem = table.Problem(**{**fields, "eval_tasks": lambda key, n, queries=15: drawn.append((key, n, queries))})
-  vinyals = table._on_split(problem, _ns(tmp_path))
+  vinyals = table._on_split(problem, _ns(tmp_path), "lanczos")
   assert vinyals is problem  # build's test tasks are the Vinyals split's
   table._with_queries(vinyals, 1).eval_tasks("key", 600)
   vinyals.eval_tasks("key", 100)
