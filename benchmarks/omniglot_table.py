@@ -91,6 +91,12 @@ RESAMPLE_DIFFERENCE = ("images shrunk with Lanczos, grey levels (their code: bla
                        "as Pillow resizes 1-bit PNGs whatever filter is asked for)")
 INVERT_DIFFERENCE = ("strokes dark on light, 0 on 1 (their code inverts the images, 1 on 0; inverted, the FOMAML "
                      "20w1s curve was the same within noise: benchmarks/probes/omniglot_fomaml_network.py invert)")
+TORCH_INIT_DIFFERENCE = ("conv kernels start LeCun-normal, std 1/sqrt(fan-in) (their code: PyTorch's default, "
+                         "uniform on +-1/sqrt(fan-in), sqrt(3) smaller in std: --set conv_init=torch)")
+# The image and initialisation differences an ablation's ``--set`` can undo: the setting, and its value in the
+# paper's code.
+UNDONE_BY = {RESAMPLE_DIFFERENCE: ("resample", "nearest"), INVERT_DIFFERENCE: ("invert", True),
+             TORCH_INIT_DIFFERENCE: ("conv_init", "torch")}
 # Finn et al.'s inner loss is the support set's per-example cross-entropy over update_batch_size, summed by
 # tf.gradients: ``ways`` times the mean cross-entropy of every learner here.
 INNER_STEP_DIFFERENCE = (
@@ -152,7 +158,7 @@ def protocol(algo: str, ways: int, shots: int) -> tuple[dict, list[str]]:
              "again on both for the best episode count plus 20,000)",
              "BatchNorm normalises each test task with its own statistics, support and query together (their "
              "code tests with the running averages of training; with population statistics the 20w5s model scored "
-             "the same: benchmarks/probes/protonet_population_bn.py)", INVERT_DIFFERENCE])
+             "the same: benchmarks/probes/protonet_population_bn.py)", INVERT_DIFFERENCE, TORCH_INIT_DIFFERENCE])
   if algo in ("matching", "matching-fce"):  # Vinyals et al. 2016
     return (dict(meta_batch=8, queries=15, steps=40_000),
             (["no full-context embeddings (the matching-fce row has them)"] if algo == "matching" else []) +
@@ -185,20 +191,22 @@ def test_queries(algo: str, shots: int) -> int:
   return 1 if algo == "reptile" else CURVE_QUERIES
 
 
-def lake_eval_tasks(data_dir: str, ways: int, shots: int, resample: Resample):
+def lake_eval_tasks(data_dir: str, ways: int, shots: int, *, resample: Resample, invert: bool):
   """``(key, n, queries=CURVE_QUERIES) -> Task`` batch from images_evaluation without rotations,
-  each task's classes from one alphabet (Lake et al.'s within-alphabet one-shot setting)."""
-  test = omniglot.load("evaluation", data_dir, rotations=False, resample=resample)
+  each task's classes from one alphabet (Lake et al.'s within-alphabet one-shot setting), its
+  images made as the run's (``resample``, ``invert``)."""
+  test = omniglot.load("evaluation", data_dir, rotations=False, resample=resample, invert=invert)
   images, groups = jnp.asarray(test.images), jnp.asarray(omniglot.alphabet_ids(test))
   return lambda key, n, queries=CURVE_QUERIES: episodes.sample(key, images, num_tasks=n, ways=ways, shots=shots,
                                                                queries=queries, groups=groups)
 
 
-def _on_split(problem: Problem, ns: argparse.Namespace, resample: Resample) -> Problem:
+def _on_split(problem: Problem, ns: argparse.Namespace, args: TrainArgs) -> Problem:
   """``problem`` with ``ns.split``'s test tasks (``build``'s are the Vinyals test split's), their
-  images shrunk with ``resample`` (the run's)."""
+  images made as those of the run of ``args``."""
   if ns.split == "lake":
-    return problem._replace(eval_tasks=lake_eval_tasks(ns.data_dir, ns.ways, ns.shots, resample))
+    return problem._replace(eval_tasks=lake_eval_tasks(ns.data_dir, ns.ways, ns.shots, resample=args.resample,
+                                                       invert=args.invert))
   return problem
 
 
@@ -274,13 +282,19 @@ def _cell_args(ns: argparse.Namespace, settings: dict, **run: Any) -> TrainArgs:
     raise SystemExit(f"{_cell(ns, ns.shots)}: {err}") from err
 
 
-def run_cell(ns: argparse.Namespace) -> dict:
-  settings, differences = protocol(ns.algo, ns.ways, ns.shots)
-  overrides = _overrides(ns)
+def ablated(settings: dict, differences: list[str], overrides: dict[str, Any]) -> tuple[dict, list[str]]:
+  """A protocol's ``settings`` and ``differences`` under an ablation's ``overrides``: the differences they
+  undo (``UNDONE_BY``) dropped, one naming each override and the protocol's value added."""
   defaults = {f.name: f.default for f in dataclasses.fields(TrainArgs)}
-  differences = differences + [f"ablation: {k}={v!r} (the protocol's: {settings.get(k, defaults[k])!r})"
-                               for k, v in overrides.items()]
-  settings.update(overrides)
+  changed = [f"ablation: {k}={v!r} (the protocol's: {settings.get(k, defaults[k])!r})" for k, v in overrides.items()]
+  settings = {**settings, **overrides}
+  kept = [d for d in differences if d not in UNDONE_BY or settings.get(UNDONE_BY[d][0]) != UNDONE_BY[d][1]]
+  return settings, kept + changed
+
+
+def run_cell(ns: argparse.Namespace) -> dict:
+  overrides = _overrides(ns)
+  settings, differences = ablated(*protocol(ns.algo, ns.ways, ns.shots), overrides)
   if ns.steps is not None:
     settings["steps"] = ns.steps
   cell = _cell(ns, ns.shots)
@@ -291,7 +305,7 @@ def run_cell(ns: argparse.Namespace) -> dict:
   curve = _read_jsonl(curve_file)
   curve_tasks = _curve_tasks(curve, ns.curve_tasks)
   args = _cell_args(ns, settings, chunk=curve_every, out_dir=str(out_dir), resume=resume)
-  problem = _on_split(build(args), ns, args.resample)
+  problem = _on_split(build(args), ns, args)
   state, steps, train_time_s, curve = train_with_curve(
       args, problem, curve_tasks=curve_tasks, budget_minutes=ns.budget_minutes, wall_minutes=ns.wall_minutes,
       eval_chunk=ns.eval_chunk, curve=curve, label=cell,
@@ -471,7 +485,7 @@ def test_cell(ns: argparse.Namespace) -> dict:
                                     eval_inner_batch=settings.get("eval_inner_batch"))
   except checkpoint.CheckpointError as err:
     raise SystemExit(f"{source}: {err}; {train_again}") from err
-  problem = _on_split(problem, ns, args.resample)
+  problem = _on_split(problem, ns, args)
   steps = int(state.step)
   seconds = _trained_seconds(source, steps)
   if seconds is None:

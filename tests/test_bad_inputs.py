@@ -296,6 +296,9 @@ CLI_CASES = [
     (["train", "--resample", "bicubic"], "invalid choice: 'bicubic'"),
     (["train", "--dataset", "mini-imagenet", "--resample", "nearest"],
      "--resample nearest: only Omniglot's images are resized by this option"),
+    (["train", "--dataset", "cub", "--invert"], "--invert: only Omniglot's black-on-white drawings are inverted"),
+    (["train", "--conv-init", "torch"], "--conv-init torch: sets Conv4's kernels; sinusoid tasks use the MLP"),
+    (["train", "--conv-init", "xavier"], "invalid choice: 'xavier'"),
 ]
 
 
@@ -312,7 +315,7 @@ def test_train_args_string_options(name):
     TrainArgs(**{name: "bogus"})
 
 
-@pytest.mark.parametrize("name", ["carry_inner_state", "resume"])
+@pytest.mark.parametrize("name", ["carry_inner_state", "invert", "resume"])
 def test_train_args_switches_take_only_booleans(name):
   """A switch set from text (``omniglot_table.py --set carry_inner_state=yes``) is refused, not read as true."""
   with pytest.raises(ValueError, match=f"--{name.replace('_', '-')} is a switch: true or false, got 'yes'"):
@@ -320,7 +323,7 @@ def test_train_args_switches_take_only_booleans(name):
 
 
 def test_every_string_option_has_its_choices():
-  assert sorted(CHOICES) == ["carry_mode", "conv_features", "dataset", "downsample", "inner_optimizer",
+  assert sorted(CHOICES) == ["carry_mode", "conv_features", "conv_init", "dataset", "downsample", "inner_optimizer",
                              "outer_lr_decay", "outer_optimizer", "resample", "task_strategy"]
   assert set(CHOICES["dataset"]) == set(DATASET_DEFAULTS)
 

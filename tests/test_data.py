@@ -168,6 +168,19 @@ def test_omniglot_resample_is_part_of_the_cache_key(tmp_path):
     load("box")
 
 
+def test_omniglot_invert_turns_strokes_light_on_dark_from_the_same_cache(tmp_path):
+  for c, d in np.ndindex(2, 3):
+    path = tmp_path / "images_background" / "Alpha0" / f"character{c + 1:02d}" / f"{c}_{d + 1:02d}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _drawing(10 * c + d).save(path)
+  load = lambda invert: omniglot.load("background", tmp_path, invert=invert, cache_dir=tmp_path / "c")
+  plain, inverted = load(False), load(True)
+  assert len(list((tmp_path / "c").glob("omniglot-*.npz"))) == 1  # inverted after the cache, not a second one
+  np.testing.assert_array_equal(inverted.images, 255 - plain.images)
+  np.testing.assert_array_equal(inverted.names, plain.names)
+  assert plain.images.dtype == inverted.images.dtype == np.uint8 and plain.images.shape == (8, 3, 28, 28)
+
+
 def test_unequal_drawer_counts_are_named(tmp_path):
   root = _tree(tmp_path / "images_background")
   (root / "Alpha1" / "character03" / "12_04.png").unlink()

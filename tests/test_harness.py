@@ -198,6 +198,8 @@ def test_checkpoint_fingerprints_of_older_runs_still_match():
                                downsample="stride")) == "32cca90eaab2439b"
   assert fingerprint(TrainArgs(dataset="omniglot", conv_features="mean")) != fingerprint(TrainArgs(dataset="omniglot"))
   assert fingerprint(TrainArgs(dataset="omniglot", resample="nearest")) != fingerprint(TrainArgs(dataset="omniglot"))
+  assert fingerprint(TrainArgs(dataset="omniglot", invert=True)) != fingerprint(TrainArgs(dataset="omniglot"))
+  assert fingerprint(TrainArgs(dataset="omniglot", conv_init="torch")) != fingerprint(TrainArgs(dataset="omniglot"))
 
 
 def test_a_run_saved_before_an_option_existed_resumes_with_its_old_value(tmp_path, capsys):
@@ -237,6 +239,29 @@ def test_protonet_trains_on_train_ways_and_shots_and_evaluates_on_ways(tmp_path,
   assert set(np.unique(np.round(scores["accuracy"] * 75))) <= set(range(76))  # 5 ways x 15 queries each
   in_pieces = evaluate(problem, trained.state, 6, seed=0, chunk=4)  # image episodes: the same tasks
   np.testing.assert_array_equal(in_pieces["accuracy"], scores["accuracy"])
+
+
+def test_build_asks_the_loader_for_the_runs_images_and_starts_conv4_as_asked(monkeypatch):
+  from metajax.data.images import ImageClasses
+  from metajax.harness import problem
+  asked = []
+  images = np.random.default_rng(0).integers(0, 256, (12, 20, 28, 28), dtype=np.uint8)
+
+  def loader(split, data_dir, **options):
+    asked.append(options)
+    return ImageClasses(images, np.array([f"c{i}" for i in range(len(images))]))
+
+  monkeypatch.setitem(problem.LOADERS, "omniglot", loader)
+
+  def first_kernel(**options) -> np.ndarray:
+    state = problem.build(TrainArgs(dataset="omniglot", algo="protonet", train_ways=5, width=8, **options)).state
+    paths = jax.tree_util.tree_leaves_with_path(state.meta_params)
+    return next(np.asarray(v) for path, v in paths if "conv_0" in jax.tree_util.keystr(path)).ravel()
+
+  lecun, torch = first_kernel(), first_kernel(invert=True, resample="nearest", conv_init="torch")
+  assert asked == [dict(resample="lanczos", invert=False)] * 2 + [dict(resample="nearest", invert=True)] * 2
+  bound = 1 / 3  # 1/sqrt(fan_in) of the 3x3 kernels on one channel
+  assert lecun.shape == torch.shape == (9 * 8,) and np.abs(torch).max() <= bound < np.abs(lecun).max()
 
 
 def test_evaluation_tasks_do_not_depend_on_the_chunk_and_fewer_tasks_are_a_prefix():

@@ -16,7 +16,7 @@ import matplotlib.pyplot
 import numpy as np
 import pytest
 
-from metajax.harness.args import LATER_OPTIONS
+from metajax.harness.args import LATER_OPTIONS, TrainArgs
 from metajax.harness.run import RUN_FILE
 from tests.test_data import SHARED, needs_shared
 
@@ -63,6 +63,21 @@ def test_protonet_shrinks_images_as_its_code_and_each_protocol_names_its_papers_
     assert (table.RESAMPLE_DIFFERENCE in differences) == (not nearest and not algo.startswith("matching"))
     # MAML's and ProtoNet's codes invert the images (1.0 - image); Reptile's and the Relation network's do not.
     assert (table.INVERT_DIFFERENCE in differences) == (algo in ("maml", "fomaml", "protonet"))
+    # ProtoNet's code initialises its convs as PyTorch does; MAML's (Glorot) and Relation's (their own) name theirs.
+    assert (table.TORCH_INIT_DIFFERENCE in differences) == (algo == "protonet")
+
+
+def test_an_ablation_names_its_settings_and_drops_the_differences_it_undoes():
+  settings, differences = table.protocol("protonet", 20, 5)
+  ablated, now = table.ablated(settings, differences, {"invert": True, "conv_init": "torch", "outer_lr": 5e-4})
+  assert settings["resample"] == "nearest" and "invert" not in settings  # the protocol's own, untouched
+  assert (ablated["invert"], ablated["conv_init"], ablated["outer_lr"]) == (True, "torch", 5e-4)
+  assert now == [d for d in differences if d not in (table.INVERT_DIFFERENCE, table.TORCH_INIT_DIFFERENCE)] + [
+      "ablation: invert=True (the protocol's: False)", "ablation: conv_init='torch' (the protocol's: 'lecun')",
+      "ablation: outer_lr=0.0005 (the protocol's: 0.001)"]
+  settings, differences = table.protocol("maml", 5, 1)  # Lanczos by protocol: nearest undoes it, lanczos not
+  assert table.RESAMPLE_DIFFERENCE not in table.ablated(settings, differences, {"resample": "nearest"})[1]
+  assert table.RESAMPLE_DIFFERENCE in table.ablated(settings, differences, {"invert": True})[1]
 
 
 def _save_source(ns: argparse.Namespace, **changes) -> Path:
@@ -290,7 +305,7 @@ def test_a_test_draws_the_split_problems_test_tasks_with_the_papers_queries(tmp_
   drawn = []
   fields = dict.fromkeys(table.Problem._fields)
   problem = table.Problem(**{**fields, "eval_tasks": lambda key, n, queries=15: drawn.append((key, n, queries))})
-  vinyals = table._on_split(problem, _ns(tmp_path), "lanczos")
+  vinyals = table._on_split(problem, _ns(tmp_path), TrainArgs(dataset="omniglot"))
   assert vinyals is problem  # build's test tasks are the Vinyals split's
   table._with_queries(vinyals, 1).eval_tasks("key", 600)
   vinyals.eval_tasks("key", 100)
@@ -352,7 +367,6 @@ def test_a_run_directory_resumes_from_a_checkpoint_and_not_past_its_budget(tmp_p
 @needs_shared
 def test_a_parked_run_directory_unpacks_where_it_is_missing_and_restores_its_newest_state(tmp_path, monkeypatch):
   import jax
-  from metajax.harness.args import TrainArgs
   from metajax.harness.problem import build
   from metajax.harness.run import load_run, train
   monkeypatch.setenv("METAJAX_CACHE", str(tmp_path / "cache"))
@@ -489,7 +503,6 @@ def test_merge_passes_over_a_copys_unchanged_rows_tested_before_the_protocols_qu
 @needs_shared
 @pytest.mark.parametrize("stop", ["wall time", "SIGINT"])
 def test_a_wall_time_budget_or_sigint_stops_training_at_the_next_curve_point(stop, tmp_path, monkeypatch):
-  from metajax.harness.args import TrainArgs
   from metajax.harness.problem import build
   monkeypatch.setenv("METAJAX_CACHE", str(tmp_path / "cache"))
   args = TrainArgs(dataset="omniglot", data_dir=str(SHARED), algo="protonet", width=8, steps=6, chunk=2,

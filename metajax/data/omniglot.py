@@ -123,7 +123,7 @@ def alphabet_ids(classes: ImageClasses) -> np.ndarray:
 
 def load(split: str = "trainval", data_dir: Optional[str | os.PathLike] = None, *,
          image_size: int = 28, rotations: bool = True, resample: imgs.Resample = "lanczos",
-         cache_dir: Optional[str | os.PathLike] = None) -> ImageClasses:
+         invert: bool = False, cache_dir: Optional[str | os.PathLike] = None) -> ImageClasses:
   """Loads an Omniglot split as ``ImageClasses`` (``images (classes, 20, s, s)`` uint8).
 
   Args:
@@ -138,6 +138,9 @@ def load(split: str = "trainval", data_dir: Optional[str | os.PathLike] = None, 
       ``"nearest"``, black and white, as the MAML, ProtoNet, Reptile and Relation network
       codes had them (Pillow resizes 1-bit images with nearest neighbours whatever filter
       is asked for).
+    invert: strokes 255 on a 0 background (``255 - image``: the ``1.0 - image`` of MAML's
+      and ProtoNet's codes, strokes 1 on 0 after scaling), instead of the PNGs' dark
+      strokes on white.
     cache_dir: where decoded arrays are cached (default ``$METAJAX_CACHE`` or
       ``~/.cache/metajax``).
   """
@@ -147,7 +150,7 @@ def load(split: str = "trainval", data_dir: Optional[str | os.PathLike] = None, 
     angles = ROTATIONS if rotations else (0,)
     images = np.concatenate([rotate(base.images, a) for a in angles])
     names = np.array([f"{n}/rot{a:03d}" for a in angles for n in base.names])
-    return ImageClasses(np.ascontiguousarray(images), names)
+    return _inverted(ImageClasses(np.ascontiguousarray(images), names), invert)
   if split not in VINYALS_SPLITS:
     raise ValueError(f"unknown Omniglot split {split!r}; choose one of {VINYALS_SPLITS + LAKE_SPLITS}")
   split_file = root / "splits" / "vinyals" / f"{split}.txt"
@@ -164,4 +167,9 @@ def load(split: str = "trainval", data_dir: Optional[str | os.PathLike] = None, 
     if character not in table or not rot.startswith("rot"):
       raise ValueError(f"{split_file}: line {line!r} names no known character/rotation")
     out.append(rotate(table[character], int(rot[3:])))
-  return ImageClasses(np.ascontiguousarray(np.stack(out)), np.array(lines))
+  return _inverted(ImageClasses(np.ascontiguousarray(np.stack(out)), np.array(lines)), invert)
+
+
+def _inverted(classes: ImageClasses, invert: bool) -> ImageClasses:
+  """``classes`` with its uint8 images inverted (``255 - image``) when ``invert``."""
+  return classes._replace(images=255 - classes.images) if invert else classes

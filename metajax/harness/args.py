@@ -9,7 +9,7 @@ from metajax.core.validate import check_finite_number, check_nonnegative_int, ch
 from metajax.data.images import Resample
 from metajax.learners import registry
 from metajax.learners.gradient import CarryMode, check_carry_mode
-from metajax.models.conv4 import Downsample, VectorFeatures
+from metajax.models.conv4 import ConvInit, Downsample, VectorFeatures
 
 Dataset = Literal["sinusoid", "omniglot", "mini-imagenet", "cifar-fs", "fc100", "tiered-imagenet", "cub"]
 InnerOptimizer = Literal["sgd", "adam"]
@@ -80,12 +80,14 @@ class TrainArgs:
   width: Optional[int] = None
   downsample: Downsample = "max_pool"
   conv_features: VectorFeatures = "flatten"
+  conv_init: ConvInit = "lecun"
   eval_tasks: Optional[int] = None
   eval_queries: Optional[int] = None
   eval_inner_steps: Optional[int] = None
   train_split: Optional[str] = None
   eval_split: Optional[str] = None
   resample: Resample = "lanczos"
+  invert: bool = False
   seed: int = 0
   chunk: Optional[int] = None
   task_strategy: TaskStrategy = "auto"
@@ -106,6 +108,10 @@ class TrainArgs:
         raise ValueError(f"--{name.replace('_', '-')}: unknown value {getattr(self, name)!r}; choose one of {choices}")
     if self.resample != "lanczos" and self.dataset != "omniglot":
       raise ValueError(f"--resample {self.resample}: only Omniglot's images are resized by this option")
+    if self.invert and self.dataset != "omniglot":
+      raise ValueError("--invert: only Omniglot's black-on-white drawings are inverted by this option")
+    if self.conv_init != "lecun" and self.dataset == "sinusoid":
+      raise ValueError(f"--conv-init {self.conv_init}: sets Conv4's kernels; sinusoid tasks use the MLP")
     entry = registry.get(self.algo)
     if entry.classification_only and self.dataset == "sinusoid":
       raise ValueError(f"{self.algo} is a classifier; use it with --dataset omniglot")
@@ -171,7 +177,8 @@ def check_splits_exist(dataset: str, **splits: Optional[str]) -> None:
 
 # Options added after run directories were first saved, with the value a run.json that lacks one had.
 # Checkpoint fingerprints leave them out at those values, so older runs still resume.
-LATER_OPTIONS = {"conv_features": "flatten", "carry_mode": "mean", "resample": "lanczos"}
+LATER_OPTIONS = {"conv_features": "flatten", "carry_mode": "mean", "resample": "lanczos", "conv_init": "lecun",
+                 "invert": False}
 # Options that may differ between a run and its resumption (everything else must match).
 RESUMABLE_CHANGES = ("steps", "resume", "devices", "eval_tasks", "eval_queries", "eval_inner_steps", "out_dir",
                      "data_dir", "checkpoint_every", "keep_checkpoints", "val_every", "val_tasks")

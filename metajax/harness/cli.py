@@ -60,6 +60,8 @@ HELP = {
     "conv_features": "how Conv4's last feature maps become vectors (the head's input, or the metric learners' "
                      "embedding; image datasets): flatten, or mean (averaged over space: MAML's Omniglot code; "
                      "the same on max-pooled 28x28 inputs); relation compares the maps and refuses mean",
+    "conv_init": "how Conv4's kernels start (image datasets): lecun (LeCun normal, flax's default), or torch "
+                 "(PyTorch's Conv2d default, uniform on +-1/sqrt(fan-in): ProtoNet's code)",
     "eval_tasks": "new tasks in the final evaluation",
     "eval_queries": "query examples per evaluation task (per class). Batch-statistics BatchNorm normalises "
                     "them together, so accuracy depends on it: MAML's code tests with --shots, as it trains, "
@@ -71,6 +73,8 @@ HELP = {
     "resample": "how Omniglot's 105x105 drawings shrink: lanczos (grey levels), or nearest (black and white, "
                 "as the MAML, ProtoNet, Reptile and Relation network codes had them: Pillow resizes 1-bit "
                 "images with nearest neighbours whatever filter is asked for)",
+    "invert": "invert Omniglot's images: strokes 1 on a 0 background (MAML's and ProtoNet's codes, 1.0 - image; "
+              "default: 0 on 1, as the PNGs)",
     "seed": "PRNG seed (initialisation, task sampling)",
     "chunk": "meta-steps fused into one compiled call",
     "task_strategy": "how the task axis runs: auto, vmap, map or unroll",

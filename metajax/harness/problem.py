@@ -83,7 +83,7 @@ def _problem(args: TrainArgs, x_shape: tuple, classes: bool, sample_fn: Callable
 
   def make(ways):
     setup = registry.Setup(x_shape=x_shape, ways=ways, width=args.width, downsample=args.downsample,
-                           conv_features=args.conv_features,
+                           conv_features=args.conv_features, conv_init=args.conv_init,
                            inner_steps=args.inner_steps, inner_lr=args.inner_lr,
                            eval_inner_steps=args.eval_inner_steps, inner_optimizer=inner_optimizer(args),
                            inner_batch_size=args.inner_batch, eval_inner_batch_size=args.eval_inner_batch,
@@ -106,7 +106,7 @@ def build(args: TrainArgs) -> Problem:
     return _problem(args, (1,), False, sample_fn, None, eval_tasks)
   loader = LOADERS[args.dataset]
   if args.dataset == "omniglot":
-    loader = functools.partial(loader, resample=args.resample)
+    loader = functools.partial(loader, resample=args.resample, invert=args.invert)
   train = loader(args.train_split, args.data_dir)
   episodes.check_episode_shape(*train.images.shape[:2], args.train_ways, args.train_shots, args.queries,
                                train.counts)  # before the test split is decoded

@@ -26,7 +26,7 @@ from metajax.learners import gradient, implicit, learned_opt, metric, recurrent
 from metajax.learners.forward import accuracy_metrics
 from metajax.learners.gradient import CarryMode, check_carry_mode
 from metajax.models import MLP, Conv4, RelationModule, functional
-from metajax.models.conv4 import DOWNSAMPLES, VECTOR_FEATURES, Downsample, VectorFeatures
+from metajax.models.conv4 import CONV_INITS, DOWNSAMPLES, VECTOR_FEATURES, ConvInit, Downsample, VectorFeatures
 
 PyTree = Any
 Build = Callable[["Setup", jax.Array], tuple[MetaLearner, PyTree]]
@@ -46,6 +46,8 @@ class Setup:
       learners' embedding), ``"flatten"`` or ``"mean"`` over space
       (:class:`~metajax.models.Conv4`'s ``features``); learners with ``Entry.feature_maps``
       compare the maps themselves, and their builds refuse ``"mean"``.
+    conv_init: how the Conv4 kernels start, ``"lecun"`` or ``"torch"``
+      (:func:`~metajax.models.conv4.conv_kernel_init`).
     inner_steps: inner steps (the Meta-LSTM's updates; the learned optimizer's horizon).
     inner_lr: inner learning rate (initial value when learned).
     eval_inner_steps: inner steps at evaluation (default ``inner_steps``).
@@ -65,6 +67,7 @@ class Setup:
   width: int = 64
   downsample: Downsample = "max_pool"
   conv_features: VectorFeatures = "flatten"
+  conv_init: ConvInit = "lecun"
   inner_steps: int = 1
   inner_lr: float = 0.01
   eval_inner_steps: Optional[int] = None
@@ -83,6 +86,10 @@ class Setup:
       raise ValueError(f"Setup: unknown downsample {self.downsample!r}; choose one of {DOWNSAMPLES}")
     if self.conv_features not in VECTOR_FEATURES:
       raise ValueError(f"Setup: unknown conv_features {self.conv_features!r}; choose one of {VECTOR_FEATURES}")
+    if self.conv_init not in CONV_INITS:
+      raise ValueError(f"Setup: unknown conv_init {self.conv_init!r}; choose one of {CONV_INITS}")
+    if self.conv_init != "lecun" and not self.images:
+      raise ValueError(f"Setup: conv_init {self.conv_init!r} sets Conv4's kernels; x_shape {self.x_shape} is not an image")
     check_carry_mode(self.carry_mode, self.carry_inner_state, "Setup: ")
 
   @property
@@ -98,7 +105,7 @@ class Setup:
     for vectors (``None`` without ``head``: the input is its own feature vector)."""
     if self.images:
       return Conv4(num_classes=self.ways if head else None, width=self.width, downsample=self.downsample,
-                   features=self.conv_features)
+                   features=self.conv_features, conv_init=self.conv_init)
     return MLP(hidden=(40, 40), out=self.ways or 1) if head else None
 
   def embedding(self) -> nn.Module:
@@ -235,7 +242,7 @@ def _metric(factory: Callable[..., MetaLearner], fce: bool = False) -> Build:
       return factory(embed_fn, setup.ways, fce_fn=fce_fn, **common), {"embed": params, "fce": fce_params}
     if setup.images:
       embed = Conv4(num_classes=None, width=setup.width, pooled_blocks=2, features="maps",
-                    downsample=setup.downsample)
+                    downsample=setup.downsample, conv_init=setup.conv_init)
       relation = RelationModule(width=setup.width)
     else:
       embed, relation = setup.embedding(), MLP(hidden=(8,), out=1)
