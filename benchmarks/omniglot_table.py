@@ -91,12 +91,13 @@ RESAMPLE_DIFFERENCE = ("images shrunk with Lanczos, grey levels (their code: bla
                        "as Pillow resizes 1-bit PNGs whatever filter is asked for)")
 INVERT_DIFFERENCE = ("strokes dark on light, 0 on 1 (their code inverts the images, 1 on 0; inverted, the FOMAML "
                      "20w1s curve was the same within noise: benchmarks/probes/omniglot_fomaml_network.py invert)")
-TORCH_INIT_DIFFERENCE = ("conv kernels start LeCun-normal, std 1/sqrt(fan-in) (their code: PyTorch's default, "
-                         "uniform on +-1/sqrt(fan-in), sqrt(3) smaller in std: --set conv_init=torch)")
+TORCH_INIT_DIFFERENCE = ("conv kernels start LeCun-normal, std 1/sqrt(fan-in), BatchNorm scales at 1 (their code, "
+                         "on PyTorch before 1.0: kernels uniform on +-1/sqrt(fan-in), sqrt(3) smaller in std, scales "
+                         "from U(0, 1): --set conv_init=torch_legacy)")
 # The image and initialisation differences an ablation's ``--set`` can undo: the setting, and its value in the
 # paper's code.
 UNDONE_BY = {RESAMPLE_DIFFERENCE: ("resample", "nearest"), INVERT_DIFFERENCE: ("invert", True),
-             TORCH_INIT_DIFFERENCE: ("conv_init", "torch")}
+             TORCH_INIT_DIFFERENCE: ("conv_init", "torch_legacy")}
 # Finn et al.'s inner loss is the support set's per-example cross-entropy over update_batch_size, summed by
 # tf.gradients: ``ways`` times the mean cross-entropy of every learner here.
 INNER_STEP_DIFFERENCE = (

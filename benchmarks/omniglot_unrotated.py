@@ -41,7 +41,7 @@ def main() -> None:
   if (dataset, train_split, eval_split) != ("omniglot", "trainval", "test"):
     raise SystemExit(f"{ns.run_dir} is a {dataset} run on {train_split}/{eval_split}; this compares tests "
                      "of an Omniglot run on the Vinyals trainval/test split")
-  test = omniglot.load("test", ns.data_dir)
+  test = omniglot.load("test", ns.data_dir, resample=saved["resample"], invert=saved["invert"])  # as it trained
   upright = np.char.endswith(test.names.astype(str), "/rot000")
   characters = jnp.asarray(test.images[upright])
   rows = []

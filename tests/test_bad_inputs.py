@@ -297,7 +297,7 @@ CLI_CASES = [
     (["train", "--dataset", "mini-imagenet", "--resample", "nearest"],
      "--resample nearest: only Omniglot's images are resized by this option"),
     (["train", "--dataset", "cub", "--invert"], "--invert: only Omniglot's black-on-white drawings are inverted"),
-    (["train", "--conv-init", "torch"], "--conv-init torch: sets Conv4's kernels; sinusoid tasks use the MLP"),
+    (["train", "--conv-init", "torch"], "--conv-init torch: starts Conv4's blocks; sinusoid tasks use the MLP"),
     (["train", "--conv-init", "xavier"], "invalid choice: 'xavier'"),
 ]
 

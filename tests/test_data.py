@@ -179,6 +179,8 @@ def test_omniglot_invert_turns_strokes_light_on_dark_from_the_same_cache(tmp_pat
   np.testing.assert_array_equal(inverted.images, 255 - plain.images)
   np.testing.assert_array_equal(inverted.names, plain.names)
   assert plain.images.dtype == inverted.images.dtype == np.uint8 and plain.images.shape == (8, 3, 28, 28)
+  with pytest.raises(ValueError, match="invert must be True or False, got 'false'"):  # not read as true
+    load("false")
 
 
 def test_unequal_drawer_counts_are_named(tmp_path):

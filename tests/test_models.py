@@ -121,21 +121,28 @@ def test_conv_kernel_init_defaults_to_nn_conv_and_takes_another(key):
   np.testing.assert_array_equal(kernel(kernel_init=nn.initializers.constant(0.5)), np.full((3, 3, 2, 3), 0.5))
 
 
-def test_conv4_torch_init_is_uniform_within_pytorchs_bound_and_lecun_is_the_default(key):
+def test_conv4_torch_inits_are_pytorchs_defaults_and_lecun_is_the_default(key):
   x = jnp.zeros((1, 28, 28, 1))
-  kernels = lambda **kw: [v["kernel"] for k, v in sorted(metajax.models.Conv4(num_classes=None, width=32, **kw)
-                                                        .init(key, x)["params"].items()) if k.startswith("conv")]
-  for lecun, torch, c_in in zip(kernels(), kernels(conv_init="torch"), (1, 32, 32, 32)):
+
+  def blocks(**options) -> list[tuple[np.ndarray, np.ndarray]]:  # (kernel, BatchNorm scale) of each block
+    params = metajax.models.Conv4(num_classes=None, width=32, **options).init(key, x)["params"]
+    return [(params[f"conv_{i}"]["kernel"], params[f"norm_{i}"]["scale"]) for i in range(4)]
+
+  for (lecun, ones), (torch, ones_too), (kernel, scale), c_in in zip(
+      blocks(), blocks(conv_init="torch"), blocks(conv_init="torch_legacy"), (1, 32, 32, 32)):
     bound = 1 / np.sqrt(9 * c_in)  # PyTorch's Conv2d: kaiming_uniform_(a=sqrt(5)), uniform on +-1/sqrt(fan_in)
     assert np.abs(torch).max() <= bound and np.abs(torch).max() > 0.95 * bound
     np.testing.assert_allclose(np.std(torch), bound / np.sqrt(3), rtol=0.15)
     assert np.abs(lecun).max() > bound  # normal, std 1/sqrt(fan_in): beyond the uniform's bound
-  np.testing.assert_array_equal(kernels()[1], kernels(conv_init="lecun")[1])
+    np.testing.assert_array_equal(kernel, torch)  # the legacy init differs only in the scales
+    assert np.all(ones == 1) and np.all(ones_too == 1)
+    assert np.all((scale >= 0) & (scale < 1)) and len(np.unique(scale)) == 32 and 0.3 < np.mean(scale) < 0.7
+  np.testing.assert_array_equal(blocks()[1][0], blocks(conv_init="lecun")[1][0])
   with pytest.raises(ValueError, match="unknown conv_init 'xavier'; choose one of"):
     metajax.models.Conv4(conv_init="xavier").init(key, x)
   setup = lambda **kw: metajax.learners.registry.Setup(**kw)
   assert setup(x_shape=(28, 28, 1), ways=5, conv_init="torch").backbone().conv_init == "torch"
-  with pytest.raises(ValueError, match="Setup: conv_init 'torch' sets Conv4's kernels; x_shape \\(1,\\) is not an image"):
+  with pytest.raises(ValueError, match="Setup: conv_init 'torch' starts Conv4's blocks; x_shape \\(1,\\) is not"):
     setup(conv_init="torch")
 
 

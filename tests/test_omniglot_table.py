@@ -12,10 +12,12 @@ import signal
 import tarfile
 from pathlib import Path
 
+import jax
 import matplotlib.pyplot
 import numpy as np
 import pytest
 
+from metajax.data.images import ImageClasses
 from metajax.harness.args import LATER_OPTIONS, TrainArgs
 from metajax.harness.run import RUN_FILE
 from tests.test_data import SHARED, needs_shared
@@ -69,12 +71,16 @@ def test_protonet_shrinks_images_as_its_code_and_each_protocol_names_its_papers_
 
 def test_an_ablation_names_its_settings_and_drops_the_differences_it_undoes():
   settings, differences = table.protocol("protonet", 20, 5)
-  ablated, now = table.ablated(settings, differences, {"invert": True, "conv_init": "torch", "outer_lr": 5e-4})
+  overrides = {"invert": True, "conv_init": "torch_legacy", "outer_lr": 5e-4}
+  ablated, now = table.ablated(settings, differences, overrides)
   assert settings["resample"] == "nearest" and "invert" not in settings  # the protocol's own, untouched
-  assert (ablated["invert"], ablated["conv_init"], ablated["outer_lr"]) == (True, "torch", 5e-4)
+  assert {k: ablated[k] for k in overrides} == overrides
   assert now == [d for d in differences if d not in (table.INVERT_DIFFERENCE, table.TORCH_INIT_DIFFERENCE)] + [
-      "ablation: invert=True (the protocol's: False)", "ablation: conv_init='torch' (the protocol's: 'lecun')",
+      "ablation: invert=True (the protocol's: False)",
+      "ablation: conv_init='torch_legacy' (the protocol's: 'lecun')",
       "ablation: outer_lr=0.0005 (the protocol's: 0.001)"]
+  # PyTorch's kernels with BatchNorm scales at 1 are not their code's start: the difference stays named.
+  assert table.TORCH_INIT_DIFFERENCE in table.ablated(settings, differences, {"conv_init": "torch"})[1]
   settings, differences = table.protocol("maml", 5, 1)  # Lanczos by protocol: nearest undoes it, lanczos not
   assert table.RESAMPLE_DIFFERENCE not in table.ablated(settings, differences, {"resample": "nearest"})[1]
   assert table.RESAMPLE_DIFFERENCE in table.ablated(settings, differences, {"invert": True})[1]
@@ -312,6 +318,21 @@ def test_a_test_draws_the_split_problems_test_tasks_with_the_papers_queries(tmp_
   assert drawn == [("key", 600, 1), ("key", 100, 15)]
 
 
+def test_lakes_test_tasks_are_made_from_images_as_the_run_made_its_own(tmp_path, monkeypatch):
+  asked = []
+
+  def load(split, data_dir, **options):
+    asked.append((split, options))
+    return ImageClasses(np.zeros((20, 20, 28, 28), np.uint8), np.array([f"A{i % 2}/c{i}/rot000" for i in range(20)]))
+
+  monkeypatch.setattr(table.omniglot, "load", load)
+  fields = dict.fromkeys(table.Problem._fields)
+  ns = _ns(tmp_path, split="lake", ways=5, shots=1)
+  lake = table._on_split(table.Problem(**fields), ns, TrainArgs(dataset="omniglot", resample="nearest", invert=True))
+  assert asked == [("evaluation", dict(rotations=False, resample="nearest", invert=True))]
+  assert lake.eval_tasks(jax.random.PRNGKey(0), 2).x_support.shape == (2, 5, 28, 28, 1)
+
+
 def test_a_cells_own_model_is_tested_again_only_in_place_of_a_row_of_that_model(tmp_path):
   ns = _ns(tmp_path, algo="fomaml", shots=1, model_shots=None)
   _save_source(argparse.Namespace(**{**vars(ns), "model_shots": 1}), eval_tasks=3)  # passes the settings check
@@ -366,7 +387,6 @@ def test_a_run_directory_resumes_from_a_checkpoint_and_not_past_its_budget(tmp_p
 
 @needs_shared
 def test_a_parked_run_directory_unpacks_where_it_is_missing_and_restores_its_newest_state(tmp_path, monkeypatch):
-  import jax
   from metajax.harness.problem import build
   from metajax.harness.run import load_run, train
   monkeypatch.setenv("METAJAX_CACHE", str(tmp_path / "cache"))

@@ -144,6 +144,8 @@ def load(split: str = "trainval", data_dir: Optional[str | os.PathLike] = None, 
     cache_dir: where decoded arrays are cached (default ``$METAJAX_CACHE`` or
       ``~/.cache/metajax``).
   """
+  if not isinstance(invert, bool):
+    raise ValueError(f"invert must be True or False, got {invert!r}")
   root = resolve_data_dir(data_dir, ("omniglot",))
   if split in LAKE_SPLITS:
     base = load_source(_find_source(root, f"images_{split}"), image_size, cache_dir, resample)

@@ -111,7 +111,7 @@ class TrainArgs:
     if self.invert and self.dataset != "omniglot":
       raise ValueError("--invert: only Omniglot's black-on-white drawings are inverted by this option")
     if self.conv_init != "lecun" and self.dataset == "sinusoid":
-      raise ValueError(f"--conv-init {self.conv_init}: sets Conv4's kernels; sinusoid tasks use the MLP")
+      raise ValueError(f"--conv-init {self.conv_init}: starts Conv4's blocks; sinusoid tasks use the MLP")
     entry = registry.get(self.algo)
     if entry.classification_only and self.dataset == "sinusoid":
       raise ValueError(f"{self.algo} is a classifier; use it with --dataset omniglot")

@@ -60,8 +60,9 @@ HELP = {
     "conv_features": "how Conv4's last feature maps become vectors (the head's input, or the metric learners' "
                      "embedding; image datasets): flatten, or mean (averaged over space: MAML's Omniglot code; "
                      "the same on max-pooled 28x28 inputs); relation compares the maps and refuses mean",
-    "conv_init": "how Conv4's kernels start (image datasets): lecun (LeCun normal, flax's default), or torch "
-                 "(PyTorch's Conv2d default, uniform on +-1/sqrt(fan-in): ProtoNet's code)",
+    "conv_init": "how Conv4's blocks start (image datasets): lecun (LeCun-normal kernels, flax's default), torch "
+                 "(PyTorch's defaults: kernels uniform on +-1/sqrt(fan-in), BatchNorm scales 1), or torch_legacy "
+                 "(PyTorch's before 1.0, which ProtoNet's code ran on: BatchNorm scales from U(0, 1))",
     "eval_tasks": "new tasks in the final evaluation",
     "eval_queries": "query examples per evaluation task (per class). Batch-statistics BatchNorm normalises "
                     "them together, so accuracy depends on it: MAML's code tests with --shots, as it trains, "

@@ -46,8 +46,8 @@ class Setup:
       learners' embedding), ``"flatten"`` or ``"mean"`` over space
       (:class:`~metajax.models.Conv4`'s ``features``); learners with ``Entry.feature_maps``
       compare the maps themselves, and their builds refuse ``"mean"``.
-    conv_init: how the Conv4 kernels start, ``"lecun"`` or ``"torch"``
-      (:func:`~metajax.models.conv4.conv_kernel_init`).
+    conv_init: how the Conv4 blocks start, ``"lecun"``, ``"torch"`` or ``"torch_legacy"``
+      (:func:`~metajax.models.conv4.conv_block_init`).
     inner_steps: inner steps (the Meta-LSTM's updates; the learned optimizer's horizon).
     inner_lr: inner learning rate (initial value when learned).
     eval_inner_steps: inner steps at evaluation (default ``inner_steps``).
@@ -89,7 +89,8 @@ class Setup:
     if self.conv_init not in CONV_INITS:
       raise ValueError(f"Setup: unknown conv_init {self.conv_init!r}; choose one of {CONV_INITS}")
     if self.conv_init != "lecun" and not self.images:
-      raise ValueError(f"Setup: conv_init {self.conv_init!r} sets Conv4's kernels; x_shape {self.x_shape} is not an image")
+      raise ValueError(f"Setup: conv_init {self.conv_init!r} starts Conv4's blocks; x_shape {self.x_shape} "
+                       "is not an image")
     check_carry_mode(self.carry_mode, self.carry_inner_state, "Setup: ")
 
   @property

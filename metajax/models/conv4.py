@@ -15,19 +15,23 @@ Features = Literal["flatten", "mean", "maps"]
 FEATURES = get_args(Features)
 VectorFeatures = Literal["flatten", "mean"]  # the ``features`` that give vectors
 VECTOR_FEATURES = get_args(VectorFeatures)
-ConvInit = Literal["lecun", "torch"]
+ConvInit = Literal["lecun", "torch", "torch_legacy"]
 CONV_INITS = get_args(ConvInit)
+Initializer = nn.initializers.Initializer
 
 
-def conv_kernel_init(name: ConvInit) -> nn.initializers.Initializer:
-  """The conv kernels' initializer: ``"lecun"``, LeCun normal (std 1/√fan-in, flax's
-  default), or ``"torch"``, PyTorch's ``Conv2d`` default (``kaiming_uniform_(a=√5)``:
-  uniform on ±1/√fan-in, std 1/√(3·fan-in)), which ProtoNet's code (Snell et al., 2017) had."""
+def conv_block_init(name: ConvInit) -> tuple[Initializer, Initializer]:
+  """How a conv block starts, ``(conv kernel, BatchNorm scale)`` initializers: ``"lecun"``, LeCun
+  normal kernels (std 1/√fan-in, flax's default) and scales 1; ``"torch"``, PyTorch's defaults:
+  ``Conv2d``'s kernels uniform on ±1/√fan-in (``kaiming_uniform_(a=√5)``, std 1/√(3·fan-in)) and
+  scales 1; ``"torch_legacy"``, PyTorch's before 1.0 (pytorch/pytorch#12259), which 2017 codes ran
+  on (ProtoNet's, Snell et al.): the same kernels and BatchNorm scales drawn from U(0, 1)."""
   if name not in CONV_INITS:
     raise ValueError(f"unknown conv_init {name!r}; choose one of {CONV_INITS}")
-  if name == "torch":
-    return nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
-  return nn.initializers.lecun_normal()
+  if name == "lecun":
+    return nn.initializers.lecun_normal(), nn.initializers.ones
+  kernel = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+  return kernel, nn.initializers.uniform(1.0) if name == "torch_legacy" else nn.initializers.ones
 
 
 class Conv4(nn.Module):
@@ -59,7 +63,8 @@ class Conv4(nn.Module):
       the three hold the same values.
     conv_impl: see :class:`metajax.models.Conv` (``"auto"``: fast custom-VJP convolution on
       CPU, XLA's on GPU/TPU; pass ``"xla"`` for forward-mode ``jax.jvp``/``jax.jacfwd``).
-    conv_init: how the conv kernels start (:func:`conv_kernel_init`): ``"lecun"`` or ``"torch"``.
+    conv_init: how the conv blocks start (:func:`conv_block_init`): ``"lecun"``, ``"torch"`` or
+      ``"torch_legacy"``.
   """
 
   num_classes: Optional[int] = 5
@@ -80,12 +85,12 @@ class Conv4(nn.Module):
       raise ValueError(f"Conv4: unknown features {self.features!r}; choose one of {FEATURES}")
     if self.num_classes is not None and self.features == "maps":
       raise ValueError("Conv4: features='maps' returns feature maps and needs num_classes=None")
-    kernel_init = conv_kernel_init(self.conv_init)
+    kernel_init, scale_init = conv_block_init(self.conv_init)
     for i in range(4):
       halve = i < self.pooled_blocks
       x = conv_block(x, self.width, self.conv_impl, pool=halve and self.downsample == "max_pool",
                      stride=2 if halve and self.downsample == "stride" else 1, index=i,
-                     use_running_average=use_running_average, kernel_init=kernel_init)
+                     use_running_average=use_running_average, kernel_init=kernel_init, scale_init=scale_init)
     if self.features == "maps":
       return x
     x = x.mean(axis=(1, 2)) if self.features == "mean" else x.reshape(x.shape[0], -1)
@@ -95,15 +100,16 @@ class Conv4(nn.Module):
 
 
 def conv_block(x: jax.Array, width: int, impl: ConvImpl, *, pool: bool, index: int, stride: int = 1,
-               use_running_average: bool = False,
-               kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()) -> jax.Array:
-  """3×3 conv (no bias; ``stride``; kernel from ``kernel_init``) → BatchNorm → ReLU [→ 2×2
-  max-pool], inside a compact module, with parameters named ``conv_<index>`` and ``norm_<index>``.
-  BatchNorm uses the batch's statistics (and, with ``momentum=0``, leaves them as its updated
-  ``batch_stats``), or with ``use_running_average`` the stored ones."""
+               use_running_average: bool = False, kernel_init: Initializer = nn.initializers.lecun_normal(),
+               scale_init: Initializer = nn.initializers.ones) -> jax.Array:
+  """3×3 conv (no bias; ``stride``; kernel from ``kernel_init``) → BatchNorm (scale from
+  ``scale_init``) → ReLU [→ 2×2 max-pool], inside a compact module, with parameters named
+  ``conv_<index>`` and ``norm_<index>``. BatchNorm uses the batch's statistics (and, with
+  ``momentum=0``, leaves them as its updated ``batch_stats``), or with ``use_running_average``
+  the stored ones."""
   x = Conv(width, impl=impl, use_bias=False, stride=stride, kernel_init=kernel_init, name=f"conv_{index}")(x)
-  x = nn.BatchNorm(momentum=0.0, name=f"norm_{index}")(x, use_running_average=use_running_average)
-  x = nn.relu(x)
+  norm = nn.BatchNorm(momentum=0.0, scale_init=scale_init, name=f"norm_{index}")
+  x = nn.relu(norm(x, use_running_average=use_running_average))
   return max_pool_2x2(x) if pool else x
 
 
