@@ -168,9 +168,8 @@ def protocol(algo: str, ways: int, shots: int) -> tuple[dict, list[str]]:
   if algo == "relation":  # Sung et al. 2018, section 4.1
     queries = {(5, 1): 19, (5, 5): 15, (20, 1): 10, (20, 5): 5}[(ways, shots)]
     return (dict(meta_batch=1, queries=queries, steps=1_000_000, outer_lr_decay="halve",
-                 outer_lr_decay_steps=100_000),
-            ["SAME padding in every conv (the paper's embedding has two VALID convs: 5x5 maps, here 7x7)",
-             "no gradient clipping (their code clips each network's gradient norm to 0.5)",
+                 outer_lr_decay_steps=100_000, unpadded_blocks=2),
+            ["no gradient clipping (their code clips each network's gradient norm to 0.5)",
              "flax's initialisers (their code: conv kernels normal with variance 2/(9 x out channels), linear "
              "weights normal with std 0.01 and biases 1)",
              "the Vinyals characters, rotations as classes (their code: 1,200 characters drawn at random to train "

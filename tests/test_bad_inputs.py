@@ -299,6 +299,11 @@ CLI_CASES = [
     (["train", "--dataset", "cub", "--invert"], "--invert: only Omniglot's black-on-white drawings are inverted"),
     (["train", "--conv-init", "torch"], "--conv-init torch: starts Conv4's blocks; sinusoid tasks use the MLP"),
     (["train", "--conv-init", "xavier"], "invalid choice: 'xavier'"),
+    (["train", "--dataset", "omniglot", "--unpadded-blocks", "5"],
+     "--unpadded-blocks must be 0 to 4 (of Conv4's blocks), got 5"),
+    (["train", "--unpadded-blocks", "2"], "--unpadded-blocks 2: sets Conv4's blocks; sinusoid tasks use the MLP"),
+    (["train", "--dataset", "omniglot", "--unpadded-blocks", "1", "--downsample", "stride"],
+     "--unpadded-blocks needs --downsample max_pool"),
 ]
 
 

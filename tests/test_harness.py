@@ -200,6 +200,7 @@ def test_checkpoint_fingerprints_of_older_runs_still_match():
   assert fingerprint(TrainArgs(dataset="omniglot", resample="nearest")) != fingerprint(TrainArgs(dataset="omniglot"))
   assert fingerprint(TrainArgs(dataset="omniglot", invert=True)) != fingerprint(TrainArgs(dataset="omniglot"))
   assert fingerprint(TrainArgs(dataset="omniglot", conv_init="torch")) != fingerprint(TrainArgs(dataset="omniglot"))
+  assert fingerprint(TrainArgs(dataset="omniglot", unpadded_blocks=2)) != fingerprint(TrainArgs(dataset="omniglot"))
 
 
 def test_a_run_saved_before_an_option_existed_resumes_with_its_old_value(tmp_path, capsys):

@@ -142,7 +142,7 @@ def test_conv4_torch_inits_are_pytorchs_defaults_and_lecun_is_the_default(key):
     metajax.models.Conv4(conv_init="xavier").init(key, x)
   setup = lambda **kw: metajax.learners.registry.Setup(**kw)
   assert setup(x_shape=(28, 28, 1), ways=5, conv_init="torch").backbone().conv_init == "torch"
-  with pytest.raises(ValueError, match="Setup: conv_init 'torch' starts Conv4's blocks; x_shape \\(1,\\) is not"):
+  with pytest.raises(ValueError, match="Setup: conv_init 'torch' sets Conv4's blocks; x_shape \\(1,\\) is not"):
     setup(conv_init="torch")
 
 
@@ -265,6 +265,56 @@ def test_strided_conv2d_and_its_derivatives_equal_lax_conv_at_float64(hw, c_in):
     chex.assert_trees_all_close(second(mine), second(ref), rtol=1e-10, atol=1e-10)
     chex.assert_trees_all_close(jax.jvp(mine, (x, w), (w.sum() * x, w))[1], jax.jvp(ref, (x, w), (w.sum() * x, w))[1],
                                 rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("size,c_in", [(3, 1), (3, 6), (5, 2)])
+def test_valid_conv_of_every_impl_and_its_second_derivatives_equal_lax_valid_at_float64(size, c_in):
+  """VALID, as the Relation network's first two blocks: ``"vjp"`` crops its SAME output, the others pad
+  nothing; values and second-order gradients equal XLA's VALID convolution."""
+  with jax.enable_x64(True):
+    kx, kw, kc = jax.random.split(jax.random.PRNGKey(size + c_in), 3)
+    x = jax.random.normal(kx, (2, 9, 8, c_in), jnp.float64)
+    conv = lambda impl: metajax.models.Conv(4, size=size, impl=impl, use_bias=False, padding="VALID")
+    w = conv("xla").init(kw, x)["params"]["kernel"]
+    ref = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    cotangent = jax.random.normal(kc, ref(x, w).shape, jnp.float64)
+    second = lambda f: jax.grad(lambda x, w: sum(
+        jnp.sum(jnp.sin(d)) for d in jax.grad(lambda x, w: jnp.sum(jnp.tanh(f(x, w)) * cotangent),
+                                              argnums=(0, 1))(x, w)), argnums=(0, 1))(x, w)
+    assert ref(x, w).shape == (2, 10 - size, 9 - size, 4)
+    for impl in ("vjp", "matmul", "xla"):
+      mine = lambda x, w: conv(impl).apply({"params": {"kernel": w}}, x)
+      np.testing.assert_allclose(mine(x, w), ref(x, w), rtol=1e-12, atol=1e-12, err_msg=impl)
+      chex.assert_trees_all_close(second(mine), second(ref), rtol=1e-10, atol=1e-10)
+  with pytest.raises(ValueError, match="VALID padding is for stride 1, got stride 2"):
+    metajax.models.Conv(4, padding="VALID", stride=2).init(kw, x)
+  with pytest.raises(ValueError, match="unknown padding 'valid'"):
+    metajax.models.Conv(4, padding="valid").init(kw, x)
+
+
+def test_relation_embedding_of_the_paper_leaves_two_blocks_unpadded_for_five_by_five_maps(key, monkeypatch):
+  x = jax.random.normal(key, (3, 28, 28, 1))
+  embed = metajax.models.Conv4(num_classes=None, width=8, pooled_blocks=2, features="maps", unpadded_blocks=2)
+  variables = embed.init(key, x)
+  maps = embed.apply(variables, x, mutable=["batch_stats"])[0]
+  assert maps.shape == (3, 5, 5, 8)  # 28 -> 26 -> 13 -> 11 -> 5, then two padded blocks (Sung et al.'s code)
+  padded = embed.clone(unpadded_blocks=0).apply(variables, x, mutable=["batch_stats"])[0]  # the same parameters
+  assert padded.shape == (3, 7, 7, 8)
+  module = metajax.models.RelationModule(width=8, hidden=4)
+  pairs = jnp.concatenate([maps, maps], axis=-1)
+  assert module.init(key, pairs)["params"]["hidden"]["kernel"].shape == (8, 4)  # 5 -> 2 -> 1 spatially
+  with pytest.raises(ValueError, match="unpadded_blocks must be in \\[0, 4\\], got 5"):
+    embed.clone(unpadded_blocks=5).init(key, x)
+  with pytest.raises(ValueError, match="unpadded_blocks needs downsample='max_pool'"):
+    embed.clone(downsample="stride").init(key, x)
+  registry, made = metajax.learners.registry, []
+  monkeypatch.setattr(registry, "Conv4", lambda **options: made.append(options) or metajax.models.Conv4(**options))
+  setup = registry.Setup(x_shape=(28, 28, 1), ways=5, width=8, unpadded_blocks=2)
+  registry.get("relation").build(setup, key)
+  registry.get("protonet").build(setup, key)
+  assert [(m["unpadded_blocks"], m.get("pooled_blocks", 4)) for m in made] == [(2, 2), (2, 4)]
+  with pytest.raises(ValueError, match="Setup: unpadded_blocks 2 sets Conv4's blocks; x_shape \\(1,\\) is not"):
+    metajax.learners.registry.Setup(unpadded_blocks=2)
 
 
 def test_strided_conv4_halves_by_stride_and_its_impls_agree(key):

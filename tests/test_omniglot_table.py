@@ -67,6 +67,8 @@ def test_protonet_shrinks_images_as_its_code_and_each_protocol_names_its_papers_
     assert (table.INVERT_DIFFERENCE in differences) == (algo in ("maml", "fomaml", "protonet"))
     # ProtoNet's code initialises its convs as PyTorch does; MAML's (Glorot) and Relation's (their own) name theirs.
     assert (table.TORCH_INIT_DIFFERENCE in differences) == (algo == "protonet")
+    # The Relation network's embedding convolves its first two blocks unpadded (5x5 maps), as their code.
+    assert settings.get("unpadded_blocks", 0) == (2 if algo == "relation" else 0)
 
 
 def test_an_ablation_names_its_settings_and_drops_the_differences_it_undoes():

@@ -81,6 +81,7 @@ class TrainArgs:
   downsample: Downsample = "max_pool"
   conv_features: VectorFeatures = "flatten"
   conv_init: ConvInit = "lecun"
+  unpadded_blocks: int = 0
   eval_tasks: Optional[int] = None
   eval_queries: Optional[int] = None
   eval_inner_steps: Optional[int] = None
@@ -112,6 +113,12 @@ class TrainArgs:
       raise ValueError("--invert: only Omniglot's black-on-white drawings are inverted by this option")
     if self.conv_init != "lecun" and self.dataset == "sinusoid":
       raise ValueError(f"--conv-init {self.conv_init}: starts Conv4's blocks; sinusoid tasks use the MLP")
+    if self.unpadded_blocks and self.dataset == "sinusoid":
+      raise ValueError(f"--unpadded-blocks {self.unpadded_blocks}: sets Conv4's blocks; sinusoid tasks use the MLP")
+    if self.unpadded_blocks not in range(5) or isinstance(self.unpadded_blocks, bool):
+      raise ValueError(f"--unpadded-blocks must be 0 to 4 (of Conv4's blocks), got {self.unpadded_blocks!r}")
+    if self.unpadded_blocks and self.downsample == "stride":
+      raise ValueError("--unpadded-blocks needs --downsample max_pool (unpadded convolutions take stride 1)")
     entry = registry.get(self.algo)
     if entry.classification_only and self.dataset == "sinusoid":
       raise ValueError(f"{self.algo} is a classifier; use it with --dataset omniglot")
@@ -178,7 +185,7 @@ def check_splits_exist(dataset: str, **splits: Optional[str]) -> None:
 # Options added after run directories were first saved, with the value a run.json that lacks one had.
 # Checkpoint fingerprints leave them out at those values, so older runs still resume.
 LATER_OPTIONS = {"conv_features": "flatten", "carry_mode": "mean", "resample": "lanczos", "conv_init": "lecun",
-                 "invert": False}
+                 "invert": False, "unpadded_blocks": 0}
 # Options that may differ between a run and its resumption (everything else must match).
 RESUMABLE_CHANGES = ("steps", "resume", "devices", "eval_tasks", "eval_queries", "eval_inner_steps", "out_dir",
                      "data_dir", "checkpoint_every", "keep_checkpoints", "val_every", "val_tasks")

@@ -63,6 +63,8 @@ HELP = {
     "conv_init": "how Conv4's blocks start (image datasets): lecun (LeCun-normal kernels, flax's default), torch "
                  "(PyTorch's defaults: kernels uniform on +-1/sqrt(fan-in), BatchNorm scales 1), or torch_legacy "
                  "(PyTorch's before 1.0, which ProtoNet's code ran on: BatchNorm scales from U(0, 1))",
+    "unpadded_blocks": "how many of Conv4's first blocks convolve without padding (image datasets; max_pool "
+                       "only): 2 is the Relation network's embedding, 28x28 -> 5x5 maps (default: 0, all padded)",
     "eval_tasks": "new tasks in the final evaluation",
     "eval_queries": "query examples per evaluation task (per class). Batch-statistics BatchNorm normalises "
                     "them together, so accuracy depends on it: MAML's code tests with --shots, as it trains, "

@@ -84,6 +84,7 @@ def _problem(args: TrainArgs, x_shape: tuple, classes: bool, sample_fn: Callable
   def make(ways):
     setup = registry.Setup(x_shape=x_shape, ways=ways, width=args.width, downsample=args.downsample,
                            conv_features=args.conv_features, conv_init=args.conv_init,
+                           unpadded_blocks=args.unpadded_blocks,
                            inner_steps=args.inner_steps, inner_lr=args.inner_lr,
                            eval_inner_steps=args.eval_inner_steps, inner_optimizer=inner_optimizer(args),
                            inner_batch_size=args.inner_batch, eval_inner_batch_size=args.eval_inner_batch,

@@ -48,6 +48,8 @@ class Setup:
       compare the maps themselves, and their builds refuse ``"mean"``.
     conv_init: how the Conv4 blocks start, ``"lecun"``, ``"torch"`` or ``"torch_legacy"``
       (:func:`~metajax.models.conv4.conv_block_init`).
+    unpadded_blocks: how many of the first Conv4 blocks convolve without padding
+      (:class:`~metajax.models.Conv4`; 2 in the Relation network's embedding).
     inner_steps: inner steps (the Meta-LSTM's updates; the learned optimizer's horizon).
     inner_lr: inner learning rate (initial value when learned).
     eval_inner_steps: inner steps at evaluation (default ``inner_steps``).
@@ -68,6 +70,7 @@ class Setup:
   downsample: Downsample = "max_pool"
   conv_features: VectorFeatures = "flatten"
   conv_init: ConvInit = "lecun"
+  unpadded_blocks: int = 0
   inner_steps: int = 1
   inner_lr: float = 0.01
   eval_inner_steps: Optional[int] = None
@@ -88,9 +91,10 @@ class Setup:
       raise ValueError(f"Setup: unknown conv_features {self.conv_features!r}; choose one of {VECTOR_FEATURES}")
     if self.conv_init not in CONV_INITS:
       raise ValueError(f"Setup: unknown conv_init {self.conv_init!r}; choose one of {CONV_INITS}")
-    if self.conv_init != "lecun" and not self.images:
-      raise ValueError(f"Setup: conv_init {self.conv_init!r} starts Conv4's blocks; x_shape {self.x_shape} "
-                       "is not an image")
+    for name, default in (("conv_init", "lecun"), ("unpadded_blocks", 0)):
+      if getattr(self, name) != default and not self.images:
+        raise ValueError(f"Setup: {name} {getattr(self, name)!r} sets Conv4's blocks; x_shape {self.x_shape} "
+                         "is not an image")
     check_carry_mode(self.carry_mode, self.carry_inner_state, "Setup: ")
 
   @property
@@ -106,7 +110,7 @@ class Setup:
     for vectors (``None`` without ``head``: the input is its own feature vector)."""
     if self.images:
       return Conv4(num_classes=self.ways if head else None, width=self.width, downsample=self.downsample,
-                   features=self.conv_features, conv_init=self.conv_init)
+                   features=self.conv_features, conv_init=self.conv_init, unpadded_blocks=self.unpadded_blocks)
     return MLP(hidden=(40, 40), out=self.ways or 1) if head else None
 
   def embedding(self) -> nn.Module:
@@ -243,7 +247,7 @@ def _metric(factory: Callable[..., MetaLearner], fce: bool = False) -> Build:
       return factory(embed_fn, setup.ways, fce_fn=fce_fn, **common), {"embed": params, "fce": fce_params}
     if setup.images:
       embed = Conv4(num_classes=None, width=setup.width, pooled_blocks=2, features="maps",
-                    downsample=setup.downsample, conv_init=setup.conv_init)
+                    downsample=setup.downsample, conv_init=setup.conv_init, unpadded_blocks=setup.unpadded_blocks)
       relation = RelationModule(width=setup.width)
     else:
       embed, relation = setup.embedding(), MLP(hidden=(8,), out=1)

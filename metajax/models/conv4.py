@@ -7,7 +7,7 @@ from typing import Literal, Optional, get_args
 import flax.linen as nn
 import jax
 
-from metajax.models.layers import Conv, ConvImpl, max_pool_2x2
+from metajax.models.layers import Conv, ConvImpl, Padding, max_pool_2x2
 
 Downsample = Literal["max_pool", "stride"]
 DOWNSAMPLES = get_args(Downsample)
@@ -65,6 +65,9 @@ class Conv4(nn.Module):
       CPU, XLA's on GPU/TPU; pass ``"xla"`` for forward-mode ``jax.jvp``/``jax.jacfwd``).
     conv_init: how the conv blocks start (:func:`conv_block_init`): ``"lecun"``, ``"torch"`` or
       ``"torch_legacy"``.
+    unpadded_blocks: how many of the blocks (the first ones) convolve without padding (VALID,
+      ``h - 2``; ``downsample="max_pool"`` only): the Relation network's embedding has two
+      (Sung et al., 2018, their code), 28×28 → 26, 13, 11, 5 → 5×5 maps.
   """
 
   num_classes: Optional[int] = 5
@@ -74,11 +77,15 @@ class Conv4(nn.Module):
   features: Features = "flatten"
   downsample: Downsample = "max_pool"
   conv_init: ConvInit = "lecun"
+  unpadded_blocks: int = 0
 
   @nn.compact
   def __call__(self, x: jax.Array, use_running_average: bool = False) -> jax.Array:
-    if not 0 <= self.pooled_blocks <= 4:
-      raise ValueError(f"Conv4: pooled_blocks must be in [0, 4], got {self.pooled_blocks}")
+    for name in ("pooled_blocks", "unpadded_blocks"):
+      if not 0 <= getattr(self, name) <= 4:
+        raise ValueError(f"Conv4: {name} must be in [0, 4], got {getattr(self, name)}")
+    if self.unpadded_blocks and self.downsample == "stride":
+      raise ValueError("Conv4: unpadded_blocks needs downsample='max_pool' (unpadded convolutions take stride 1)")
     if self.downsample not in DOWNSAMPLES:
       raise ValueError(f"Conv4: unknown downsample {self.downsample!r}; choose one of {DOWNSAMPLES}")
     if self.features not in FEATURES:
@@ -90,6 +97,7 @@ class Conv4(nn.Module):
       halve = i < self.pooled_blocks
       x = conv_block(x, self.width, self.conv_impl, pool=halve and self.downsample == "max_pool",
                      stride=2 if halve and self.downsample == "stride" else 1, index=i,
+                     padding="VALID" if i < self.unpadded_blocks else "SAME",
                      use_running_average=use_running_average, kernel_init=kernel_init, scale_init=scale_init)
     if self.features == "maps":
       return x
@@ -100,14 +108,16 @@ class Conv4(nn.Module):
 
 
 def conv_block(x: jax.Array, width: int, impl: ConvImpl, *, pool: bool, index: int, stride: int = 1,
-               use_running_average: bool = False, kernel_init: Initializer = nn.initializers.lecun_normal(),
+               padding: Padding = "SAME", use_running_average: bool = False,
+               kernel_init: Initializer = nn.initializers.lecun_normal(),
                scale_init: Initializer = nn.initializers.ones) -> jax.Array:
-  """3×3 conv (no bias; ``stride``; kernel from ``kernel_init``) → BatchNorm (scale from
+  """3×3 conv (no bias; ``stride``, ``padding``; kernel from ``kernel_init``) → BatchNorm (scale from
   ``scale_init``) → ReLU [→ 2×2 max-pool], inside a compact module, with parameters named
   ``conv_<index>`` and ``norm_<index>``. BatchNorm uses the batch's statistics (and, with
   ``momentum=0``, leaves them as its updated ``batch_stats``), or with ``use_running_average``
   the stored ones."""
-  x = Conv(width, impl=impl, use_bias=False, stride=stride, kernel_init=kernel_init, name=f"conv_{index}")(x)
+  x = Conv(width, impl=impl, use_bias=False, stride=stride, kernel_init=kernel_init, padding=padding,
+           name=f"conv_{index}")(x)
   norm = nn.BatchNorm(momentum=0.0, scale_init=scale_init, name=f"norm_{index}")
   x = nn.relu(norm(x, use_running_average=use_running_average))
   return max_pool_2x2(x) if pool else x

@@ -28,6 +28,8 @@ from jax import lax
 
 ConvImpl = Literal["auto", "vjp", "matmul", "xla"]
 CONV_IMPLS = get_args(ConvImpl)
+Padding = Literal["SAME", "VALID"]
+PADDINGS = get_args(Padding)
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 _IM2COL_MAX_CHANNELS = 4  # forward by im2col + matmul up to this many input channels (RESULTS.md)
 Pads = tuple[tuple[int, int], tuple[int, int]]
@@ -179,7 +181,8 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
 
 
 class Conv(nn.Module):
-  """SAME convolution, ``(n, h, w, c_in) -> (n, ⌈h/stride⌉, ⌈w/stride⌉, features)``.
+  """SAME convolution, ``(n, h, w, c_in) -> (n, ⌈h/stride⌉, ⌈w/stride⌉, features)``, or VALID
+  (stride 1), ``(n, h - size + 1, w - size + 1, features)``.
 
   The kernel is a ``(size, size, c_in, features)`` param named ``kernel`` (as in
   ``nn.Conv``), plus a ``bias`` when ``use_bias``.
@@ -194,6 +197,9 @@ class Conv(nn.Module):
     stride: the window's step in both spatial axes (the MAML and Reptile Omniglot
       networks downsample by stride-2 convolutions instead of max-pooling).
     kernel_init: the kernel's initializer (``nn.Conv``'s default, LeCun normal).
+    padding: ``"SAME"`` (zero padding, the default) or ``"VALID"`` (none: only the windows
+      inside the image; stride 1), which the Relation network's embedding has in its first
+      two blocks (Sung et al., 2018). ``"vjp"`` computes VALID as the SAME output's interior.
   """
 
   features: int
@@ -202,17 +208,26 @@ class Conv(nn.Module):
   use_bias: bool = True
   stride: int = 1
   kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+  padding: Padding = "SAME"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     impl = resolve_conv_impl(self.impl)
+    if self.padding not in PADDINGS:
+      raise ValueError(f"Conv: unknown padding {self.padding!r}; choose one of {PADDINGS}")
+    valid = self.padding == "VALID"
+    if valid and self.stride != 1:
+      raise ValueError(f"Conv: VALID padding is for stride 1, got stride {self.stride}")
     c_in = x.shape[-1]
     kernel = self.param("kernel", self.kernel_init,
                         (self.size, self.size, c_in, self.features))
     if impl == "vjp":
       y = conv2d(x, kernel, self.stride)
+      if valid:  # the windows that touch no padding
+        (top, bottom), (left, right) = _same_pads(self.size)
+        y = y[:, top:y.shape[1] - bottom, left:y.shape[2] - right]
     else:
-      pads = _strided_same_pads(x.shape[1], x.shape[2], self.size, self.stride)
+      pads = ((0, 0), (0, 0)) if valid else _strided_same_pads(x.shape[1], x.shape[2], self.size, self.stride)
       y = (_matmul_conv if impl == "matmul" else _xla_conv)(x, kernel, pads, self.stride)
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,))
