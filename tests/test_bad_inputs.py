@@ -302,6 +302,7 @@ CLI_CASES = [
     (["train", "--dataset", "omniglot", "--unpadded-blocks", "5"],
      "--unpadded-blocks must be 0 to 4 (of Conv4's blocks), got 5"),
     (["train", "--unpadded-blocks", "2"], "--unpadded-blocks 2: sets Conv4's blocks; sinusoid tasks use the MLP"),
+    (["train", "--dataset", "omniglot", "--unpadded-blocks", "-1"], "--unpadded-blocks must be 0 to 4"),
     (["train", "--dataset", "omniglot", "--unpadded-blocks", "1", "--downsample", "stride"],
      "--unpadded-blocks needs --downsample max_pool"),
 ]

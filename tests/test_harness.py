@@ -242,10 +242,12 @@ def test_protonet_trains_on_train_ways_and_shots_and_evaluates_on_ways(tmp_path,
   np.testing.assert_array_equal(in_pieces["accuracy"], scores["accuracy"])
 
 
-def test_build_asks_the_loader_for_the_runs_images_and_starts_conv4_as_asked(monkeypatch):
+def test_build_asks_the_loader_for_the_runs_images_and_builds_conv4_as_asked(monkeypatch):
   from metajax.data.images import ImageClasses
   from metajax.harness import problem
-  asked = []
+  from metajax.learners import registry
+  from metajax.models import Conv4
+  asked, made = [], []
   images = np.random.default_rng(0).integers(0, 256, (12, 20, 28, 28), dtype=np.uint8)
 
   def loader(split, data_dir, **options):
@@ -253,16 +255,20 @@ def test_build_asks_the_loader_for_the_runs_images_and_starts_conv4_as_asked(mon
     return ImageClasses(images, np.array([f"c{i}" for i in range(len(images))]))
 
   monkeypatch.setitem(problem.LOADERS, "omniglot", loader)
+  monkeypatch.setattr(registry, "Conv4", lambda **options: made.append(options) or Conv4(**options))
 
   def first_kernel(**options) -> np.ndarray:
     state = problem.build(TrainArgs(dataset="omniglot", algo="protonet", train_ways=5, width=8, **options)).state
     paths = jax.tree_util.tree_leaves_with_path(state.meta_params)
     return next(np.asarray(v) for path, v in paths if "conv_0" in jax.tree_util.keystr(path)).ravel()
 
-  lecun, torch = first_kernel(), first_kernel(invert=True, resample="nearest", conv_init="torch")
+  lecun, torch = first_kernel(), first_kernel(invert=True, resample="nearest", conv_init="torch", unpadded_blocks=2)
   assert asked == [dict(resample="lanczos", invert=False)] * 2 + [dict(resample="nearest", invert=True)] * 2
   bound = 1 / 3  # 1/sqrt(fan_in) of the 3x3 kernels on one channel
   assert lecun.shape == torch.shape == (9 * 8,) and np.abs(torch).max() <= bound < np.abs(lecun).max()
+  assert {(m["conv_init"], m["unpadded_blocks"]) for m in made} == {("lecun", 0), ("torch", 2)}
+  with pytest.raises(ValueError, match="--unpadded-blocks must be 0 to 4 .* got 2.0"):  # --set unpadded_blocks=2.0
+    TrainArgs(dataset="omniglot", unpadded_blocks=2.0)
 
 
 def test_evaluation_tasks_do_not_depend_on_the_chunk_and_fewer_tasks_are_a_prefix():

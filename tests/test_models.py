@@ -238,7 +238,7 @@ def test_relation_embedding_keeps_maps_and_relation_module_scores_pairs(key):
   rel_params, rel_fn = metajax.models.functional(module, module.init(key, pairs))
   assert rel_fn(rel_params, pairs).shape == (3,)
   assert rel_params["hidden"]["kernel"].shape == (8, 4)  # 7 -> 3 -> 1 spatially, 8 channels
-  with pytest.raises(ValueError, match="pooled_blocks must be in"):
+  with pytest.raises(ValueError, match="pooled_blocks must be an int in"):
     metajax.models.Conv4(num_classes=None, pooled_blocks=5).init(key, x)
   with pytest.raises(ValueError, match="features=.maps. returns feature maps and needs num_classes=None"):
     metajax.models.Conv4(num_classes=5, features="maps").init(key, x)
@@ -267,7 +267,7 @@ def test_strided_conv2d_and_its_derivatives_equal_lax_conv_at_float64(hw, c_in):
                                 rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("size,c_in", [(3, 1), (3, 6), (5, 2)])
+@pytest.mark.parametrize("size,c_in", [(3, 1), (3, 6), (5, 2), (2, 1), (4, 2)])
 def test_valid_conv_of_every_impl_and_its_second_derivatives_equal_lax_valid_at_float64(size, c_in):
   """VALID, as the Relation network's first two blocks: ``"vjp"`` crops its SAME output, the others pad
   nothing; values and second-order gradients equal XLA's VALID convolution."""
@@ -290,6 +290,8 @@ def test_valid_conv_of_every_impl_and_its_second_derivatives_equal_lax_valid_at_
     metajax.models.Conv(4, padding="VALID", stride=2).init(kw, x)
   with pytest.raises(ValueError, match="unknown padding 'valid'"):
     metajax.models.Conv(4, padding="valid").init(kw, x)
+  with pytest.raises(ValueError, match="a VALID 3x3 convolution of 2x9 maps leaves nothing"):
+    metajax.models.Conv(4, padding="VALID").init(kw, jnp.zeros((1, 2, 9, 1)))
 
 
 def test_relation_embedding_of_the_paper_leaves_two_blocks_unpadded_for_five_by_five_maps(key, monkeypatch):
@@ -303,8 +305,11 @@ def test_relation_embedding_of_the_paper_leaves_two_blocks_unpadded_for_five_by_
   module = metajax.models.RelationModule(width=8, hidden=4)
   pairs = jnp.concatenate([maps, maps], axis=-1)
   assert module.init(key, pairs)["params"]["hidden"]["kernel"].shape == (8, 4)  # 5 -> 2 -> 1 spatially
-  with pytest.raises(ValueError, match="unpadded_blocks must be in \\[0, 4\\], got 5"):
-    embed.clone(unpadded_blocks=5).init(key, x)
+  for bad in (5, True, 2.0):
+    with pytest.raises(ValueError, match=f"unpadded_blocks must be an int in \\[0, 4\\], got {bad!r}"):
+      embed.clone(unpadded_blocks=bad).init(key, x)
+  with pytest.raises(ValueError, match="block 3 leaves 0x0 maps; the input is too small for 4 pooled and 0 unpadded"):
+    metajax.models.Conv4(num_classes=5, width=4).init(key, jnp.zeros((1, 8, 8, 1)))
   with pytest.raises(ValueError, match="unpadded_blocks needs downsample='max_pool'"):
     embed.clone(downsample="stride").init(key, x)
   registry, made = metajax.learners.registry, []

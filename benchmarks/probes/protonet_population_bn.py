@@ -57,7 +57,8 @@ def main() -> None:
                                   eval_tasks=ns.test_tasks, data_dir=ns.data_dir)
   if args.algo != "protonet":
     raise SystemExit(f"{ns.run_dir} is a {args.algo} run; this probe tests ProtoNet runs")
-  model = Conv4(num_classes=None, width=args.width, features=args.conv_features, downsample=args.downsample)
+  model = Conv4(num_classes=None, width=args.width, features=args.conv_features, downsample=args.downsample,
+                unpadded_blocks=args.unpadded_blocks)  # the run's network (its start, conv_init, is the checkpoint's)
   x0 = jnp.zeros((1, 28, 28, 1))
   template, _, apply = functional_with_stats(model, model.init(jax.random.PRNGKey(0), x0))
   params = state.meta_params["params"]

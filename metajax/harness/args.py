@@ -115,7 +115,7 @@ class TrainArgs:
       raise ValueError(f"--conv-init {self.conv_init}: starts Conv4's blocks; sinusoid tasks use the MLP")
     if self.unpadded_blocks and self.dataset == "sinusoid":
       raise ValueError(f"--unpadded-blocks {self.unpadded_blocks}: sets Conv4's blocks; sinusoid tasks use the MLP")
-    if self.unpadded_blocks not in range(5) or isinstance(self.unpadded_blocks, bool):
+    if type(self.unpadded_blocks) is not int or self.unpadded_blocks not in range(5):
       raise ValueError(f"--unpadded-blocks must be 0 to 4 (of Conv4's blocks), got {self.unpadded_blocks!r}")
     if self.unpadded_blocks and self.downsample == "stride":
       raise ValueError("--unpadded-blocks needs --downsample max_pool (unpadded convolutions take stride 1)")

@@ -82,8 +82,9 @@ class Conv4(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, use_running_average: bool = False) -> jax.Array:
     for name in ("pooled_blocks", "unpadded_blocks"):
-      if not 0 <= getattr(self, name) <= 4:
-        raise ValueError(f"Conv4: {name} must be in [0, 4], got {getattr(self, name)}")
+      value = getattr(self, name)
+      if type(value) is not int or not 0 <= value <= 4:
+        raise ValueError(f"Conv4: {name} must be an int in [0, 4], got {value!r}")
     if self.unpadded_blocks and self.downsample == "stride":
       raise ValueError("Conv4: unpadded_blocks needs downsample='max_pool' (unpadded convolutions take stride 1)")
     if self.downsample not in DOWNSAMPLES:
@@ -99,6 +100,9 @@ class Conv4(nn.Module):
                      stride=2 if halve and self.downsample == "stride" else 1, index=i,
                      padding="VALID" if i < self.unpadded_blocks else "SAME",
                      use_running_average=use_running_average, kernel_init=kernel_init, scale_init=scale_init)
+      if 0 in x.shape[1:3]:
+        raise ValueError(f"Conv4: block {i} leaves {x.shape[1]}x{x.shape[2]} maps; the input is too small for "
+                         f"{self.pooled_blocks} pooled and {self.unpadded_blocks} unpadded blocks")
     if self.features == "maps":
       return x
     x = x.mean(axis=(1, 2)) if self.features == "mean" else x.reshape(x.shape[0], -1)
@@ -129,7 +133,8 @@ class RelationModule(nn.Module):
 
   Two conv blocks (``width`` channels, BatchNorm, ReLU, 2×2 max-pool), then
   ``hidden``-unit ReLU and one linear output. Maps smaller than 2×2 skip the pooling
-  (Omniglot's 7×7 maps become 3×3, then 1×1).
+  (Omniglot's 7×7 maps become 3×3, then 1×1; the paper's 5×5, from an embedding with
+  ``unpadded_blocks=2``, become 2×2, then 1×1).
 
   Attributes:
     width: channels of the two conv blocks (64 in the paper).

@@ -218,6 +218,9 @@ class Conv(nn.Module):
     valid = self.padding == "VALID"
     if valid and self.stride != 1:
       raise ValueError(f"Conv: VALID padding is for stride 1, got stride {self.stride}")
+    if valid and min(x.shape[1:3]) < self.size:
+      raise ValueError(f"Conv: a VALID {self.size}x{self.size} convolution of {x.shape[1]}x{x.shape[2]} maps "
+                       "leaves nothing")
     c_in = x.shape[-1]
     kernel = self.param("kernel", self.kernel_init,
                         (self.size, self.size, c_in, self.features))
