@@ -269,8 +269,8 @@ def test_strided_conv2d_and_its_derivatives_equal_lax_conv_at_float64(hw, c_in):
 
 @pytest.mark.parametrize("size,c_in", [(3, 1), (3, 6), (5, 2), (2, 1), (4, 2)])
 def test_valid_conv_of_every_impl_and_its_second_derivatives_equal_lax_valid_at_float64(size, c_in):
-  """VALID, as the Relation network's first two blocks: ``"vjp"`` crops its SAME output, the others pad
-  nothing; values and second-order gradients equal XLA's VALID convolution."""
+  """VALID, as the Relation network's first two blocks, for every impl (``"vjp"``: the custom VJP, whose
+  input-gradient convolution pads ``size - 1``); values and second-order gradients equal XLA's VALID convolution."""
   with jax.enable_x64(True):
     kx, kw, kc = jax.random.split(jax.random.PRNGKey(size + c_in), 3)
     x = jax.random.normal(kx, (2, 9, 8, c_in), jnp.float64)

@@ -46,6 +46,20 @@ def _strided_same_pads(h: int, w: int, size: int, stride: int) -> Pads:
   return tuple(lax.padtype_to_pads((h, w), (size, size), (stride, stride), "SAME"))
 
 
+def _pads(h: int, w: int, size: int, stride: int, padding: Padding) -> Pads:
+  """``padding``'s pads of a ``stride``-strided ``size×size`` window over ``h×w`` maps: SAME
+  (:func:`_strided_same_pads`), or VALID (none; stride 1, maps at least the window's size)."""
+  if padding not in PADDINGS:
+    raise ValueError(f"unknown padding {padding!r}; choose one of {PADDINGS}")
+  if padding == "SAME":
+    return _strided_same_pads(h, w, size, stride)
+  if stride != 1:
+    raise ValueError(f"VALID padding is for stride 1, got stride {stride}")
+  if min(h, w) < size:
+    raise ValueError(f"a VALID {size}x{size} convolution of {h}x{w} maps leaves nothing")
+  return (0, 0), (0, 0)
+
+
 def _patches(x: jax.Array, size: int, pads: Pads, stride: int = 1) -> jax.Array:
   """``(n, h, w, c) -> (n, h', w', size*size*c)`` padded patches every ``stride`` pixels,
   ordered ``(dy, dx, c)``. Strided slices and pads only, so JAX differentiates it at any
@@ -72,8 +86,10 @@ def _transposed(kernel: jax.Array) -> jax.Array:
   return jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
 
 
-def _swap(pads: Pads) -> Pads:
-  return (pads[0][1], pads[0][0]), (pads[1][1], pads[1][0])
+def _transposed_pads(pads: Pads, size: int) -> Pads:
+  """The padding of the input-gradient convolution of a stride-1 ``size×size`` one padded by
+  ``pads`` (for SAME, ``pads`` swapped end for end; for VALID, ``size - 1`` on every side)."""
+  return tuple((size - 1 - lo, size - 1 - hi) for lo, hi in pads)
 
 
 def _matmul_conv(x: jax.Array, kernel: jax.Array, pads: Pads, stride: int = 1) -> jax.Array:
@@ -99,7 +115,8 @@ def _conv_fwd(x, kernel, pads):
 
 def _conv_bwd(pads, residuals, g):
   x, kernel = residuals
-  return _conv(g, _transposed(kernel), _swap(pads)), _weight_grad(x, g, kernel.shape[0], pads)
+  size = kernel.shape[0]
+  return _conv(g, _transposed(kernel), _transposed_pads(pads, size)), _weight_grad(x, g, size, pads)
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
@@ -119,16 +136,17 @@ def _weight_grad_fwd(x, g, size, pads):
 
 def _weight_grad_bwd(size, pads, residuals, dw_bar):
   x, g = residuals
-  return _conv(g, _transposed(dw_bar), _swap(pads)), _conv(x, dw_bar, pads)
+  return _conv(g, _transposed(dw_bar), _transposed_pads(pads, size)), _conv(x, dw_bar, pads)
 
 
 _weight_grad.defvjp(_weight_grad_fwd, _weight_grad_bwd)
 
 
-def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
-  """SAME convolution ``(n, h, w, c_in), (k, k, c_in, c_out) -> (n, ⌈h/s⌉, ⌈w/s⌉, c_out)``.
+def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: Padding = "SAME") -> jax.Array:
+  """SAME convolution ``(n, h, w, c_in), (k, k, c_in, c_out) -> (n, ⌈h/s⌉, ⌈w/s⌉, c_out)``, or
+  VALID (stride 1) ``-> (n, h - k + 1, w - k + 1, c_out)``.
 
-  Equal, up to float rounding, to ``lax.conv_general_dilated(x, kernel, (s, s), "SAME",
+  Equal, up to float rounding, to ``lax.conv_general_dilated(x, kernel, (s, s), padding,
   ("NHWC", "HWIO", "NHWC"))`` computed in ``jnp.result_type(x, kernel)``. At stride 1 the
   forward pass is XLA's convolution, or im2col and one matrix product for 1×1 kernels and at
   most four input channels (measured faster, ``benchmarks/RESULTS.md``), with the custom VJP
@@ -144,9 +162,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
     raise ValueError(f"conv2d: stride must be a positive int, got {stride!r}")
   dtype = jnp.result_type(x, kernel)
   x, kernel, size = x.astype(dtype), kernel.astype(dtype), kernel.shape[0]
-  if stride == 1:
-    return _conv(x, kernel, _same_pads(size))
-  return _matmul_conv(x, kernel, _strided_same_pads(x.shape[1], x.shape[2], size, stride), stride)
+  pads = _pads(x.shape[1], x.shape[2], size, stride, padding)
+  return _conv(x, kernel, pads) if stride == 1 else _matmul_conv(x, kernel, pads, stride)
 
 
 def resolve_conv_impl(impl: ConvImpl) -> str:
@@ -199,7 +216,7 @@ class Conv(nn.Module):
     kernel_init: the kernel's initializer (``nn.Conv``'s default, LeCun normal).
     padding: ``"SAME"`` (zero padding, the default) or ``"VALID"`` (none: only the windows
       inside the image; stride 1), which the Relation network's embedding has in its first
-      two blocks (Sung et al., 2018). ``"vjp"`` computes VALID as the SAME output's interior.
+      two blocks (Sung et al., 2018).
   """
 
   features: int
@@ -213,24 +230,13 @@ class Conv(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     impl = resolve_conv_impl(self.impl)
-    if self.padding not in PADDINGS:
-      raise ValueError(f"Conv: unknown padding {self.padding!r}; choose one of {PADDINGS}")
-    valid = self.padding == "VALID"
-    if valid and self.stride != 1:
-      raise ValueError(f"Conv: VALID padding is for stride 1, got stride {self.stride}")
-    if valid and min(x.shape[1:3]) < self.size:
-      raise ValueError(f"Conv: a VALID {self.size}x{self.size} convolution of {x.shape[1]}x{x.shape[2]} maps "
-                       "leaves nothing")
     c_in = x.shape[-1]
     kernel = self.param("kernel", self.kernel_init,
                         (self.size, self.size, c_in, self.features))
     if impl == "vjp":
-      y = conv2d(x, kernel, self.stride)
-      if valid:  # the windows that touch no padding
-        (top, bottom), (left, right) = _same_pads(self.size)
-        y = y[:, top:y.shape[1] - bottom, left:y.shape[2] - right]
+      y = conv2d(x, kernel, self.stride, self.padding)
     else:
-      pads = ((0, 0), (0, 0)) if valid else _strided_same_pads(x.shape[1], x.shape[2], self.size, self.stride)
+      pads = _pads(x.shape[1], x.shape[2], self.size, self.stride, self.padding)
       y = (_matmul_conv if impl == "matmul" else _xla_conv)(x, kernel, pads, self.stride)
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,))
