@@ -286,6 +286,7 @@ def test_valid_conv_of_every_impl_and_its_second_derivatives_equal_lax_valid_at_
       mine = lambda x, w: conv(impl).apply({"params": {"kernel": w}}, x)
       np.testing.assert_allclose(mine(x, w), ref(x, w), rtol=1e-12, atol=1e-12, err_msg=impl)
       chex.assert_trees_all_close(second(mine), second(ref), rtol=1e-10, atol=1e-10)
+  x = jnp.zeros((2, 9, 8, 1))  # float32, outside the float64 scope
   with pytest.raises(ValueError, match="VALID padding is for stride 1, got stride 2"):
     metajax.models.Conv(4, padding="VALID", stride=2).init(kw, x)
   with pytest.raises(ValueError, match="unknown padding 'valid'"):
