@@ -64,28 +64,31 @@ def test_protonet_shrinks_images_as_its_code_and_each_protocol_names_its_papers_
     # Matching networks published no code; every other paper's code shrank the 1-bit PNGs with Pillow.
     assert (table.RESAMPLE_DIFFERENCE in differences) == (not nearest and not algo.startswith("matching"))
     # MAML's and ProtoNet's codes invert the images (1.0 - image); Reptile's and the Relation network's do not.
-    assert (table.INVERT_DIFFERENCE in differences) == (algo in ("maml", "fomaml", "protonet"))
-    # ProtoNet's code initialises its convs as PyTorch does; MAML's (Glorot) and Relation's (their own) name theirs.
-    assert (table.TORCH_INIT_DIFFERENCE in differences) == (algo == "protonet")
+    assert settings.get("invert", False) == (algo == "protonet")
+    assert (table.INVERT_DIFFERENCE in differences) == (algo in ("maml", "fomaml"))
+    # ProtoNet's code started its convs as PyTorch before 1.0 did; MAML's (Glorot) and Relation's name theirs.
+    assert settings.get("conv_init", "lecun") == ("torch_legacy" if algo == "protonet" else "lecun")
     # The Relation network's embedding convolves its first two blocks unpadded (5x5 maps), as their code.
     assert settings.get("unpadded_blocks", 0) == (2 if algo == "relation" else 0)
 
 
 def test_an_ablation_names_its_settings_and_drops_the_differences_it_undoes():
-  settings, differences = table.protocol("protonet", 20, 5)
-  overrides = {"invert": True, "conv_init": "torch_legacy", "outer_lr": 5e-4}
+  settings, differences = table.protocol("maml", 20, 1)
+  overrides = {"invert": True, "conv_init": "torch", "outer_lr": 5e-4}
   ablated, now = table.ablated(settings, differences, overrides)
-  assert settings["resample"] == "nearest" and "invert" not in settings  # the protocol's own, untouched
+  assert "invert" not in settings and "resample" not in settings  # the protocol's own, untouched
   assert {k: ablated[k] for k in overrides} == overrides
-  assert now == [d for d in differences if d not in (table.INVERT_DIFFERENCE, table.TORCH_INIT_DIFFERENCE)] + [
+  assert now == [d for d in differences if d != table.INVERT_DIFFERENCE] + [
       "ablation: invert=True (the protocol's: False)",
-      "ablation: conv_init='torch_legacy' (the protocol's: 'lecun')",
+      "ablation: conv_init='torch' (the protocol's: 'lecun')",
       "ablation: outer_lr=0.0005 (the protocol's: 0.001)"]
-  # PyTorch's kernels with BatchNorm scales at 1 are not their code's start: the difference stays named.
-  assert table.TORCH_INIT_DIFFERENCE in table.ablated(settings, differences, {"conv_init": "torch"})[1]
-  settings, differences = table.protocol("maml", 5, 1)  # Lanczos by protocol: nearest undoes it, lanczos not
+  # Lanczos by protocol: nearest undoes it, another setting not.
   assert table.RESAMPLE_DIFFERENCE not in table.ablated(settings, differences, {"resample": "nearest"})[1]
   assert table.RESAMPLE_DIFFERENCE in table.ablated(settings, differences, {"invert": True})[1]
+  # Away from a protocol that matches their code, an ablation adds its own difference, naming the protocol's value.
+  settings, differences = table.protocol("protonet", 20, 5)
+  assert table.ablated(settings, differences, {"invert": False, "conv_init": "lecun"})[1] == differences + [
+      "ablation: invert=False (the protocol's: True)", "ablation: conv_init='lecun' (the protocol's: 'torch_legacy')"]
 
 
 def _save_source(ns: argparse.Namespace, **changes) -> Path:
