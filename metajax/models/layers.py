@@ -35,11 +35,6 @@ _IM2COL_MAX_CHANNELS = 4  # forward by im2col + matmul up to this many input cha
 Pads = tuple[tuple[int, int], tuple[int, int]]
 
 
-def _same_pads(size: int) -> Pads:
-  lo = (size - 1) // 2
-  return (lo, size - 1 - lo), (lo, size - 1 - lo)
-
-
 def _strided_same_pads(h: int, w: int, size: int, stride: int) -> Pads:
   """SAME padding of a ``stride``-strided ``size×size`` window (as TensorFlow's and ``lax``'s
   ``"SAME"``: ``ceil(h / stride)`` outputs, the odd pixel of padding at the end)."""
@@ -78,7 +73,7 @@ def im2col(x: jax.Array, size: int) -> jax.Array:
 
   The patch axis is ordered ``(dy, dx, c)``, matching a ``(size, size, c, out)`` kernel.
   """
-  return _patches(x, size, _same_pads(size))
+  return _patches(x, size, _strided_same_pads(x.shape[1], x.shape[2], size, 1))
 
 
 def _transposed(kernel: jax.Array) -> jax.Array:
