@@ -494,39 +494,50 @@ def test_cell(ns: argparse.Namespace) -> dict:
   if own:
     curve = [p for p in _read_jsonl(source / "curve.jsonl") if p["step"] <= steps]
     return _test_and_store(ns, args, problem, state, steps, seconds, curve, settings, differences,
-                           **_training_machine(ns, steps))
+                           **_training_machine(ns, steps, _recorded_protocol(args, settings)))
   differences = differences + [f"the model of the {ns.ways}w{ns.model_shots}s cell (the same training), "
                                f"tested at {ns.shots} shots; no learning curve of its own"]
   return _test_and_store(ns, args, problem, state, steps, seconds, [], settings, differences,
-                         trained_by=source.name, **_source_machine(ns, steps))
+                         trained_by=source.name, **_source_machine(ns, steps, _recorded_protocol(args, settings)))
 
 
-def _training_machine(ns: argparse.Namespace, steps: int) -> dict:
+def _training_machine(ns: argparse.Namespace, steps: int, recorded: dict) -> dict:
   """``{"trained_on": machine}``, the training command and commit of the table's row for ``ns``'s cell,
-  which a new test of the cell's own model at meta-step ``steps`` keeps; ``{}`` when the table has no
-  row of that model. Refuses to replace a row holding another model (another cell's, or other steps)."""
+  which a new test of the cell's own model at meta-step ``steps``, trained as ``recorded``
+  (:func:`_recorded_protocol`), keeps; ``{}`` when the table has no row of that cell. Refuses to replace
+  a row holding another model (another cell's, other steps, or other training settings)."""
   row = _table_row(ns.table, ns.split, ns.algo, ns.ways, ns.shots)
   if row is None:
     return {}
-  if not _holds_own_model(row, steps):
-    held = f"{row['trained_by']}'s model" if "trained_by" in row else f"a model at meta-step {row['meta_steps']:,}"
+  if not _holds_own_model(row, steps, recorded):
+    held = (f"{row['trained_by']}'s model" if "trained_by" in row
+            else f"a model at meta-step {row['meta_steps']:,}" if row["meta_steps"] != steps
+            else f"a model trained with other settings ({_settings_change(row.get('protocol', {}), recorded)})")
     raise SystemExit(f"the table's {_cell(ns, ns.shots)} row holds {held}, not this run's at {steps:,}; "
                      "pass --model-shots to test another cell's model, or run the cell")
   return {"trained_on": trained_on(row)}
 
 
-def _source_machine(ns: argparse.Namespace, steps: int) -> dict:
+def _source_machine(ns: argparse.Namespace, steps: int, recorded: dict) -> dict:
   """``{"trained_on": machine}`` of the ``--model-shots`` cell's row when it holds that cell's own model
-  at meta-step ``steps``, the model another cell borrows; ``{}`` when the table does not know it."""
+  at meta-step ``steps``, trained as ``recorded``: the model another cell borrows; ``{}`` when the table
+  does not know it."""
   row = _table_row(ns.table, ns.split, ns.algo, ns.ways, ns.model_shots)
-  if row is None or not _holds_own_model(row, steps):
+  if row is None or not _holds_own_model(row, steps, recorded):
     return {}
   return {"trained_on": trained_on(row)}
 
 
-def _holds_own_model(row: dict, steps: int) -> bool:
-  """Whether a table row holds its cell's own model at meta-step ``steps`` (not another cell's)."""
-  return "trained_by" not in row and row["meta_steps"] == steps
+def _holds_own_model(row: dict, steps: int, recorded: dict) -> bool:
+  """Whether a table row holds its cell's own model (not another cell's) at meta-step ``steps``, trained
+  as ``recorded``: a row recorded before a setting joined the protocol holds a model trained without it."""
+  return "trained_by" not in row and row["meta_steps"] == steps and row.get("protocol") == recorded
+
+
+def _settings_change(old: dict, new: dict) -> str:
+  """``old``'s settings that ``new`` lacks or sets otherwise, as ``key: old -> new``."""
+  return ", ".join(f"{k}: {old.get(k, 'unset')!r} -> {new.get(k, 'unset')!r}"
+                   for k in sorted(old.keys() | new.keys()) if old.get(k, "unset") != new.get(k, "unset"))
 
 
 def _rows(table: Path) -> list[dict]:
@@ -543,6 +554,12 @@ def trained_on(row: dict) -> dict:
   return row.get("trained_on", row["machine"])
 
 
+def _recorded_protocol(args, settings: dict) -> dict:
+  """What a row records of how its model trained: ``args``' values of the protocol's ``settings`` and of
+  the ways, shots and test steps it trained with."""
+  return {k: v for k, v in vars(args).items() if k in settings or k in ("train_ways", "train_shots", "eval_inner_steps")}
+
+
 def _test_and_store(ns, args, problem, state, steps, train_time_s, curve, settings, differences, **extra) -> dict:
   """Tests ``state`` on ``ns.test_tasks`` tasks of :func:`test_queries` and writes the cell's row into
   the table ``ns.table`` (an ablation's beside it: :func:`_destination`)."""
@@ -556,8 +573,7 @@ def _test_and_store(ns, args, problem, state, steps, train_time_s, curve, settin
          "ci95": round(100 * ci, 2), "meta_steps": steps, "train_seconds": round(train_time_s, 1),
          "paper": paper, "split": ns.split, "planned_steps": args.steps, "test_tasks": ns.test_tasks,
          "test_queries": queries,
-         "protocol": {k: v for k, v in vars(args).items()
-                      if k in settings or k in ("train_ways", "train_shots", "eval_inner_steps")},
+         "protocol": _recorded_protocol(args, settings),
          "differences": differences, "curve": curve, **extra, "machine": machine()}
   print(f"{cell}: {row['accuracy']:.2f} ± {row['ci95']:.2f} % over {ns.test_tasks} test tasks after "
         f"{row['meta_steps']} meta-steps ({row['train_seconds']:.0f} s of training); paper {paper}")

@@ -343,29 +343,36 @@ def test_a_cells_own_model_is_tested_again_only_in_place_of_a_row_of_that_model(
   _save_source(argparse.Namespace(**{**vars(ns), "model_shots": 1}), eval_tasks=3)  # passes the settings check
   with pytest.raises(FileNotFoundError, match="data directory"):  # and stops only at loading its data
     table.test_cell(ns)
-  rows = ns.table
-  assert table._training_machine(ns, 100) == {}  # no row yet
-  row = {"split": "vinyals", "algo": "fomaml", "ways": 5, "shots": 1, "meta_steps": 100, "machine": {"git": "a"}}
+  rows, trained = ns.table, {"inner_lr": 0.4, "downsample": "stride"}
+  assert table._training_machine(ns, 100, trained) == {}  # no row yet
+  row = {"split": "vinyals", "algo": "fomaml", "ways": 5, "shots": 1, "meta_steps": 100, "machine": {"git": "a"},
+         "protocol": trained}
   rows.write_text(json.dumps([row]))
-  assert table._training_machine(ns, 100) == {"trained_on": {"git": "a"}}
+  assert table._training_machine(ns, 100, trained) == {"trained_on": {"git": "a"}}
   rows.write_text(json.dumps([{**row, "trained_on": {"git": "b"}}]))
-  assert table._training_machine(ns, 100) == {"trained_on": {"git": "b"}}  # a row tested again keeps it
-  for other, held in (({"meta_steps": 50}, "a model at meta-step 50"), ({"trained_by": "x_5w1s"}, "x_5w1s's model")):
+  assert table._training_machine(ns, 100, trained) == {"trained_on": {"git": "b"}}  # a row tested again keeps it
+  for other, held in (({"meta_steps": 50}, "a model at meta-step 50"), ({"trained_by": "x_5w1s"}, "x_5w1s's model"),
+                      ({"protocol": {"inner_lr": 0.4}},  # recorded before downsample joined the protocol
+                       r"a model trained with other settings \(downsample: 'unset' -> 'stride'\)"),
+                      ({"protocol": {**trained, "inner_lr": 0.1}},
+                       r"a model trained with other settings \(inner_lr: 0.1 -> 0.4\)")):
     rows.write_text(json.dumps([{**row, **other}]))
     with pytest.raises(SystemExit, match=f"the table's vinyals_fomaml_5w1s row holds {held}, not this run's"):
-      table._training_machine(ns, 100)
+      table._training_machine(ns, 100, trained)
 
 
 def test_a_borrowed_model_names_the_machine_that_trained_it_when_the_table_knows(tmp_path):
   ns = _ns(tmp_path)  # reptile 5w5s, with the 5w1s cell's model
-  rows = ns.table
-  assert table._source_machine(ns, 100) == {}
-  row = {"split": "vinyals", "algo": "reptile", "ways": 5, "shots": 1, "meta_steps": 100, "machine": {"git": "a"}}
+  rows, trained = ns.table, {"train_shots": 10}
+  assert table._source_machine(ns, 100, trained) == {}
+  row = {"split": "vinyals", "algo": "reptile", "ways": 5, "shots": 1, "meta_steps": 100, "machine": {"git": "a"},
+         "protocol": trained}
   rows.write_text(json.dumps([row]))
-  assert table._source_machine(ns, 100) == {"trained_on": {"git": "a"}}
+  assert table._source_machine(ns, 100, trained) == {"trained_on": {"git": "a"}}
   rows.write_text(json.dumps([{**row, "trained_on": {"git": "gpu"}, "machine": {"git": "cpu"}}]))
-  assert table._source_machine(ns, 100) == {"trained_on": {"git": "gpu"}}
-  assert table._source_machine(ns, 200) == {}  # the row holds another model of that cell
+  assert table._source_machine(ns, 100, trained) == {"trained_on": {"git": "gpu"}}
+  assert table._source_machine(ns, 200, trained) == {}  # the row holds another model of that cell
+  assert table._source_machine(ns, 100, {"train_shots": 1}) == {}  # ... or one trained otherwise
 
 
 def test_a_run_directory_resumes_from_a_checkpoint_and_not_past_its_budget(tmp_path, monkeypatch):
