@@ -167,12 +167,12 @@ def protocol(algo: str, ways: int, shots: int) -> tuple[dict, list[str]]:
              "8 episodes per meta-step"])
   if algo == "relation":  # Sung et al. 2018, section 4.1
     queries = {(5, 1): 19, (5, 5): 15, (20, 1): 10, (20, 5): 5}[(ways, shots)]
+    # Their code clips the encoder's and the relation module's gradients to norm 0.5 each, and starts
+    # both as its weights_init (conv_init="sung").
     return (dict(meta_batch=1, queries=queries, steps=1_000_000, outer_lr_decay="halve",
-                 outer_lr_decay_steps=100_000, unpadded_blocks=2),
-            ["no gradient clipping (their code clips each network's gradient norm to 0.5)",
-             "flax's initialisers (their code: conv kernels normal with variance 2/(9 x out channels), linear "
-             "weights normal with std 0.01 and biases 1)",
-             "the Vinyals characters, rotations as classes (their code: 1,200 characters drawn at random to train "
+                 outer_lr_decay_steps=100_000, unpadded_blocks=2, conv_init="sung", clip_grad_norm=0.5,
+                 clip_scope="network"),
+            ["the Vinyals characters, rotations as classes (their code: 1,200 characters drawn at random to train "
              "on, the other 423 to test on, each task turned by one random multiple of 90 degrees)",
              "one 600-task test of the last model (their code tests 1,000 tasks every 5,000 episodes and keeps "
              "the model whenever that test accuracy rises: the paper's number is a best of test evaluations)",

@@ -259,6 +259,11 @@ CLI_CASES = [
     (["train", "--ways", "0"], "--ways must be a positive integer"),
     (["train", "--val-every", "-1"], "--val-every must be a non-negative integer"),
     (["train", "--clip-grad-norm", "0"], "--clip-grad-norm must be a positive finite number"),
+    (["train", "--dataset", "omniglot", "--algo", "relation", "--clip-scope", "network"],
+     "--clip-scope network says how --clip-grad-norm clips: give --clip-grad-norm too"),
+    (["train", "--dataset", "omniglot", "--algo", "protonet", "--clip-grad-norm", "1", "--clip-scope", "network"],
+     "--clip-scope network clips each of a learner's networks apart; protonet has one (learners with several: "
+     "matching-fce, relation)"),
     (["train", "--resume"], "--resume needs the --out-dir"),
     (["train", "--algo", "protonet"], "protonet is a classifier; use it with --dataset omniglot"),
     (["train", "--dataset", "omniglot", "--data-dir", "/nonexistent/data"], "does not exist"),
@@ -329,8 +334,8 @@ def test_train_args_switches_take_only_booleans(name):
 
 
 def test_every_string_option_has_its_choices():
-  assert sorted(CHOICES) == ["carry_mode", "conv_features", "conv_init", "dataset", "downsample", "inner_optimizer",
-                             "outer_lr_decay", "outer_optimizer", "resample", "task_strategy"]
+  assert sorted(CHOICES) == ["carry_mode", "clip_scope", "conv_features", "conv_init", "dataset", "downsample",
+                             "inner_optimizer", "outer_lr_decay", "outer_optimizer", "resample", "task_strategy"]
   assert set(CHOICES["dataset"]) == set(DATASET_DEFAULTS)
 
 

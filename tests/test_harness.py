@@ -201,6 +201,8 @@ def test_checkpoint_fingerprints_of_older_runs_still_match():
   assert fingerprint(TrainArgs(dataset="omniglot", invert=True)) != fingerprint(TrainArgs(dataset="omniglot"))
   assert fingerprint(TrainArgs(dataset="omniglot", conv_init="torch")) != fingerprint(TrainArgs(dataset="omniglot"))
   assert fingerprint(TrainArgs(dataset="omniglot", unpadded_blocks=2)) != fingerprint(TrainArgs(dataset="omniglot"))
+  clipped = dict(dataset="omniglot", algo="relation", clip_grad_norm=0.5)
+  assert fingerprint(TrainArgs(**clipped, clip_scope="network")) != fingerprint(TrainArgs(**clipped))
 
 
 def test_a_run_saved_before_an_option_existed_resumes_with_its_old_value(tmp_path, capsys):
@@ -306,6 +308,23 @@ def test_outer_learning_rate_cosine_annealing_shrinks_the_updates():
       pytest.approx([1, 1, 0.5, 0.5, 0.25, 0.125], rel=1e-5)
   with pytest.raises(ValueError, match="--outer-lr-decay-steps must be a non-negative integer"):
     TrainArgs(outer_lr_decay_steps=-1)
+
+
+def test_clip_scope_network_clips_each_network_apart_as_the_relation_networks_code():
+  import optax
+  from metajax.harness.problem import clip_each_network, outer_optimizer
+  grads = {"embed": {"w": jnp.full((4,), 3.0)}, "relation": {"w": jnp.full((4,), 0.1), "b": jnp.full((2,), 0.1)}}
+  sgd = dict(dataset="omniglot", algo="relation", outer_optimizer="sgd", outer_lr=1.0, clip_grad_norm=0.5)
+  opt = outer_optimizer(TrainArgs(**sgd, clip_scope="network"))
+  apart, _ = opt.update(grads, opt.init(grads), grads)
+  np.testing.assert_allclose(optax.tree.norm(apart["embed"]), 0.5, rtol=1e-6)  # 6.0 clipped to 0.5
+  chex.assert_trees_all_close(apart["relation"], jax.tree.map(jnp.negative, grads["relation"]))  # 0.24: kept
+  opt = outer_optimizer(TrainArgs(**sgd))  # clip_scope "all": one norm over both, so both shrink
+  whole, _ = opt.update(grads, opt.init(grads), grads)
+  np.testing.assert_allclose(optax.tree.norm(whole), 0.5, rtol=1e-6)
+  assert float(optax.tree.norm(whole["relation"])) < 0.03
+  with pytest.raises(TypeError, match="clip_each_network: updates must be a dict of networks, got Array"):
+    clip_each_network(0.5).update(jnp.ones(3), optax.EmptyState())
 
 
 def test_reptile_outer_sgd_anneals_linearly_and_the_inner_adam_has_no_momentum():

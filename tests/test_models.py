@@ -146,6 +146,25 @@ def test_conv4_torch_inits_are_pytorchs_defaults_and_lecun_is_the_default(key):
     setup(conv_init="torch")
 
 
+def test_sung_init_starts_the_relation_network_as_its_code(key):
+  """Sung et al.'s weights_init: conv kernels N(0, 2/(9 x out channels)), BatchNorm scales 1, and
+  the relation module's linear layers N(0, 0.01) with biases 1."""
+  params = metajax.models.Conv4(num_classes=None, width=32, conv_init="sung").init(key, jnp.zeros((1, 28, 28, 1)))
+  relation = metajax.models.RelationModule(width=32, conv_init="sung").init(key, jnp.zeros((2, 5, 5, 64)))
+  for p, blocks in ((params["params"], 4), (relation["params"], 2)):
+    for i in range(blocks):
+      np.testing.assert_allclose(np.std(p[f"conv_{i}"]["kernel"]), np.sqrt(2 / (9 * 32)), rtol=0.15)
+      assert np.all(p[f"norm_{i}"]["scale"] == 1)
+  linear = relation["params"]
+  np.testing.assert_allclose(np.std(linear["hidden"]["kernel"]), 0.01, rtol=0.15)
+  assert np.all(linear["hidden"]["bias"] == 1) and np.all(linear["out"]["bias"] == 1)
+  flax_default = metajax.models.RelationModule(width=32).init(key, jnp.zeros((2, 5, 5, 64)))["params"]
+  assert np.all(flax_default["out"]["bias"] == 0) and np.std(flax_default["hidden"]["kernel"]) > 0.1
+  setup = metajax.learners.registry.Setup(x_shape=(28, 28, 1), ways=5, conv_init="sung", unpadded_blocks=2)
+  built = metajax.learners.registry.get("relation").build(setup, key)[1]
+  assert np.all(built["relation"]["out"]["bias"] == 1)  # the Setup's conv_init reaches the relation module
+
+
 def test_conv4_shapes(key):
   """Traced, not run (``jax.eval_shape``): eager Conv4 compiles each op at each shape."""
   def output_shape(model, x_shape):

@@ -66,8 +66,12 @@ def test_protonet_shrinks_images_as_its_code_and_each_protocol_names_its_papers_
     # MAML's and ProtoNet's codes invert the images (1.0 - image); Reptile's and the Relation network's do not.
     assert settings.get("invert", False) == (algo == "protonet")
     assert (table.INVERT_DIFFERENCE in differences) == (algo in ("maml", "fomaml"))
-    # ProtoNet's code started its convs as PyTorch before 1.0 did; MAML's (Glorot) and Relation's name theirs.
-    assert settings.get("conv_init", "lecun") == ("torch_legacy" if algo == "protonet" else "lecun")
+    # ProtoNet's code started its convs as PyTorch before 1.0 did, Relation's as its weights_init; MAML's
+    # (Glorot) names its own.
+    assert settings.get("conv_init", "lecun") == {"protonet": "torch_legacy", "relation": "sung"}.get(algo, "lecun")
+    # The Relation network's code clips each of its two networks' gradients to 0.5.
+    assert (settings.get("clip_grad_norm"), settings.get("clip_scope", "all")) == (
+        (0.5, "network") if algo == "relation" else (None, "all"))
     # The Relation network's embedding convolves its first two blocks unpadded (5x5 maps), as their code.
     assert settings.get("unpadded_blocks", 0) == (2 if algo == "relation" else 0)
 

@@ -15,6 +15,7 @@ Dataset = Literal["sinusoid", "omniglot", "mini-imagenet", "cifar-fs", "fc100", 
 InnerOptimizer = Literal["sgd", "adam"]
 OuterOptimizer = Literal["adam", "sgd"]
 LRDecay = Literal["cosine", "linear", "halve"]
+ClipScope = Literal["all", "network"]
 
 # Per-dataset defaults for options left unset: the MAML paper's settings, with steps cut so that a
 # default image run takes about 10 minutes on 2 CPU cores (MAML: ~2 s per Omniglot step).
@@ -77,6 +78,7 @@ class TrainArgs:
   outer_lr_decay_steps: int = 0
   outer_lr_decay: LRDecay = "cosine"
   clip_grad_norm: Optional[float] = None
+  clip_scope: ClipScope = "all"
   width: Optional[int] = None
   downsample: Downsample = "max_pool"
   conv_features: VectorFeatures = "flatten"
@@ -165,6 +167,11 @@ class TrainArgs:
       raise ValueError("--resume needs the --out-dir of the run to continue")
     for name in ("inner_lr", "outer_lr") + (("clip_grad_norm",) if self.clip_grad_norm is not None else ()):
       check_finite_number(getattr(self, name), f"--{name.replace('_', '-')}", positive=True)
+    if self.clip_scope == "network" and self.clip_grad_norm is None:
+      raise ValueError("--clip-scope network says how --clip-grad-norm clips: give --clip-grad-norm too")
+    if self.clip_scope == "network" and not entry.networks:
+      raise ValueError(f"--clip-scope network clips each of a learner's networks apart; {self.algo} has one "
+                       f"(learners with several: {registry.names_with('networks')})")
 
 
 # The on/off options (the CLI's store_true flags).
@@ -185,7 +192,7 @@ def check_splits_exist(dataset: str, **splits: Optional[str]) -> None:
 # Options added after run directories were first saved, with the value a run.json that lacks one had.
 # Checkpoint fingerprints leave them out at those values, so older runs still resume.
 LATER_OPTIONS = {"conv_features": "flatten", "carry_mode": "mean", "resample": "lanczos", "conv_init": "lecun",
-                 "invert": False, "unpadded_blocks": 0}
+                 "invert": False, "unpadded_blocks": 0, "clip_scope": "all"}
 # Options that may differ between a run and its resumption (everything else must match).
 RESUMABLE_CHANGES = ("steps", "resume", "devices", "eval_tasks", "eval_queries", "eval_inner_steps", "out_dir",
                      "data_dir", "checkpoint_every", "keep_checkpoints", "val_every", "val_tasks")

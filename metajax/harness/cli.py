@@ -54,6 +54,9 @@ HELP = {
     "outer_lr_decay": "how --outer-lr-decay-steps anneals: cosine (MAML++) or linear (Reptile) to 0, or halve "
                       "(ProtoNet, Relation)",
     "clip_grad_norm": "clip the outer gradient to this global norm (default: no clipping)",
+    "clip_scope": "what --clip-grad-norm clips to that norm: all (the whole outer gradient), or network (each "
+                  "of the learner's networks apart, as the Relation network's code clips its encoder and relation "
+                  "module)",
     "width": "channels of the Conv4 blocks (image datasets; hidden size of the sinusoid rnn)",
     "downsample": "how Conv4 halves the resolution: max_pool, or stride (stride-2 convolutions: the MAML and "
                   "Reptile Omniglot network, about a quarter of the work)",
@@ -62,7 +65,9 @@ HELP = {
                      "the same on max-pooled 28x28 inputs); relation compares the maps and refuses mean",
     "conv_init": "how Conv4's blocks start (image datasets): lecun (LeCun-normal kernels, flax's default), torch "
                  "(PyTorch's defaults: kernels uniform on +-1/sqrt(fan-in), BatchNorm scales 1), or torch_legacy "
-                 "(PyTorch's before 1.0, which ProtoNet's code ran on: BatchNorm scales from U(0, 1))",
+                 "(PyTorch's before 1.0, which ProtoNet's code ran on: BatchNorm scales from U(0, 1)), or sung (the "
+                 "Relation network's code: kernels normal, variance 2/(9 x out channels); its relation module's "
+                 "linear layers N(0, 0.01), biases 1)",
     "unpadded_blocks": "how many of Conv4's first blocks convolve without padding (image datasets; max_pool "
                        "only): 2 is the Relation network's embedding, 28x28 -> 5x5 maps (default: 0, all padded)",
     "eval_tasks": "new tasks in the final evaluation",

@@ -3,6 +3,7 @@ the registry builds the learner, the dataset supplies the task samplers."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from typing import Callable, NamedTuple, Optional
 
 import jax
@@ -55,7 +56,8 @@ def outer_optimizer(args: TrainArgs) -> optax.GradientTransformation:
   """``--outer-optimizer`` (Adam, or SGD) at ``--outer-lr``, with ``--outer-lr-decay-steps`` set
   annealed to 0 over that many meta-steps (cosine as in MAML++, or linear as Reptile's meta step
   size) or halved after every that many (``halve``: Snell et al. 2017, Sung et al. 2018), after
-  global-norm clipping when ``--clip-grad-norm`` is set."""
+  clipping to ``--clip-grad-norm`` when set: the whole gradient's global norm, or each network's
+  (``--clip-scope network``: :func:`clip_each_network`)."""
   lr, steps = args.outer_lr, args.outer_lr_decay_steps
   if steps:
     lr = {"cosine": lambda: optax.cosine_decay_schedule(lr, steps),
@@ -63,8 +65,24 @@ def outer_optimizer(args: TrainArgs) -> optax.GradientTransformation:
           "halve": lambda: optax.exponential_decay(lr, steps, decay_rate=0.5, staircase=True)}[args.outer_lr_decay]()
   optimizer = optax.adam(lr) if args.outer_optimizer == "adam" else optax.sgd(lr)
   if args.clip_grad_norm is not None:
-    optimizer = optax.chain(optax.clip_by_global_norm(args.clip_grad_norm), optimizer)
+    clip = clip_each_network if args.clip_scope == "network" else optax.clip_by_global_norm
+    optimizer = optax.chain(clip(args.clip_grad_norm), optimizer)
   return optimizer
+
+
+def clip_each_network(max_norm: float) -> optax.GradientTransformation:
+  """Clips each network's updates to global norm ``max_norm`` apart: the entries of a learner's
+  parameter dict (``registry.Entry.networks``), as Sung et al.'s code (2018) clips its encoder's and
+  its relation module's gradients each to 0.5 (``clip_grad_norm``)."""
+  clip = optax.clip_by_global_norm(max_norm)
+
+  def update(updates, state, params=None):
+    del params
+    if not isinstance(updates, Mapping):
+      raise TypeError(f"clip_each_network: updates must be a dict of networks, got {type(updates).__name__}")
+    return type(updates)({name: clip.update(net, clip.init(net))[0] for name, net in updates.items()}), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def inner_optimizer(args: TrainArgs) -> Optional[optax.GradientTransformation]:

@@ -46,8 +46,9 @@ class Setup:
       learners' embedding), ``"flatten"`` or ``"mean"`` over space
       (:class:`~metajax.models.Conv4`'s ``features``); learners with ``Entry.feature_maps``
       compare the maps themselves, and their builds refuse ``"mean"``.
-    conv_init: how the Conv4 blocks start, ``"lecun"``, ``"torch"`` or ``"torch_legacy"``
-      (:func:`~metajax.models.conv4.conv_block_init`).
+    conv_init: how the Conv4 blocks (and the Relation network's relation module) start,
+      ``"lecun"``, ``"torch"``, ``"torch_legacy"`` or ``"sung"``
+      (:func:`~metajax.models.conv4.conv_block_init`, :class:`~metajax.models.RelationModule`).
     unpadded_blocks: how many of the first Conv4 blocks convolve without padding
       (:class:`~metajax.models.Conv4`; 2 in the Relation network's embedding).
     inner_steps: inner steps (the Meta-LSTM's updates; the learned optimizer's horizon).
@@ -143,6 +144,9 @@ class Entry(NamedTuple):
     carries_inner_state: ``Setup.carry_inner_state`` applies (Reptile's carried inner Adam).
     feature_maps: compares Conv4 feature maps, not vectors, so ``Setup.conv_features`` does not
       apply (the Relation network).
+    networks: the parameters are a dict of separate networks (the Relation network's ``embed``
+      and ``relation``; Matching networks' ``embed`` and ``fce``), which an outer optimizer may
+      treat apart (``harness.problem.clip_each_network``).
   """
 
   build: Build
@@ -154,6 +158,7 @@ class Entry(NamedTuple):
   gradient_inner_loop: bool = False
   carries_inner_state: bool = False
   feature_maps: bool = False
+  networks: bool = False
 
 
 REGISTRY: dict[str, Entry] = {}
@@ -248,7 +253,7 @@ def _metric(factory: Callable[..., MetaLearner], fce: bool = False) -> Build:
     if setup.images:
       embed = Conv4(num_classes=None, width=setup.width, pooled_blocks=2, features="maps",
                     downsample=setup.downsample, conv_init=setup.conv_init, unpadded_blocks=setup.unpadded_blocks)
-      relation = RelationModule(width=setup.width)
+      relation = RelationModule(width=setup.width, conv_init=setup.conv_init)
     else:
       embed, relation = setup.embedding(), MLP(hidden=(8,), out=1)
     params, embed_fn = functional(embed, embed.init(k_embed, x0))
@@ -305,7 +310,7 @@ _matching = functools.partial(metric.matching, normalize_query=False)
 for _name, _build in (("protonet", _metric(metric.prototypical)), ("matching", _metric(_matching)),
                       ("matching-fce", _metric(_matching, fce=True)), ("relation", _metric(metric.relation))):
   register(_name, _build, inner_steps=False, eval_inner_steps=False, classification_only=True, ways_free=True,
-           feature_maps=_name == "relation")
+           feature_maps=_name == "relation", networks=_name in ("matching-fce", "relation"))
 register("rnn", _black_box_rnn, inner_steps=False, eval_inner_steps=False)
 register("meta-lstm", _meta_lstm, inner_steps=True, eval_inner_steps=False)
 register("learned-opt", _learned_optimizer, inner_steps=True, eval_inner_steps=True, mean_of_task_grads=False)

@@ -15,7 +15,7 @@ Features = Literal["flatten", "mean", "maps"]
 FEATURES = get_args(Features)
 VectorFeatures = Literal["flatten", "mean"]  # the ``features`` that give vectors
 VECTOR_FEATURES = get_args(VectorFeatures)
-ConvInit = Literal["lecun", "torch", "torch_legacy"]
+ConvInit = Literal["lecun", "torch", "torch_legacy", "sung"]
 CONV_INITS = get_args(ConvInit)
 Initializer = nn.initializers.Initializer
 
@@ -25,11 +25,15 @@ def conv_block_init(name: ConvInit) -> tuple[Initializer, Initializer]:
   normal kernels (std 1/√fan-in, flax's default) and scales 1; ``"torch"``, PyTorch's defaults:
   ``Conv2d``'s kernels uniform on ±1/√fan-in (``kaiming_uniform_(a=√5)``, std 1/√(3·fan-in)) and
   scales 1; ``"torch_legacy"``, PyTorch's before 1.0 (pytorch/pytorch#12259), which 2017 codes ran
-  on (ProtoNet's, Snell et al.): the same kernels and BatchNorm scales drawn from U(0, 1)."""
+  on (ProtoNet's, Snell et al.): the same kernels and BatchNorm scales drawn from U(0, 1); ``"sung"``,
+  the Relation network's code (Sung et al. 2018, ``weights_init``): kernels normal with variance
+  2/(9·out channels), He's on the fan-out, and scales 1."""
   if name not in CONV_INITS:
     raise ValueError(f"unknown conv_init {name!r}; choose one of {CONV_INITS}")
   if name == "lecun":
     return nn.initializers.lecun_normal(), nn.initializers.ones
+  if name == "sung":
+    return nn.initializers.variance_scaling(2.0, "fan_out", "normal"), nn.initializers.ones
   kernel = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
   return kernel, nn.initializers.uniform(1.0) if name == "torch_legacy" else nn.initializers.ones
 
@@ -63,8 +67,8 @@ class Conv4(nn.Module):
       the three hold the same values.
     conv_impl: see :class:`metajax.models.Conv` (``"auto"``: fast custom-VJP convolution on
       CPU, XLA's on GPU/TPU; pass ``"xla"`` for forward-mode ``jax.jvp``/``jax.jacfwd``).
-    conv_init: how the conv blocks start (:func:`conv_block_init`): ``"lecun"``, ``"torch"`` or
-      ``"torch_legacy"``.
+    conv_init: how the conv blocks start (:func:`conv_block_init`): ``"lecun"``, ``"torch"``,
+      ``"torch_legacy"`` or ``"sung"``.
     unpadded_blocks: how many of the blocks (the first ones) convolve without padding (VALID,
       ``h - 2``; ``downsample="max_pool"`` only): the Relation network's embedding has two
       (Sung et al., 2018, their code), 28×28 → 26, 13, 11, 5 → 5×5 maps.
@@ -140,18 +144,26 @@ class RelationModule(nn.Module):
     width: channels of the two conv blocks (64 in the paper).
     hidden: units of the fully connected layer (8 in the paper).
     conv_impl: see :class:`metajax.models.Conv`.
+    conv_init: how it starts: its conv blocks as :func:`conv_block_init` says; with ``"sung"`` its
+      two linear layers too, as their code's (weights normal with std 0.01, biases 1), else
+      flax's defaults (LeCun-normal weights, biases 0).
   """
 
   width: int = 64
   hidden: int = 8
   conv_impl: ConvImpl = "auto"
+  conv_init: ConvInit = "lecun"
 
   @nn.compact
   def __call__(self, pairs: jax.Array) -> jax.Array:
     if pairs.ndim != 4:
       raise ValueError(f"RelationModule: expected (m, h, w, 2c) feature-map pairs, got shape {pairs.shape}")
+    kernel_init, scale_init = conv_block_init(self.conv_init)
+    dense = (dict(kernel_init=nn.initializers.normal(0.01), bias_init=nn.initializers.ones)
+             if self.conv_init == "sung" else {})
     x = pairs
     for i in range(2):
-      x = conv_block(x, self.width, self.conv_impl, pool=min(x.shape[1:3]) >= 2, index=i)
-    x = nn.relu(nn.Dense(self.hidden, name="hidden")(x.reshape(x.shape[0], -1)))
-    return nn.Dense(1, name="out")(x)[:, 0]
+      x = conv_block(x, self.width, self.conv_impl, pool=min(x.shape[1:3]) >= 2, index=i,
+                     kernel_init=kernel_init, scale_init=scale_init)
+    x = nn.relu(nn.Dense(self.hidden, name="hidden", **dense)(x.reshape(x.shape[0], -1)))
+    return nn.Dense(1, name="out", **dense)(x)[:, 0]
