@@ -85,9 +85,9 @@ CURVE_QUERIES = 15  # queries per class of every learning curve's tasks (and of 
 WITHIN_CI = ("protonet", "relation")
 # Every paper's code here shrinks Omniglot's 1-bit PNGs with Pillow, which resizes 1-bit images with nearest
 # neighbours whatever filter is asked for (MAML's resize_images.py asks for Lanczos; the Relation network
-# reads MAML's resized images). ProtoNet's protocol makes its images and starts its network as its code
-# (--resample nearest, --invert, --conv-init torch_legacy); the other protocols keep Lanczos, with which
-# their rows and the runs still going were trained.
+# reads MAML's resized images). ProtoNet's and the Relation network's protocols make their images as their
+# code (--resample nearest; ProtoNet's --invert too), as both start afresh; the others keep Lanczos, with
+# which their rows and the runs still going were trained.
 RESAMPLE_DIFFERENCE = ("images shrunk with Lanczos, grey levels (their code: black and white, nearest neighbours, "
                        "as Pillow resizes 1-bit PNGs whatever filter is asked for)")
 INVERT_DIFFERENCE = ("strokes dark on light, 0 on 1 (their code inverts the images, 1 on 0; inverted, the FOMAML "
@@ -171,12 +171,11 @@ def protocol(algo: str, ways: int, shots: int) -> tuple[dict, list[str]]:
     # both as its weights_init (conv_init="sung").
     return (dict(meta_batch=1, queries=queries, steps=1_000_000, outer_lr_decay="halve",
                  outer_lr_decay_steps=100_000, unpadded_blocks=2, conv_init="sung", clip_grad_norm=0.5,
-                 clip_scope="network"),
+                 clip_scope="network", resample="nearest"),
             ["the Vinyals characters, rotations as classes (their code: 1,200 characters drawn at random to train "
              "on, the other 423 to test on, each task turned by one random multiple of 90 degrees)",
              "one 600-task test of the last model (their code tests 1,000 tasks every 5,000 episodes and keeps "
-             "the model whenever that test accuracy rises: the paper's number is a best of test evaluations)",
-             RESAMPLE_DIFFERENCE])
+             "the model whenever that test accuracy rises: the paper's number is a best of test evaluations)"])
   raise ValueError(f"no Omniglot protocol for {algo!r}; choose one of {sorted(PAPER)}")
 
 

@@ -56,11 +56,11 @@ def test_only_20_way_maml_takes_finn_et_al_s_inner_step_and_the_others_name_the_
 
 
 @pytest.mark.parametrize("algo", sorted(table.PAPER))
-def test_protonet_shrinks_images_as_its_code_and_each_protocol_names_its_papers_other_image_differences(algo):
+def test_protonet_and_relation_shrink_images_as_their_code_and_each_protocol_names_its_other_image_differences(algo):
   for ways, shots in table.CELLS:
     settings, differences = table.protocol(algo, ways, shots)
     nearest = settings.get("resample") == "nearest"
-    assert nearest == (algo == "protonet")
+    assert nearest == (algo in ("protonet", "relation"))
     # Matching networks published no code; every other paper's code shrank the 1-bit PNGs with Pillow.
     assert (table.RESAMPLE_DIFFERENCE in differences) == (not nearest and not algo.startswith("matching"))
     # MAML's and ProtoNet's codes invert the images (1.0 - image); Reptile's and the Relation network's do not.
