@@ -134,7 +134,8 @@ def protocol(algo: str, ways: int, shots: int) -> tuple[dict, list[str]]:
              "the Vinyals characters (theirs: 1,100 drawn at random to train on, the last 423 to test on)",
              RESAMPLE_DIFFERENCE, INVERT_DIFFERENCE]
             + ([INNER_STEP_DIFFERENCE] if inner_lr == update_lr else []))
-  if algo == "reptile":  # Nichol et al. 2018, appendix A and their run_omniglot.py commands (transductive)
+  if algo == "reptile":  # Nichol et al. 2018, appendix A, and the run_omniglot.py commands of their README
+    # since 361145c ("match latest version of the paper"; the March 2018 README had other ones), tested transductively
     five = ways == 5
     steps = 100_000 if five else 200_000
     return (dict(meta_batch=5, inner_steps=5 if five else 10, inner_optimizer="adam",
