@@ -53,7 +53,8 @@ def main() -> None:
 
   run_dir = Path(ns.runs_dir) / T._cell(ns, ns.shots)
   settings, _ = T.protocol(ns.algo, ns.ways, ns.shots)
-  args, problem, state = load_run(run_dir, eval_queries=T.CURVE_QUERIES, eval_split="test", data_dir=ns.data_dir,
+  args, problem, state = load_run(run_dir, eval_queries=T.CURVE_QUERIES, eval_split=T.SPLITS[ns.split][1],
+                                  data_dir=ns.data_dir,
                                   eval_inner_steps=settings.get("eval_inner_steps"),
                                   eval_inner_batch=settings.get("eval_inner_batch"))
   problem = T._on_split(problem, ns, args)
