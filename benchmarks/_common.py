@@ -17,6 +17,8 @@ from metajax.core.xla_cpu import use_fast_cpu_convolutions
 use_fast_cpu_convolutions()  # the library's documented CPU setting, as the CLI applies it
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data beside the repository
+CURVE_SEED = 123  # key of every learning curve's tasks (train_with_curve)
+TEST_SEED = 10_000  # key of a table's final test tasks (plus the run's --seed)
 
 
 def machine() -> dict:
@@ -108,7 +110,7 @@ def train_with_curve(args, problem, *, curve_tasks: int, budget_minutes: Optiona
   started = time.monotonic()
 
   def on_chunk(step, state, seconds):
-    mean, ci = mean_and_ci95(evaluate(problem, state, curve_tasks, seed=123, chunk=eval_chunk)["accuracy"])
+    mean, ci = mean_and_ci95(evaluate(problem, state, curve_tasks, seed=CURVE_SEED, chunk=eval_chunk)["accuracy"])
     curve[:] = [p for p in curve if p["step"] < step] + [
         {"step": step, "train_time_s": round(seconds, 1), "accuracy": mean, "ci95": ci, "tasks": curve_tasks}]
     if on_point is not None:

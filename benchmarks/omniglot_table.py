@@ -54,7 +54,7 @@ from typing import Any, Callable
 import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import DEFAULT_DATA, RESULTS, machine, train_with_curve  # noqa: E402
+from _common import DEFAULT_DATA, RESULTS, TEST_SEED, machine, train_with_curve  # noqa: E402
 
 from metajax.core import mean_and_ci95  # noqa: E402
 from metajax.core.validate import check_finite_number, check_positive_int  # noqa: E402
@@ -478,14 +478,10 @@ def test_cell(ns: argparse.Namespace) -> dict:
   if differ:
     raise SystemExit(f"{source.name} was not trained as {_cell(ns, ns.shots)} would be: {', '.join(differ)}; "
                      "run the cell instead")
-  try:  # the protocol's test settings, which the comparison above leaves out
-    args, problem, state = load_run(source, shots=ns.shots, eval_queries=CURVE_QUERIES,
-                                    eval_split=wanted["eval_split"], eval_tasks=ns.test_tasks, data_dir=ns.data_dir,
-                                    eval_inner_steps=settings.get("eval_inner_steps"),
-                                    eval_inner_batch=settings.get("eval_inner_batch"))
+  try:
+    args, problem, state = load_cell(ns, source, settings)
   except checkpoint.CheckpointError as err:
     raise SystemExit(f"{source}: {err}; {train_again}") from err
-  problem = _on_split(problem, ns, args)
   steps = int(state.step)
   seconds = _trained_seconds(source, steps)
   if seconds is None:
@@ -500,6 +496,18 @@ def test_cell(ns: argparse.Namespace) -> dict:
                                f"tested at {ns.shots} shots; no learning curve of its own"]
   return _test_and_store(ns, args, problem, state, steps, seconds, [], settings, differences,
                          trained_by=source.name, **_source_machine(ns, steps, _recorded_protocol(args, settings)))
+
+
+def load_cell(ns: argparse.Namespace, source: Path, settings: dict) -> tuple[TrainArgs, Problem, Any]:
+  """Settings, test problem and newest checkpointed state of the run directory ``source``, tested as
+  ``ns``'s cell: ``ns.shots``-shot tasks of its split's test classes (:func:`_on_split`), curve queries
+  (:func:`_with_queries` gives a test's), and the protocol ``settings``' test inner loop, which the
+  run's saved settings leave out."""
+  args, problem, state = load_run(source, shots=ns.shots, eval_queries=CURVE_QUERIES, eval_split=SPLITS[ns.split][1],
+                                  eval_tasks=ns.test_tasks, data_dir=ns.data_dir,
+                                  eval_inner_steps=settings.get("eval_inner_steps"),
+                                  eval_inner_batch=settings.get("eval_inner_batch"))
+  return args, _on_split(problem, ns, args), state
 
 
 def _training_machine(ns: argparse.Namespace, steps: int, recorded: dict) -> dict:
@@ -565,7 +573,7 @@ def _test_and_store(ns, args, problem, state, steps, train_time_s, curve, settin
   """Tests ``state`` on ``ns.test_tasks`` tasks of :func:`test_queries` and writes the cell's row into
   the table ``ns.table`` (an ablation's beside it: :func:`_destination`)."""
   queries = test_queries(ns.algo, ns.shots)
-  final = evaluate(_with_queries(problem, queries), state, ns.test_tasks, seed=10_000 + ns.seed,
+  final = evaluate(_with_queries(problem, queries), state, ns.test_tasks, seed=TEST_SEED + ns.seed,
                    chunk=ns.eval_chunk)
   mean, ci = mean_and_ci95(final["accuracy"])
   paper = PAPER[ns.algo][CELLS.index((ns.ways, ns.shots))] if ns.split == "vinyals" else None

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import omniglot_table as T  # noqa: E402  (applies the fast CPU convolutions via _common)
-from _common import DEFAULT_DATA, machine, save  # noqa: E402
+from _common import DEFAULT_DATA, TEST_SEED, machine, save  # noqa: E402
 
 from metajax.core import mean_and_ci95  # noqa: E402
 from metajax.harness.run import evaluate, load_run  # noqa: E402
@@ -69,7 +69,7 @@ def main() -> None:
   population = metric.prototypical(lambda p, x: apply(p, x, stats)[0], args.ways)
   results = {}
   for name, tester in (("batch", problem), ("population", problem._replace(evaluate=jax.jit(population.evaluate)))):
-    acc = evaluate(tester, state, ns.test_tasks, seed=10_000, chunk=10)["accuracy"]
+    acc = evaluate(tester, state, ns.test_tasks, seed=TEST_SEED, chunk=10)["accuracy"]
     mean, ci = mean_and_ci95(acc)
     results[name] = {"accuracy": round(100 * mean, 2), "ci95": round(100 * ci, 2)}
     print(f"{name:>10} statistics: {100 * mean:.2f} ± {100 * ci:.2f} % over {ns.test_tasks} test tasks")

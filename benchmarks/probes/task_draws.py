@@ -22,12 +22,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import omniglot_table as T  # noqa: E402  (applies the fast CPU convolutions via _common)
-from _common import DEFAULT_DATA, machine, save  # noqa: E402
+from _common import CURVE_SEED, DEFAULT_DATA, TEST_SEED, machine, save  # noqa: E402
 
 from metajax.core import mean_and_ci95  # noqa: E402
-from metajax.harness.run import evaluate, load_run  # noqa: E402
-
-TEST_SEED, CURVE_SEED, TEST_TASKS = 10_000, 123, 600  # omniglot_table.py's test, and _common's curve
+from metajax.harness.run import evaluate  # noqa: E402
 
 
 def evaluate_chunk_keyed(problem, state, num_tasks: int, seed: int, chunk: int) -> np.ndarray:
@@ -45,6 +43,7 @@ def main() -> None:
   parser.add_argument("--ways", type=int, required=True, choices=(5, 20))
   parser.add_argument("--shots", type=int, required=True, choices=(1, 5))
   parser.add_argument("--split", default="vinyals", choices=("vinyals", "lake"))
+  parser.add_argument("--test-tasks", type=int, default=600)
   parser.add_argument("--old-chunk", type=int, default=20, help="the old run's --eval-chunk")
   parser.add_argument("--runs-dir", default=str(Path(T.__file__).parent / "runs"))
   parser.add_argument("--data-dir", default=DEFAULT_DATA)
@@ -53,13 +52,9 @@ def main() -> None:
 
   run_dir = Path(ns.runs_dir) / T._cell(ns, ns.shots)
   settings, _ = T.protocol(ns.algo, ns.ways, ns.shots)
-  args, problem, state = load_run(run_dir, eval_queries=T.CURVE_QUERIES, eval_split=T.SPLITS[ns.split][1],
-                                  data_dir=ns.data_dir,
-                                  eval_inner_steps=settings.get("eval_inner_steps"),
-                                  eval_inner_batch=settings.get("eval_inner_batch"))
-  problem = T._on_split(problem, ns, args)
+  _, problem, state = T.load_cell(ns, run_dir, settings)
   curve_tasks = T._curve_tasks(T._read_jsonl(run_dir / "curve.jsonl"), None)
-  sets = {"test": (T._with_queries(problem, T.test_queries(ns.algo, ns.shots)), TEST_SEED, TEST_TASKS),
+  sets = {"test": (T._with_queries(problem, T.test_queries(ns.algo, ns.shots)), TEST_SEED, ns.test_tasks),
           "curve": (problem, CURVE_SEED, curve_tasks)}
   results = {}
   for name, (tester, seed, tasks) in sets.items():
