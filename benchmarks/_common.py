@@ -18,7 +18,7 @@ use_fast_cpu_convolutions()  # the library's documented CPU setting, as the CLI 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data beside the repository
 CURVE_SEED = 123  # key of every learning curve's tasks (train_with_curve)
-TEST_SEED = 10_000  # key of a table's final test tasks (plus the run's --seed)
+TEST_SEED = 10_000  # key of every benchmark's final test tasks (plus its --seed)
 
 
 def machine() -> dict:

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine, save  # noqa: E402
+from _common import TEST_SEED, machine, save  # noqa: E402
 
 import jax  # noqa: E402
 import matplotlib  # noqa: E402
@@ -54,7 +54,7 @@ def main() -> None:
   jax.block_until_ready(state)
   meta_train_s = time.perf_counter() - t0
 
-  held_out = quadratic.sample(jax.random.PRNGKey(10_000 + ns.seed), ns.problems)
+  held_out = quadratic.sample(jax.random.PRNGKey(TEST_SEED + ns.seed), ns.problems)
   starts = jax.vmap(config.init_fn)(jax.random.split(jax.random.PRNGKey(1), ns.problems))
 
   def curve(opt):

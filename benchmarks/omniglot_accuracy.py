@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import DEFAULT_DATA, machine, save, train_with_curve  # noqa: E402
+from _common import DEFAULT_DATA, TEST_SEED, machine, save, train_with_curve  # noqa: E402
 
 from metajax.core import mean_and_ci95  # noqa: E402
 from metajax.harness.args import TrainArgs  # noqa: E402
@@ -58,7 +58,7 @@ def main() -> None:
   problem = build(args)
   state, steps, train_time_s, curve = train_with_curve(args, problem, curve_tasks=ns.curve_tasks,
                                                        budget_minutes=ns.budget_minutes, label=ns.algo)
-  final = evaluate(problem, state, ns.test_tasks, seed=10_000 + ns.seed)
+  final = evaluate(problem, state, ns.test_tasks, seed=TEST_SEED + ns.seed)
   mean, ci = mean_and_ci95(final["accuracy"])
   name = ns.out or f"omniglot_{ns.algo}_{ns.ways}w{ns.shots}s"
   print(f"{name}: {100 * mean:.2f} ± {100 * ci:.2f} % over {ns.test_tasks} test tasks after "

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import DEFAULT_DATA, machine, save  # noqa: E402
+from _common import DEFAULT_DATA, TEST_SEED, machine, save  # noqa: E402
 from omniglot_table import CURVE_QUERIES  # noqa: E402
 
 from metajax.core import mean_and_ci95  # noqa: E402
@@ -51,7 +51,7 @@ def main() -> None:
     unrotated = lambda key, n, ways=args.ways, shots=shots: episodes.sample(
         key, characters, num_tasks=n, ways=ways, shots=shots, queries=ns.queries)
     for name, tasks in (("rotations as classes", problem.eval_tasks), ("unrotated", unrotated)):
-      accuracy = evaluate(problem._replace(eval_tasks=tasks), state, ns.tasks, seed=10_000 + ns.seed,
+      accuracy = evaluate(problem._replace(eval_tasks=tasks), state, ns.tasks, seed=TEST_SEED + ns.seed,
                           chunk=20)["accuracy"]
       mean, ci = mean_and_ci95(accuracy)
       rows.append({"ways": args.ways, "shots": shots, "test_classes": name, "accuracy": round(100 * mean, 2),

@@ -17,7 +17,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import DEFAULT_DATA, machine, run_json_lines, save  # noqa: E402
+from _common import DEFAULT_DATA, TEST_SEED, machine, run_json_lines, save  # noqa: E402
 
 CONFIGS = ("sinusoid", "omniglot", "mini")
 
@@ -54,7 +54,7 @@ def accuracy_rows(steps: int, data_dir: str | None) -> list[dict]:
     args = TrainArgs(dataset="omniglot", data_dir=data_dir, algo=algo, steps=steps, chunk=max(1, steps // 4),
                      eval_inner_steps=3, eval_tasks=200)
     trained = train(args)
-    mean, ci = mean_and_ci95(evaluate(trained.problem, trained.state, 200, seed=10_000)["accuracy"])
+    mean, ci = mean_and_ci95(evaluate(trained.problem, trained.state, 200, seed=TEST_SEED)["accuracy"])
     rows.append({"algo": algo, "steps": steps, "train_time_s": trained.train_time_s, "accuracy": mean, "ci95": ci})
     print(f"omniglot 5w1s {algo:7s} {steps} steps: {100 * mean:.2f} ± {100 * ci:.2f} % "
           f"({trained.train_time_s:.0f} s)", flush=True)

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine, save  # noqa: E402
+from _common import TEST_SEED, machine, save  # noqa: E402
 
 from metajax.core import mean_and_ci95  # noqa: E402
 from metajax.harness.args import TrainArgs  # noqa: E402
@@ -48,7 +48,7 @@ def main() -> None:
         print(f"{algo:9s} K={k:2d} diverged: {err}", flush=True)
         continue
       for steps in eval_steps:
-        metrics = evaluate(trained.problem, trained.state, ns.eval_tasks, 10_000 + ns.seed, steps,
+        metrics = evaluate(trained.problem, trained.state, ns.eval_tasks, TEST_SEED + ns.seed, steps,
                            chunk=ns.eval_tasks)
         mse, ci = mean_and_ci95(metrics["loss"])
         row = {"algo": algo, "shots": k, "train_steps": ns.steps, "eval_inner_steps": steps,
