@@ -11,8 +11,9 @@ running averages (momentum 0.1: about the last 20 batches) hold then.
   python benchmarks/probes/protonet_population_bn.py /root/metajax-runs/vinyals_protonet_20w5s \
       [--test-tasks 600 --calibration-episodes 100 --out protonet_population_bn]
 
-Tests the cell's checkpoint both ways on the same test tasks as ``omniglot_table.py`` (seed 10,000,
-15 queries a class) and prints (with ``--out`` also saves) the two accuracies with their 95% CIs."""
+Tests the cell's checkpoint both ways on the same test tasks as ``omniglot_table.py`` (seed 10,000 plus
+the run's --seed, 15 queries a class) and prints (with ``--out`` also saves) the two accuracies with
+their 95% CIs."""
 from __future__ import annotations
 
 import argparse
@@ -69,7 +70,7 @@ def main() -> None:
   population = metric.prototypical(lambda p, x: apply(p, x, stats)[0], args.ways)
   results = {}
   for name, tester in (("batch", problem), ("population", problem._replace(evaluate=jax.jit(population.evaluate)))):
-    acc = evaluate(tester, state, ns.test_tasks, seed=TEST_SEED, chunk=10)["accuracy"]
+    acc = evaluate(tester, state, ns.test_tasks, seed=TEST_SEED + args.seed, chunk=10)["accuracy"]
     mean, ci = mean_and_ci95(acc)
     results[name] = {"accuracy": round(100 * mean, 2), "ci95": round(100 * ci, 2)}
     print(f"{name:>10} statistics: {100 * mean:.2f} ± {100 * ci:.2f} % over {ns.test_tasks} test tasks")

@@ -1,8 +1,8 @@
 """Probe: how much of the gap between a table row tested before commit 5ba4a44 and one tested after
 it is the test tasks? Before it, ``harness.run.evaluate`` drew each chunk of ``--eval-chunk`` tasks
 from ``fold_in(key, start)``; since, task ``i`` comes from ``fold_in(key, i)``. The seeds did not
-change (10,000 for the 600 test tasks, 123 for the curve's), the tasks did: two such rows, and their
-learning curves, were not scored on the same tasks.
+change (10,000 plus the run's --seed for the 600 test tasks, 123 for the curve's), the tasks did:
+two such rows, and their learning curves, were not scored on the same tasks.
 
   python benchmarks/probes/task_draws.py --algo protonet --ways 20 --shots 1 --split lake --old-chunk 10 \
       --runs-dir /root/metajax-runs [--out lake_task_draws]
@@ -52,9 +52,10 @@ def main() -> None:
 
   run_dir = Path(ns.runs_dir) / T._cell(ns, ns.shots)
   settings, _ = T.protocol(ns.algo, ns.ways, ns.shots)
-  _, problem, state = T.load_cell(ns, run_dir, settings)
+  args, problem, state = T.load_cell(ns, run_dir, settings)
   curve_tasks = T._curve_tasks(T._read_jsonl(run_dir / "curve.jsonl"), None)
-  sets = {"test": (T._with_queries(problem, T.test_queries(ns.algo, ns.shots)), TEST_SEED, ns.test_tasks),
+  test_problem = T._with_queries(problem, T.test_queries(ns.algo, ns.shots))
+  sets = {"test": (test_problem, TEST_SEED + args.seed, ns.test_tasks),
           "curve": (problem, CURVE_SEED, curve_tasks)}
   results = {}
   for name, (tester, seed, tasks) in sets.items():
