@@ -473,11 +473,11 @@ def test_cell(ns: argparse.Namespace) -> dict:
                      + (" (or unpark it: it is parked)" if _archive(source, PARKED).exists() else ""))
   settings, differences = protocol(ns.algo, ns.ways, ns.shots)
   wanted, saved = dataclasses.asdict(_cell_args(ns, settings)), read_run_file(source)
-  differ = [f"--{k.replace('_', '-')} {saved.get(k)!r} (this cell: {v!r})" for k, v in wanted.items()
-            if k not in SAME_MODEL and saved.get(k) != v]
+  differ = {k: v for k, v in wanted.items() if k not in SAME_MODEL and saved.get(k) != v}
   if differ:
-    raise SystemExit(f"{source.name} was not trained as {_cell(ns, ns.shots)} would be: {', '.join(differ)}; "
-                     "run the cell instead")
+    named = ", ".join(f"--{k.replace('_', '-')} {saved.get(k)!r} (this cell: {v!r})" for k, v in differ.items())
+    hint = f"pass --seed {saved.get('seed')}" if differ.keys() == {"seed"} else "run the cell instead"
+    raise SystemExit(f"{source.name} was not trained as {_cell(ns, ns.shots)} would be: {named}; {hint}")
   try:
     args, problem, state = load_cell(ns, source, settings)
   except checkpoint.CheckpointError as err:

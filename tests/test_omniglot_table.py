@@ -121,7 +121,13 @@ def test_testing_with_another_cells_model_is_refused_unless_it_trained_identical
   # Reptile trains both shot cells on 10 shots: a source trained otherwise is named setting by setting.
   _save_source(ns, train_shots=5, inner_lr=0.01)
   with pytest.raises(SystemExit, match=r"vinyals_reptile_5w1s was not trained as vinyals_reptile_5w5s would be: "
-                                       r"--train-shots 5 \(this cell: 10\), --inner-lr 0.01 \(this cell: 0.001\)"):
+                                       r"--train-shots 5 \(this cell: 10\), --inner-lr 0.01 \(this cell: 0.001\); "
+                                       "run the cell instead$"):
+    table.test_cell(ns)
+  # A run trained with another --seed is refused too (its test tasks are keyed by its seed), naming it.
+  shutil.rmtree(tmp_path / "vinyals_reptile_5w1s")
+  _save_source(ns, seed=3)
+  with pytest.raises(SystemExit, match=r": --seed 3 \(this cell: 0\); pass --seed 3$"):
     table.test_cell(ns)
 
 
