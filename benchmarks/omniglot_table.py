@@ -472,11 +472,14 @@ def test_cell(ns: argparse.Namespace) -> dict:
     raise SystemExit(f"no trained {source.name} cell in {source.parent}; {train_again}"
                      + (" (or unpark it: it is parked)" if _archive(source, PARKED).exists() else ""))
   settings, differences = protocol(ns.algo, ns.ways, ns.shots)
-  wanted, saved = dataclasses.asdict(_cell_args(ns, settings)), read_run_file(source)
+  saved = read_run_file(source)
+  if ns.seed is None:  # the run's own: its test tasks are keyed by it, as run keyed its row's
+    ns = argparse.Namespace(**{**vars(ns), "seed": saved.get("seed", 0)})
+  wanted = dataclasses.asdict(_cell_args(ns, settings))
   differ = {k: v for k, v in wanted.items() if k not in SAME_MODEL and saved.get(k) != v}
   if differ:
     named = ", ".join(f"--{k.replace('_', '-')} {saved.get(k)!r} (this cell: {v!r})" for k, v in differ.items())
-    hint = f"pass --seed {saved.get('seed')}" if differ.keys() == {"seed"} else "run the cell instead"
+    hint = "leave --seed out to test with the run's own" if differ.keys() == {"seed"} else "run the cell instead"
     raise SystemExit(f"{source.name} was not trained as {_cell(ns, ns.shots)} would be: {named}; {hint}")
   try:
     args, problem, state = load_cell(ns, source, settings)
@@ -805,7 +808,6 @@ def main() -> None:
     command.add_argument("--test-tasks", type=_count, default=600)
     command.add_argument("--eval-chunk", type=_count, default=20, help="test tasks evaluated at once (memory only: the tasks are the same whatever it is)")
     command.add_argument("--data-dir", default=os.environ.get("METAJAX_DATA", str(DEFAULT_DATA)))
-    command.add_argument("--seed", type=int, default=0)
   cell.add_argument("--set", action="append", type=_setting, metavar="NAME=VALUE",
                     help="an ablation: change a protocol setting (repeatable; the row goes to the table's "
                          "<name>_ablations.json beside it)")
@@ -820,9 +822,12 @@ def main() -> None:
                          "resuming)")
   cell.add_argument("--curve-tasks", type=_count,
                     help="test tasks of each curve point (default: 100, or the run's when resuming)")
+  cell.add_argument("--seed", type=int, default=0, help="the run's seed: its training and test tasks")
   cell.set_defaults(fn=run_cell)
   retest.add_argument("--model-shots", type=int, choices=(1, 5),
                       help="the shots of the cell whose run directory holds the model (default: this cell's)")
+  retest.add_argument("--seed", type=int, help="the trained run's seed, which keys its test tasks (default: the run's "
+                                              "own, from its run.json)")
   retest.set_defaults(fn=test_cell)
   parked.set_defaults(fn=park)
   unparked.set_defaults(fn=unpark)

@@ -124,11 +124,25 @@ def test_testing_with_another_cells_model_is_refused_unless_it_trained_identical
                                        r"--train-shots 5 \(this cell: 10\), --inner-lr 0.01 \(this cell: 0.001\); "
                                        "run the cell instead$"):
     table.test_cell(ns)
-  # A run trained with another --seed is refused too (its test tasks are keyed by its seed), naming it.
+  # A --seed other than the run's is refused too (its test tasks are keyed by its seed), naming it.
   shutil.rmtree(tmp_path / "vinyals_reptile_5w1s")
   _save_source(ns, seed=3)
-  with pytest.raises(SystemExit, match=r": --seed 3 \(this cell: 0\); pass --seed 3$"):
+  with pytest.raises(SystemExit, match=r": --seed 3 \(this cell: 0\); leave --seed out to test with the run's own$"):
     table.test_cell(ns)
+
+
+def test_test_takes_the_runs_own_seed_when_none_is_given(tmp_path, monkeypatch):
+  ns = _ns(tmp_path, seed=None)
+  _save_source(ns, seed=3)
+  tested = {}
+
+  def load_cell(cell_ns, source, settings):
+    tested["seed"] = cell_ns.seed
+    raise FileNotFoundError("stop here")
+  monkeypatch.setattr(table, "load_cell", load_cell)
+  with pytest.raises(FileNotFoundError, match="stop here"):
+    table.test_cell(ns)
+  assert tested == {"seed": 3} and ns.seed is None  # the caller's namespace is left as it was
 
 
 def test_a_source_differing_only_in_resumable_and_test_settings_is_accepted(tmp_path):
